@@ -1,0 +1,3 @@
+from hftool.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""The ``hftool`` command line: a thin Typer layer over the library.
+
+Each command lives in its own module here and only parses arguments, then calls into the library.
+Heavy imports (torch, transformers) happen inside the commands so ``hftool --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from hftool.errors import HftoolError
+
+app = typer.Typer(
+    name="hftool",
+    help="One CLI for the life of a transformer: pretrain, fine-tune, generate and explain.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def _register() -> None:
+    from hftool.cli import env, pretrain, recipes, tokenizer
+
+    app.command("env", help=env.env.__doc__)(env.env)
+    app.add_typer(recipes.app, name="recipes")
+    app.add_typer(tokenizer.app, name="tokenizer")
+    app.command("pretrain", help=pretrain.pretrain.__doc__)(pretrain.pretrain)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        app()
+    except HftoolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

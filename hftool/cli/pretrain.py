@@ -1,0 +1,37 @@
+"""``hftool pretrain``: language-model pretraining from a recipe."""
+
+from __future__ import annotations
+
+import typer
+
+RECIPE_HELP = "Recipe name (see 'hftool recipes ls') or path to a YAML recipe."
+OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.max_steps=200 model.config.n_layer=2."
+
+
+def pretrain(
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: str = typer.Option("gpt2-tiny", "--recipe", "-r", help=RECIPE_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    strict_resume: bool = typer.Option(False, "--strict-resume",
+                                       help="Refuse to resume when batch size, seed or world size changed."),
+) -> None:
+    """Pretrain a GPT-2/BLOOM causal LM (or BERT MLM+NSP) from scratch or from a checkpoint.
+
+    With no arguments it trains the gpt2-tiny recipe on the embedded corpus (Python's own documentation).
+
+    Examples:
+
+      hftool pretrain train.max_steps=50
+
+      hftool pretrain -r bloom-tiny data.files=[corpus.txt] train.output_dir=runs/bloom
+
+      hftool pretrain -r gpt2-small data.hub_dataset=wikitext data.hub_config=wikitext-2-raw-v1
+
+      accelerate launch -m hftool pretrain -r gpt2-tiny --resume
+    """
+    from hftool.config import load_recipe
+    from hftool.tasks.pretrain import PretrainRecipe, run_pretrain
+
+    config = load_recipe(PretrainRecipe, recipe, overrides or [])
+    run_pretrain(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

@@ -1,0 +1,218 @@
+"""Typed recipes: YAML (``yaml.safe_load`` only) into nested dataclasses, with ``key.path=value`` overrides.
+
+Every command that takes a recipe uses the same override style::
+
+    hftool pretrain --recipe gpt2-tiny train.max_steps=50 model.n_layer=2
+
+An unknown key is refused with the closest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from hftool.errors import HftoolError
+
+T = TypeVar("T")
+
+RECIPES_DIR = Path(os.environ.get("HFTOOL_RECIPES", Path(__file__).resolve().parent.parent / "recipes"))
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (with the mild coercions YAML needs)."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where, source)
+            except HftoolError as exc:
+                errors.append(str(exc))
+        raise HftoolError(errors[0] if errors else f"{source}: {where} cannot be null")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(str(c) for c in get_args(tp))
+            raise HftoolError(f"{source}: {where}={value!r} is not one of: {choices}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            value = [value]
+        (item_tp, *_) = get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise HftoolError(f"{source}: {where} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _from_mapping(tp, value, where, source)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 3e-4 as a string
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise HftoolError(f"{source}: {where}={value!r} should be of type {_describe(tp)}")
+
+
+def _from_mapping(cls: type[T], data: Any, where: str, source: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HftoolError(f"{source}: {where or 'the recipe'} must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise HftoolError(f"{source}: unknown key '{full}'{_suggest(key, fields, where)}")
+        kwargs[key] = _coerce(value, hints[key], full, source)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise HftoolError(f"{source}: {where or 'recipe'}: {exc}") from None
+
+
+def _suggest(key: str, fields: typing.Iterable[str], where: str) -> str:
+    close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{where + '.' if where else ''}{close[0]}'?"
+    return f"; valid keys here: {', '.join(fields)}"
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-4", "model.n_layer=2"]`` → nested dict, values parsed as YAML scalars."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise HftoolError(f"override '{item}' must look like section.key=value, e.g. train.max_steps=100")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise HftoolError(f"override '{item}': '{part}' is a value, not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A path to a YAML file, or a recipe name such as ``gpt2-tiny`` or ``pretrain/gpt2-tiny``."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    candidates = sorted(RECIPES_DIR.glob(f"**/{name_or_path}.yaml")) if RECIPES_DIR.is_dir() else []
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        names = ", ".join(str(c.relative_to(RECIPES_DIR).with_suffix("")) for c in candidates)
+        raise HftoolError(f"--recipe {name_or_path} is ambiguous: {names}")
+    known = [str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in list_recipes()]
+    close = difflib.get_close_matches(name_or_path, known + [Path(k).name for k in known], n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see 'hftool recipes ls'"
+    raise HftoolError(f"--recipe {name_or_path}: no such file or recipe{hint}")
+
+
+def list_recipes() -> list[Path]:
+    return sorted(RECIPES_DIR.glob("**/*.yaml")) if RECIPES_DIR.is_dir() else []
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping with ``safe_load``: tags such as ``!!python/object`` are refused, never run."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise HftoolError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise HftoolError(f"{path}:{line}: YAML tag refused ({exc.problem}); recipes are plain data, "
+                          "remove the tag") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else "?"
+        raise HftoolError(f"{path}:{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise HftoolError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type[T], data: dict, overrides: list[str] | None = None, source: str = "recipe") -> T:
+    """Merge command-line overrides into ``data`` and check everything against ``cls``."""
+    merged = _merge(data, parse_overrides(overrides or []))
+    return _from_mapping(cls, merged, "", source)
+
+
+def load_recipe(cls: type[T], name_or_path: str | None, overrides: list[str] | None = None) -> T:
+    """Load a recipe file (or the schema's defaults when ``name_or_path`` is None) with overrides."""
+    if name_or_path is None:
+        return build_config(cls, {}, overrides, source="overrides")
+    path = find_recipe(name_or_path)
+    data = read_yaml(path)
+    data.pop("command", None)
+    return build_config(cls, data, overrides, source=str(path))
+
+
+def recipe_command(path: Path) -> str:
+    command = read_yaml(path).get("command")
+    if not isinstance(command, str):
+        raise HftoolError(f"{path}: missing top-level 'command:' (e.g. command: pretrain)")
+    return command
+
+
+def dump_yaml(config: Any, command: str) -> str:
+    return yaml.safe_dump({"command": command, **to_dict(config)}, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: text sources, the embedded default corpus, tokenizer training and block packing."""

@@ -1,0 +1,112 @@
+"""Model names: local folders, Hub ids and short aliases, with a fast, clear failure when offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hftool.errors import HftoolError
+
+ALIASES: dict[str, str] = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+    "bloom-560m": "bigscience/bloom-560m",
+    "bloom-1b1": "bigscience/bloom-1b1",
+    "bloom-1b7": "bigscience/bloom-1b7",
+    "bloom-3b": "bigscience/bloom-3b",
+    "bloom-7b1": "bigscience/bloom-7b1",
+    "bloom": "bigscience/bloom",
+    "bloomz-560m": "bigscience/bloomz-560m",
+    "bert-base-uncased": "google-bert/bert-base-uncased",
+    "bert-base-cased": "google-bert/bert-base-cased",
+    "bert-large-uncased": "google-bert/bert-large-uncased",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+}
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where to load a model from: ``name_or_path`` goes to ``from_pretrained`` with ``local_files_only``."""
+
+    name_or_path: str
+    local_files_only: bool = False
+
+    @property
+    def is_local_dir(self) -> bool:
+        return Path(self.name_or_path).is_dir()
+
+    def load_kwargs(self) -> dict:
+        return {"local_files_only": self.local_files_only}
+
+
+def offline_mode() -> bool:
+    """True when the user switched the Hub off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """One TCP connection to the Hub endpoint with a short timeout: never hangs for long."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_on_disk(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id that is not a valid repo name is simply not cached
+        return False
+    return isinstance(found, str)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is ``name`` or ``org/name``; anything else the user typed is a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def resolve_model(name: str, flag: str = "--model") -> ModelRef:
+    """Turn a folder, Hub id or alias into a :class:`ModelRef`, failing fast when it cannot be loaded.
+
+    Args:
+        name: a local folder, a Hub id such as ``bigscience/bloom-560m``, or an alias from ``ALIASES``.
+        flag: the option the user passed it with, named in error messages.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HftoolError(f"{flag} {name}: folder has no config.json; pass a model folder written by "
+                              "save_pretrained (or hftool)")
+        return ModelRef(str(path))
+    if _looks_like_path(name):
+        raise HftoolError(f"{flag} {name}: no such folder; check the path")
+    repo_id = ALIASES.get(name, name)
+    shown = f"'{name}'" + (f" ({repo_id})" if repo_id != name else "")
+    if offline_mode():
+        if _cached_on_disk(repo_id):
+            return ModelRef(repo_id, local_files_only=True)
+        raise HftoolError(f"{flag} {shown} is not in the local Hugging Face cache and offline mode is on "
+                          "(HF_HUB_OFFLINE=1); pass a local model folder instead, "
+                          f"e.g. {flag} ./my-model")
+    if not hub_reachable():
+        if _cached_on_disk(repo_id):
+            return ModelRef(repo_id, local_files_only=True)
+        raise HftoolError(f"{flag} {shown} is not cached and the Hugging Face Hub cannot be reached; "
+                          f"pass a local model folder instead, e.g. {flag} ./my-model")
+    return ModelRef(repo_id)

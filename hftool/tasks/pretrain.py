@@ -1,0 +1,223 @@
+"""``hftool pretrain``: the recipe schema and the run, from text to a Hugging Face model folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hftool import config as cfgmod
+from hftool.data.text import DataConfig
+from hftool.engine.config import TrainConfig
+from hftool.errors import HftoolError
+from hftool.models import Architecture, check_config_keys
+
+RECIPE_FILE = "hftool_recipe.yaml"
+Objective = Literal["causal-lm", "mlm", "mlm-nsp"]
+OBJECTIVE_ARCHITECTURES = {"causal-lm": {"gpt2", "bloom"}, "mlm": {"bert"}, "mlm-nsp": {"bert"}}
+
+
+@dataclass
+class ModelConfig:
+    """The network: a fresh one from ``architecture`` + ``config``, or a checkpoint to continue from."""
+
+    architecture: Architecture = "gpt2"
+    init_from: str | None = None  # folder, Hub id or alias (gpt2, bloom-560m, ...) to continue pretraining
+    config: dict = field(default_factory=dict)  # fields of the transformers config (n_layer, hidden_size, ...)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    """An existing tokenizer (``path``), the checkpoint's own, or one trained on the training split."""
+
+    path: str | None = None
+    kind: Literal["byte-bpe", "wordpiece"] | None = None  # default: byte-bpe for GPT-2/BLOOM, wordpiece for BERT
+    vocab_size: int = 8000
+    lowercase: bool = False
+    min_frequency: int = 2
+    resize_embeddings: bool = False  # grow the model when the tokenizer has more tokens than it has rows
+
+
+@dataclass
+class PretrainRecipe:
+    """A pretraining run: objective, model, tokenizer, data and training settings."""
+
+    objective: Objective = "causal-lm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/pretrain"))
+
+    def validate(self) -> None:
+        allowed = OBJECTIVE_ARCHITECTURES[self.objective]
+        if self.model.architecture not in allowed:
+            raise HftoolError(f"objective={self.objective} needs model.architecture in {sorted(allowed)}, "
+                              f"got {self.model.architecture}")
+        if self.model.init_from is None:
+            check_config_keys(self.model.architecture, self.model.config)
+        elif self.model.config:
+            raise HftoolError("model.config sets a fresh model's shape; it cannot be combined with "
+                              "model.init_from (the checkpoint has its own config)")
+        self.data.validate()
+        self.train.validate()
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return self.tokenizer.kind or ("wordpiece" if self.model.architecture == "bert" else "byte-bpe")
+
+
+def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs in one folder; ``--resume`` continues, ``--overwrite`` starts afresh."""
+    saved = out / RECIPE_FILE
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif resume:
+            if saved.is_file() and saved.read_text(encoding="utf-8") != recipe_yaml:
+                changed = _changed_fields(cfgmod.read_yaml(saved), _yaml_dict(recipe_yaml))
+                print(f"warning: resuming {out} with a changed recipe: {', '.join(changed)}")
+        else:
+            what = ("a run with a different recipe" if saved.is_file()
+                    and saved.read_text(encoding="utf-8") != recipe_yaml else "an earlier run")
+            raise HftoolError(f"train.output_dir={out} already holds {what}; pass --resume to continue it, "
+                              "--overwrite to replace it, or choose another train.output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(recipe_yaml, encoding="utf-8")
+    os.replace(tmp, saved)
+
+
+def _yaml_dict(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+def _changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a} -> {b}")
+    return changed
+
+
+def run_pretrain(recipe: PretrainRecipe, resume: bool = False, overwrite: bool = False,
+                 strict_resume: bool = False) -> dict:
+    """Run a pretraining recipe end to end and return the final metrics (also written to metrics.json)."""
+    recipe.validate()
+    from hftool.engine.trainer import Engine
+
+    out = Path(recipe.train.output_dir).expanduser()
+    recipe_yaml = cfgmod.dump_yaml(recipe, "pretrain")
+    engine = Engine(recipe.train, out)
+    if engine.is_main:
+        prepare_output_dir(out, recipe_yaml, resume, overwrite)
+    engine.wait()
+
+    if recipe.objective == "causal-lm":
+        from hftool.tasks.causal_lm import setup_causal_lm as setup
+    else:
+        from hftool.tasks.bert_pretraining import setup_bert_pretraining as setup
+    job = setup(recipe, engine, out, resume)
+
+    result = engine.fit(job.model, job.train_data, job.task, resume=resume, strict_resume=strict_resume,
+                        tracker_config=cfgmod.to_dict(recipe))
+    summary = {"steps": result.steps, "train_loss": result.last_loss, "tokens_per_s": result.tokens_per_s,
+               "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
+               **job.data_stats}
+    if result.interrupted:
+        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
+        return summary
+    if engine.is_main:
+        from hftool.engine.report import plot_loss_curve, print_summary
+
+        job.save(engine.unwrap(job.model), out, summary)
+        plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=f"{recipe.objective} pretraining")
+        print_summary({**summary, "output": str(out)}, title=f"hftool pretrain ({recipe.objective})")
+    engine.wait()
+    return summary
+
+
+def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str) -> None:
+    """Save the model folder; files are written to a temporary folder first, then moved into place."""
+    tmp = out / ".final-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    for item in tmp.iterdir():
+        os.replace(item, out / item.name)
+    tmp.rmdir()
+
+
+@dataclass
+class PretrainJob:
+    """What an objective's setup hands to the engine, and how it saves the result."""
+
+    model: object
+    train_data: object
+    task: object
+    data_stats: dict
+    save: object  # callable(model, out, summary)
+
+
+def obtain_tokenizer(recipe: PretrainRecipe, engine, out: Path, resume: bool, train_docs):
+    """The run's tokenizer: the one saved by the run being resumed, a given one, the checkpoint's, or new.
+
+    A new tokenizer is trained on the training documents by the main process and saved in the output
+    folder; the other processes then load that folder, so every process uses the same vocabulary.
+    """
+    from transformers import AutoTokenizer
+
+    from hftool.hub import resolve_model
+
+    tok_cfg = recipe.tokenizer
+    if resume and (out / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(out)
+    source = tok_cfg.path or recipe.model.init_from
+    if source is not None:
+        ref = resolve_model(source, "tokenizer.path" if tok_cfg.path else "model.init_from")
+        tokenizer = AutoTokenizer.from_pretrained(ref.name_or_path, trust_remote_code=recipe.model.trust_remote_code,
+                                                  **ref.load_kwargs())
+        if not getattr(tokenizer, "is_fast", False):
+            raise HftoolError(f"{source}: a fast (Rust) tokenizer is needed; this one is slow")
+        return tokenizer
+    if engine.is_main:
+        from hftool.data.tokenizer_training import train_tokenizer
+
+        if isinstance(train_docs, list):
+            docs = train_docs
+        else:
+            raise HftoolError("streaming data needs an existing tokenizer: set tokenizer.path (or train one "
+                              "first with 'hftool tokenizer train')")
+        engine.print(f"training a {recipe.tokenizer_kind} tokenizer (vocab {tok_cfg.vocab_size}) "
+                     f"on {len(docs):,} documents")
+        tokenizer = train_tokenizer(docs, recipe.tokenizer_kind, tok_cfg.vocab_size, tok_cfg.lowercase,
+                                    tok_cfg.min_frequency)
+        tmp = out / ".tokenizer-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(tmp)
+        for item in tmp.iterdir():
+            os.replace(item, out / item.name)
+        tmp.rmdir()
+    engine.wait()
+    return AutoTokenizer.from_pretrained(out)
+
+
+def load_pretrained_model(recipe: PretrainRecipe, auto_class, engine):
+    """Continue from ``model.init_from``: a folder, Hub id or alias."""
+    from hftool.hub import resolve_model
+
+    ref = resolve_model(recipe.model.init_from, "model.init_from")
+    engine.print(f"continuing from {ref.name_or_path}")
+    return auto_class.from_pretrained(ref.name_or_path, trust_remote_code=recipe.model.trust_remote_code,
+                                      **ref.load_kwargs())
