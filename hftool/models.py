@@ -34,7 +34,10 @@ def build_config(architecture: str, fields: dict, tokenizer, max_length: int):
     check_config_keys(architecture, fields)
     cls = config_class(architecture)
     special = {}
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    # A causal LM's pad id lives in its generation config: in the model config it would make GPT-2 warn
+    # about padding on packed blocks, where the shared EOS/pad id separates documents.
+    names = ("bos_token_id", "eos_token_id") if architecture != "bert" else ("pad_token_id",)
+    for name in names:
         value = getattr(tokenizer, name, None)
         if value is not None:
             special[name] = value

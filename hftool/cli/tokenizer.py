@@ -27,7 +27,7 @@ def train(
 
       hftool tokenizer train corpus.txt -o my-tokenizer --vocab-size 8000
 
-      hftool tokenizer train --kind wordpiece --lowercase -o bert-tok ../shared/data/corpus/wikitext-2-raw/wiki.valid.raw
+      hftool tokenizer train --kind wordpiece --lowercase -o bert-tok wiki.valid.raw
     """
     from hftool.data.text import DataConfig, load_documents
     from hftool.data.tokenizer_training import train_tokenizer

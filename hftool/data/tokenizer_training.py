@@ -58,9 +58,10 @@ def train_tokenizer(
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=[GPT_SPECIAL], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[GPT_SPECIAL],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
         tok.train_from_iterator(_batched(texts), trainer=trainer)
         return PreTrainedTokenizerFast(
             tokenizer_object=tok, bos_token=GPT_SPECIAL, eos_token=GPT_SPECIAL, unk_token=GPT_SPECIAL,

@@ -11,10 +11,13 @@ import torch.nn.functional as F
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of predicting token t+1 from tokens ≤ t (the shift every causal LM uses)."""
-    vocab = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), input_ids[:, 1:].reshape(-1),
-                           reduction="sum")
+    """Summed cross-entropy of predicting token t+1 from tokens ≤ t (the shift every causal LM uses).
+
+    The targets are shifted instead of the logits (the last position gets the ignore index), which avoids
+    copying the largest tensor of the step.
+    """
+    targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
 
 
 class CausalLMTask:
@@ -101,9 +104,23 @@ def setup_causal_lm(recipe, engine, out, resume: bool):
             do_sample=True, top_k=50, top_p=0.95, max_new_tokens=64,
         )
         write_final_artifacts(trained, tokenizer, folder, summary, model_card(recipe, summary, "text-generation"))
+        print_sample(trained, tokenizer, docs.validation[0] if docs.validation else "", recipe.train.seed)
 
     return PretrainJob(model=model, train_data=train_data, task=CausalLMTask(eval_blocks), data_stats=stats,
-                       save=save)
+                       finish=save)
+
+
+def print_sample(model, tokenizer, text: str, seed: int, prompt_words: int = 6, new_tokens: int = 48) -> str:
+    """Show what the trained model writes after the first words of a held-out document."""
+    prompt = " ".join(text.split()[:prompt_words]) or (tokenizer.bos_token or "")
+    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    torch.manual_seed(seed)
+    model.eval()
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=new_tokens)
+    sample = tokenizer.decode(output[0], skip_special_tokens=True)
+    print(f"\nsample (prompt: {prompt!r}):\n{sample}\n")
+    return sample
 
 
 def model_card(recipe, summary: dict, pipeline_tag: str) -> str:

@@ -138,7 +138,7 @@ def run_pretrain(recipe: PretrainRecipe, resume: bool = False, overwrite: bool =
     if engine.is_main:
         from hftool.engine.report import plot_loss_curve, print_summary
 
-        job.save(engine.unwrap(job.model), out, summary)
+        job.finish(engine.unwrap(job.model), out, summary)
         plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=f"{recipe.objective} pretraining")
         print_summary({**summary, "output": str(out)}, title=f"hftool pretrain ({recipe.objective})")
     engine.wait()
@@ -167,7 +167,7 @@ class PretrainJob:
     train_data: object
     task: object
     data_stats: dict
-    save: object  # callable(model, out, summary)
+    finish: object  # callable(model, out, summary): writes the model folder and reports on it
 
 
 def obtain_tokenizer(recipe: PretrainRecipe, engine, out: Path, resume: bool, train_docs):
