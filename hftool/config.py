@@ -47,6 +47,8 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
                 errors.append(str(exc))
         raise HftoolError(errors[0] if errors else f"{source}: {where} cannot be null")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no/yes/off/on as a boolean
+            value = "yes" if value else "no"
         if value not in get_args(tp):
             choices = ", ".join(str(c) for c in get_args(tp))
             raise HftoolError(f"{source}: {where}={value!r} is not one of: {choices}")

