@@ -190,11 +190,7 @@ def test_bad_corpus_fails_before_training(tmp_path, content, message):
     corpus = tmp_path / "c.txt"
     corpus.write_text(content)
     out = tmp_path / "out"
-    args = tiny_pretrain_args(corpus, out)
-    if message == "fewer than one block":
-        args += ["tokenizer.path=" + str(REPO / "tests")]  # replaced below by a trained tokenizer
-        args = args[:-1]
-    code, _, err = run_cli(["pretrain", *args])
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(corpus, out)])
     assert code != 0
     assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
     assert not (out / "model.safetensors").exists()
