@@ -58,7 +58,7 @@ def positional_encoding(
     from hftool.explain import plots, positional, tables
 
     plots.check_output(output)
-    positional.check_encoding_size(positions, d_model or 512)
+    positional.check_encoding_size(positions, d_model or positional.DEFAULT_D_MODEL)
     if d_model is not None and dims:
         positional.check_dimensions(dims, d_model)
     learned = None
@@ -67,16 +67,16 @@ def positional_encoding(
         if len(learned) < positions:
             typer.echo(f"note: {model} has {len(learned)} learned positions; drawing those")
         learned = learned[:positions]
-    width = d_model or (learned.shape[1] if learned is not None else 512)
+    width = d_model or (learned.shape[1] if learned is not None else positional.DEFAULT_D_MODEL)
     encoding = positional.sinusoidal_encoding(positions, width)
     curve_dims = dims or positional.default_curve_dimensions(width)
     positional.check_dimensions(curve_dims, width)
-    distances = {"sinusoidal": encoding}
+    compared = {"sinusoidal": encoding}
     if learned is not None:
-        distances[f"learned ({_short_name(model)})"] = learned
-    distances = {name: positional.similarity_by_distance(table, tables.SIMILARITY_DISTANCES)
-                 for name, table in distances.items()}
-    _show(tables.encoding_preview(encoding), tables.distance_similarity(distances))
+        compared[f"learned ({_short_name(model)})"] = learned
+    by_distance = {name: positional.similarity_by_distance(table, tables.SIMILARITY_DISTANCES)
+                   for name, table in compared.items()}
+    _show(tables.encoding_preview(encoding), tables.distance_similarity(by_distance))
     _wrote(plots.save_png(plots.positional_figure(encoding, curve_dims, learned, _short_name(model)), output))
 
 

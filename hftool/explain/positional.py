@@ -7,6 +7,7 @@ import numpy as np
 from hftool.errors import HftoolError
 
 SINUSOID_BASE = 10000.0
+DEFAULT_D_MODEL = 512
 MAX_POSITIONS = 10_000
 MAX_D_MODEL = 8192
 
