@@ -23,12 +23,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from hftool.cli import env, pretrain, recipes, tokenizer
+    from hftool.cli import env, explain, pretrain, recipes, tokenizer
 
     app.command("env", help=env.env.__doc__)(env.env)
     app.add_typer(recipes.app, name="recipes")
     app.add_typer(tokenizer.app, name="tokenizer")
     app.command("pretrain", help=pretrain.pretrain.__doc__)(pretrain.pretrain)
+    app.add_typer(explain.app, name="explain")
 
 
 _register()

@@ -1,0 +1,173 @@
+"""Loading a model for ``hftool explain`` with the head a command needs, refusing models that cannot do it."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+from hftool.errors import HftoolError
+from hftool.hub import resolve_model
+
+Head = Literal["base", "masked-lm", "causal-lm"]
+
+HEAD_DESCRIPTIONS = {"masked-lm": "masked-language-model (MLM)", "causal-lm": "language-model (LM)"}
+HEAD_AUTO_CLASSES = {
+    "base": "AutoModel",
+    "masked-lm": "AutoModelForMaskedLM",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer; ``architecture`` (GPT2LMHeadModel) names it in messages."""
+
+    model: object
+    tokenizer: object
+    architecture: str
+    name: str
+
+
+def architecture_name(config) -> str:
+    """The class the checkpoint was saved from (``BertModel``), or its model type when the config lacks it."""
+    architectures = getattr(config, "architectures", None)
+    return architectures[0] if architectures else config.model_type
+
+
+def is_encoder_decoder(config) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def is_encoder_only(config) -> bool:
+    """A bidirectional encoder (BERT family): every token sees the whole text, so there is no next token."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return (not is_encoder_decoder(config) and not getattr(config, "is_decoder", False)
+            and config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def _supports(config, head: Head) -> bool:
+    """Whether transformers (or the model's own remote code) has a class with ``head`` for this config."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if HEAD_AUTO_CLASSES[head] in (getattr(config, "auto_map", None) or {}):
+        return True
+    mapping = {"masked-lm": MODEL_FOR_MASKED_LM_MAPPING_NAMES, "causal-lm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES}
+    return head == "base" or config.model_type in mapping[head]
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' progress bars and load reports: explain checks what was loaded itself."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_config(name: str, trust_remote_code: bool = False, flag: str = "--model"):
+    """The model's config alone: enough to refuse an unsuitable model before reading its weights."""
+    from transformers import AutoConfig
+
+    ref = resolve_model(name, flag)
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(ref.name_or_path, trust_remote_code=trust_remote_code,
+                                              **ref.load_kwargs())
+    except (OSError, ValueError) as exc:
+        raise HftoolError(f"{flag} {name}: cannot read its config: {_first_line(exc)}") from exc
+
+
+def check_head(config, head: Head, name: str, flag: str = "--model") -> None:
+    """Refuse models that cannot answer: encoder-decoders, next-token from an encoder, masks in GPT-2."""
+    architecture = architecture_name(config)
+    if is_encoder_decoder(config):
+        raise HftoolError(f"{flag} {name}: {architecture} is an encoder-decoder model; explain works with "
+                          "encoder-only (BERT) and decoder-only (GPT-2, BLOOM) models")
+    if head == "causal-lm" and is_encoder_only(config):
+        raise HftoolError(f"{flag} {name}: {architecture} is an encoder-only (bidirectional) model and has "
+                          "no next token to predict; pass a causal LM such as GPT-2 or BLOOM (masked models "
+                          "go to 'hftool explain fill-mask')")
+    if not _supports(config, head):
+        use = "next-token" if head == "masked-lm" else "fill-mask"
+        kind = "masked" if head == "masked-lm" else "causal"
+        raise HftoolError(f"{flag} {name}: {architecture} is not a {kind} language model; "
+                          f"try 'hftool explain {use}' with it")
+
+
+def load_model(name: str, head: Head = "base", trust_remote_code: bool = False, eager_attention: bool = False,
+               flag: str = "--model") -> LoadedModel:
+    """Load ``name`` (folder, Hub id or alias) with ``head``, in eval mode, refusing a checkpoint without it.
+
+    A checkpoint saved without the requested head (MiniLM is a plain ``BertModel``) would get random head
+    weights and print confident nonsense, so that is an error naming the architecture.
+    """
+    import transformers
+    from transformers import AutoTokenizer
+
+    config = load_config(name, trust_remote_code, flag)
+    check_head(config, head, name, flag)
+    architecture = architecture_name(config)
+    ref = resolve_model(name, flag)
+    auto_class = getattr(transformers, HEAD_AUTO_CLASSES[head])
+    options = {"trust_remote_code": trust_remote_code, "output_loading_info": True, **ref.load_kwargs()}
+    if eager_attention:
+        options["attn_implementation"] = "eager"
+    try:
+        with quiet_transformers():
+            model, loading_info = auto_class.from_pretrained(ref.name_or_path, **options)
+            tokenizer = AutoTokenizer.from_pretrained(ref.name_or_path, trust_remote_code=trust_remote_code,
+                                                      **ref.load_kwargs())
+    except (OSError, ValueError) as exc:
+        raise HftoolError(f"{flag} {name}: cannot load it: {_first_line(exc)}") from exc
+    missing = sorted(loading_info["missing_keys"])
+    if head != "base" and missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        example = ", e.g. BertForMaskedLM or BertForPreTraining" if head == "masked-lm" else ""
+        raise HftoolError(f"{flag} {name}: the {architecture} checkpoint has no trained "
+                          f"{HEAD_DESCRIPTIONS[head]} head (missing {missing[0]}{more}), so its predictions "
+                          f"would be random; pass a model saved with that head{example}")
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, architecture=architecture, name=name)
+
+
+def max_positions(model) -> int | None:
+    """How many tokens the model's position table holds, when it has one (BLOOM's ALiBi has no limit)."""
+    config = model.config
+    for field in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, field, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def encode(loaded: LoadedModel, text: str, flag: str = "--text", **tokenizer_options):
+    """Tokenize ``text`` for the model, refusing empty input and text longer than the model's positions."""
+    if not text.strip():
+        raise HftoolError(f"{flag} is empty; pass some text")
+    encoding = loaded.tokenizer(text, return_tensors="pt", **tokenizer_options)
+    length = encoding["input_ids"].shape[1]
+    if length == 0:
+        raise HftoolError(f"{flag} {text!r} becomes no tokens with this tokenizer; pass more text")
+    limit = max_positions(loaded.model)
+    if limit is not None and length > limit:
+        raise HftoolError(f"{flag} is {length} tokens long but {loaded.name} has only {limit} positions; "
+                          "shorten the text")
+    return encoding
