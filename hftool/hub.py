@@ -81,17 +81,18 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def resolve_model(name: str, flag: str = "--model") -> ModelRef:
+def resolve_model(name: str, flag: str = "--model", marker: str = "config.json") -> ModelRef:
     """Turn a folder, Hub id or alias into a :class:`ModelRef`, failing fast when it cannot be loaded.
 
     Args:
         name: a local folder, a Hub id such as ``bigscience/bloom-560m``, or an alias from ``ALIASES``.
         flag: the option the user passed it with, named in error messages.
+        marker: the file a local folder must hold (``tokenizer_config.json`` for a tokenizer-only folder).
     """
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise HftoolError(f"{flag} {name}: folder has no config.json; pass a model folder written by "
+        if not (path / marker).is_file():
+            raise HftoolError(f"{flag} {name}: folder has no {marker}; pass a folder written by "
                               "save_pretrained (or hftool)")
         return ModelRef(str(path))
     if _looks_like_path(name):

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import REPO, run_cli, tiny_pretrain_args
 
 from hftool.engine import Engine, TrainConfig

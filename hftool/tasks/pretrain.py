@@ -185,7 +185,10 @@ def obtain_tokenizer(recipe: PretrainRecipe, engine, out: Path, resume: bool, tr
         return AutoTokenizer.from_pretrained(out)
     source = tok_cfg.path or recipe.model.init_from
     if source is not None:
-        ref = resolve_model(source, "tokenizer.path" if tok_cfg.path else "model.init_from")
+        if tok_cfg.path:
+            ref = resolve_model(source, "tokenizer.path", marker="tokenizer_config.json")
+        else:
+            ref = resolve_model(source, "model.init_from")
         tokenizer = AutoTokenizer.from_pretrained(ref.name_or_path, trust_remote_code=recipe.model.trust_remote_code,
                                                   **ref.load_kwargs())
         if not getattr(tokenizer, "is_fast", False):

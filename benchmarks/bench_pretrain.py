@@ -1,0 +1,116 @@
+"""Benchmark: `hftool pretrain` against a plain Hugging Face Trainer script (run_clm style), back to back.
+
+Same model (GPT-2, 4 layers, 256 hidden, 4 heads), same BPE tokenizer (vocab 8000, trained by hftool on the
+same text), same data (WikiText-2 raw validation from ../shared/data), batch 16 x 128 tokens, same learning
+rate schedule, bf16 where the CPU/GPU supports it. Each run is its own process. Reports the median tokens/s
+over steps 20-120, their ratio, peak memory and the loss at equal steps.
+
+Usage: python benchmarks/bench_pretrain.py [--steps 120] [--repeats 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
+RESULTS = REPO / "benchmarks" / "results"
+MODEL = "{n_layer: 4, n_embd: 256, n_head: 4, n_positions: 256}"
+
+
+def run(cmd: list[str], env: dict) -> None:
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{result.stderr[-3000:]}")
+
+
+def run_hftool(work: Path, tokenizer: Path, steps: int, precision: str, env: dict, tag: str) -> dict:
+    out = work / f"hftool-{tag}"
+    peak = work / f"hftool-{tag}.rss"
+    run([sys.executable, str(REPO / "benchmarks" / "peak_rss.py"), str(peak), "hftool", "pretrain",
+         f"data.files=[{DATA}]", f"tokenizer.path={tokenizer}", f"model.config={MODEL}", "data.block_size=128",
+         "data.validation_fraction=0", "train.batch_size=16", f"train.max_steps={steps}", "train.lr=1e-3",
+         "train.warmup_steps=10", "train.scheduler=cosine", "train.log_every=1", "train.eval_every=0",
+         "train.save_every=0", f"train.mixed_precision={precision}", "train.report_to=none",
+         f"train.output_dir={out}", "--overwrite"], env)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    per_step = {r["step"]: r for r in records if "loss" in r}
+    return {"tokens_per_s": [per_step[s]["tokens_per_s"] for s in sorted(per_step)],
+            "losses": {s: per_step[s]["loss"] for s in per_step},
+            "peak_rss_mb": float(peak.read_text())}
+
+
+def run_trainer(work: Path, tokenizer: Path, steps: int, precision: str, env: dict, tag: str) -> dict:
+    out = work / f"trainer-{tag}.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "baselines" / "run_clm_trainer.py"), "--train-file", str(DATA),
+           "--tokenizer", str(tokenizer), "--output", str(out), "--steps", str(steps)]
+    run(cmd + (["--bf16"] if precision == "bf16" else []), env)
+    raw = json.loads(out.read_text())
+    times = [0.0, *raw["step_end_times"]]
+    tokens_per_s = [raw["tokens_per_step"] / (b - a) for a, b in zip(times, times[1:], strict=False)]
+    return {"tokens_per_s": tokens_per_s, "losses": {int(k): v for k, v in raw["losses"].items()},
+            "peak_rss_mb": raw["peak_rss_mb"]}
+
+
+def window_median(values: list[float], first: int, last: int) -> float:
+    """Median of the per-step values for steps first+1..last (steps count from 1)."""
+    return statistics.median(values[first:last])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating hftool/Trainer pairs")
+    parser.add_argument("--quick", action="store_true", help="40 steps, for checking the script")
+    args = parser.parse_args()
+    steps = 40 if args.quick else args.steps
+    first = 10 if args.quick else 20
+    if not DATA.is_file():
+        sys.exit(f"benchmark data not found: {DATA} (the ../shared folder beside the repository)")
+
+    sys.path.insert(0, str(REPO))
+    from hftool.environment import bf16_supported
+
+    precision = "bf16" if bf16_supported() else "no"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tokenizer = work / "tokenizer"
+        run([sys.executable, "-m", "hftool", "tokenizer", "train", str(DATA), "-o", str(tokenizer),
+             "--vocab-size", "8000"], env)
+        runs = {"hftool": [], "trainer": []}
+        for repeat in range(args.repeats):
+            runs["trainer"].append(run_trainer(work, tokenizer, steps, precision, env, str(repeat)))
+            runs["hftool"].append(run_hftool(work, tokenizer, steps, precision, env, str(repeat)))
+
+    summary = {}
+    for name, results in runs.items():
+        summary[name] = {
+            "tokens_per_s": statistics.median(window_median(r["tokens_per_s"], first, steps) for r in results),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
+            "losses": results[0]["losses"],
+        }
+    ratio = summary["hftool"]["tokens_per_s"] / summary["trainer"]["tokens_per_s"]
+    checkpoints = [s for s in range(10, steps + 1, 10)]
+    print(f"precision {precision}, batch 16 x 128, steps {first}-{steps}, repeats {args.repeats}")
+    print(f"{'':10s} {'tokens/s':>10s} {'peak MB':>9s}   loss at steps {checkpoints}")
+    for name in ("trainer", "hftool"):
+        s = summary[name]
+        losses = " ".join(f"{s['losses'].get(step, float('nan')):.3f}" for step in checkpoints)
+        print(f"{name:10s} {s['tokens_per_s']:10.0f} {s['peak_rss_mb']:9.0f}   {losses}")
+    print(f"ratio hftool / Trainer: {ratio:.2f}x")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pretrain.json").write_text(json.dumps({"precision": precision, "steps": steps, "ratio": ratio,
+                                                        **summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
