@@ -88,8 +88,11 @@ class Engine:
         if config.report_to == "tensorboard" and _has_tensorboard():
             trackers = "tensorboard"
         self.mixed_precision = resolve_mixed_precision(config.mixed_precision)
+        launched_world = int(os.environ.get("WORLD_SIZE", "1"))
         try:
             self.accelerator = Accelerator(
+                # Several processes on a machine without an accelerator: data parallel on the CPU over gloo.
+                cpu=launched_world > 1 and not _has_accelerator_device(),
                 mixed_precision=self.mixed_precision,
                 log_with=trackers,
                 project_config=ProjectConfiguration(
@@ -100,6 +103,9 @@ class Engine:
             )
         except (ValueError, RuntimeError) as exc:
             raise HftoolError(f"train.mixed_precision={config.mixed_precision}: {exc}") from None
+        if self.accelerator.num_processes != launched_world:
+            raise HftoolError(f"launched as {launched_world} processes but Accelerate set up "
+                              f"{self.accelerator.num_processes}; check the accelerate config ('hftool env')")
         self._trackers = trackers is not None
         self._stop_signal: int | None = None
 
@@ -215,8 +221,8 @@ class Engine:
         result.resumed_from = resumed_from
         if not result.interrupted:
             result.eval_metrics = self._evaluate(model, task, result.steps, metrics_log)
-        if self._trackers:
-            self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:  # not end_training(): it also tears down the process group
+            tracker.finish()
         return result
 
     def _loop(self, model, optimizer, scheduler, train_data, task, start_step, total_steps,
@@ -510,6 +516,14 @@ def _write_synced(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _has_accelerator_device() -> bool:
+    import importlib.util
+
+    return (torch.cuda.is_available() or torch.backends.mps.is_available()
+            or (hasattr(torch, "xpu") and torch.xpu.is_available())
+            or importlib.util.find_spec("torch_xla") is not None)
 
 
 def _has_tensorboard() -> bool:
