@@ -15,6 +15,8 @@ def pretrain(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     strict_resume: bool = typer.Option(False, "--strict-resume",
                                        help="Refuse to resume when batch size, seed or world size changed."),
+    num_processes: int = typer.Option(1, "--num-processes", "-n",
+                                      help="Data-parallel processes: one per GPU, or on the CPU over gloo."),
 ) -> None:
     """Pretrain a GPT-2/BLOOM causal LM (or BERT MLM+NSP) from scratch or from a checkpoint.
 
@@ -28,10 +30,15 @@ def pretrain(
 
       hftool pretrain -r gpt2-small data.hub_dataset=wikitext data.hub_config=wikitext-2-raw-v1
 
-      accelerate launch -m hftool pretrain -r gpt2-tiny --resume
+      hftool pretrain -r gpt2-tiny --num-processes 2
+
+      accelerate launch --multi_gpu --num_processes 8 -m hftool pretrain -r gpt2-small
     """
     from hftool.config import load_recipe
+    from hftool.launch import relaunch
     from hftool.tasks.pretrain import PretrainRecipe, run_pretrain
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
+    config.validate()
+    relaunch(num_processes)
     run_pretrain(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

@@ -22,6 +22,7 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 16
     grad_accum: int = 1
+    global_batch_size: int | None = None  # if set: batch_size = global / (processes x grad_accum), must divide
     lr: float = 5e-4
     weight_decay: float = 0.01
     adam_beta1: float = 0.9

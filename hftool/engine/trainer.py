@@ -87,12 +87,13 @@ class Engine:
         trackers = None
         if config.report_to == "tensorboard" and _has_tensorboard():
             trackers = "tensorboard"
+        from hftool.launch import check_launch_matches_hardware
+
+        check_launch_matches_hardware()
         self.mixed_precision = resolve_mixed_precision(config.mixed_precision)
         launched_world = int(os.environ.get("WORLD_SIZE", "1"))
         try:
             self.accelerator = Accelerator(
-                # Several processes on a machine without an accelerator: data parallel on the CPU over gloo.
-                cpu=launched_world > 1 and not _has_accelerator_device(),
                 mixed_precision=self.mixed_precision,
                 log_with=trackers,
                 project_config=ProjectConfiguration(
@@ -106,6 +107,8 @@ class Engine:
         if self.accelerator.num_processes != launched_world:
             raise HftoolError(f"launched as {launched_world} processes but Accelerate set up "
                               f"{self.accelerator.num_processes}; check the accelerate config ('hftool env')")
+        if config.global_batch_size is not None:
+            config.batch_size = per_process_batch_size(config, self.accelerator.num_processes)
         self._trackers = trackers is not None
         self._stop_signal: int | None = None
 
@@ -451,6 +454,17 @@ class Engine:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
+def per_process_batch_size(config: TrainConfig, num_processes: int) -> int:
+    """The micro-batch each process takes so that ``global_batch_size`` is met exactly, or a clear refusal."""
+    share = num_processes * config.grad_accum
+    if config.global_batch_size % share:
+        raise HftoolError(
+            f"train.global_batch_size={config.global_batch_size} does not divide across {num_processes} "
+            f"process(es) x train.grad_accum={config.grad_accum}; use a multiple of {share}"
+        )
+    return config.global_batch_size // share
+
+
 class MetricsLog:
     """Metrics as JSON lines, written by the main process only."""
 
@@ -516,14 +530,6 @@ def _write_synced(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _has_accelerator_device() -> bool:
-    import importlib.util
-
-    return (torch.cuda.is_available() or torch.backends.mps.is_available()
-            or (hasattr(torch, "xpu") and torch.xpu.is_available())
-            or importlib.util.find_spec("torch_xla") is not None)
 
 
 def _has_tensorboard() -> bool:

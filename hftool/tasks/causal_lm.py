@@ -93,7 +93,7 @@ def setup_causal_lm(recipe, engine, out, resume: bool):
     engine.print(f"model: {model.config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
                  "parameters")
 
-    def save(trained, folder, summary):
+    def save(trained, folder, summary, state_dict):
         from transformers import GenerationConfig
 
         from hftool.tasks.pretrain import write_final_artifacts
@@ -103,7 +103,8 @@ def setup_causal_lm(recipe, engine, out, resume: bool):
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             do_sample=True, top_k=50, top_p=0.95, max_new_tokens=64,
         )
-        write_final_artifacts(trained, tokenizer, folder, summary, model_card(recipe, summary, "text-generation"))
+        write_final_artifacts(trained, tokenizer, folder, summary, model_card(recipe, summary, "text-generation"),
+                              state_dict)
         print_sample(trained, tokenizer, docs.validation[0] if docs.validation else "", recipe.train.seed)
 
     return PretrainJob(model=model, train_data=train_data, task=CausalLMTask(eval_blocks), data_stats=stats,

@@ -135,22 +135,26 @@ def run_pretrain(recipe: PretrainRecipe, resume: bool = False, overwrite: bool =
     if result.interrupted:
         engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
         return summary
+    state_dict = engine.accelerator.get_state_dict(job.model)  # every rank: gathers FSDP / ZeRO-3 shards
     if engine.is_main:
         from hftool.engine.report import plot_loss_curve, print_summary
 
-        job.finish(engine.unwrap(job.model), out, summary)
+        job.finish(engine.unwrap(job.model), out, summary, state_dict)
         plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=f"{recipe.objective} pretraining")
         print_summary({**summary, "output": str(out)}, title=f"hftool pretrain ({recipe.objective})")
     engine.wait()
     return summary
 
 
-def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str) -> None:
-    """Save the model folder; files are written to a temporary folder first, then moved into place."""
+def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str, state_dict=None) -> None:
+    """Save the model folder; files are written to a temporary folder first, then moved into place.
+
+    ``state_dict`` is the full (gathered) state when training was sharded (FSDP, DeepSpeed ZeRO-3).
+    """
     tmp = out / ".final-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -167,7 +171,7 @@ class PretrainJob:
     train_data: object
     task: object
     data_stats: dict
-    finish: object  # callable(model, out, summary): writes the model folder and reports on it
+    finish: object  # callable(model, out, summary, state_dict): writes the model folder and reports on it
 
 
 def obtain_tokenizer(recipe: PretrainRecipe, engine, out: Path, resume: bool, train_docs):
