@@ -84,3 +84,42 @@ def check_launch_matches_hardware() -> None:
     if gpus and not wants_cpu and local_world > gpus:
         raise HftoolError(f"launched {local_world} processes on this machine but only {gpus} GPU(s) are "
                           f"visible; use --num_processes {gpus} or fewer")
+
+
+SUPPORTED_DISTRIBUTED = {"NO", "MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED", "XLA"}
+
+
+def check_accelerate_config(path: str) -> dict:
+    """Read an accelerate config file and check it asks for a setup the engine supports; returns its summary.
+
+    The engine's requirements: FSDP wraps transformer blocks (or by size), DeepSpeed uses ZeRO stage 2 or 3,
+    the precision is one the engine knows, and the processes split evenly over the machines.
+    """
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        config = load_config_from_file(path)
+    except Exception as exc:  # accelerate raises several types for bad files
+        raise HftoolError(f"{path}: not a valid accelerate config ({exc})") from None
+    kind = str(getattr(config.distributed_type, "value", config.distributed_type))
+    if kind not in SUPPORTED_DISTRIBUTED:
+        raise HftoolError(f"{path}: distributed_type {kind} is not supported by hftool "
+                          f"(use one of {', '.join(sorted(SUPPORTED_DISTRIBUTED))})")
+    precision = str(getattr(config.mixed_precision, "value", config.mixed_precision) or "no")
+    if precision not in {"no", "fp16", "bf16"}:
+        raise HftoolError(f"{path}: mixed_precision {precision} is not one of no, fp16, bf16")
+    if config.num_processes < 1 or config.num_processes % max(config.num_machines, 1):
+        raise HftoolError(f"{path}: num_processes {config.num_processes} does not split evenly over "
+                          f"{config.num_machines} machine(s)")
+    if kind == "FSDP":
+        fsdp = config.fsdp_config or {}
+        policy = fsdp.get("fsdp_auto_wrap_policy")
+        if policy not in {"TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP"}:
+            raise HftoolError(f"{path}: fsdp_auto_wrap_policy {policy} must be TRANSFORMER_BASED_WRAP (wraps "
+                              "GPT2Block, BloomBlock, BertLayer) or SIZE_BASED_WRAP")
+    if kind == "DEEPSPEED":
+        stage = (config.deepspeed_config or {}).get("zero_stage")
+        if stage not in (2, 3):
+            raise HftoolError(f"{path}: deepspeed zero_stage {stage} is not 2 or 3")
+    return {"distributed_type": kind, "num_processes": config.num_processes, "num_machines": config.num_machines,
+            "mixed_precision": precision}

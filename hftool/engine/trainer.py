@@ -151,11 +151,33 @@ class Engine:
         for n, start in enumerate(range(0, len(indices), size)):
             if self.config.eval_max_batches is not None and n >= self.config.eval_max_batches:
                 return
+            if self.static_shapes and start + size > len(indices):
+                return  # a smaller last batch would recompile the XLA graph
             batch = task.collate([dataset[i] for i in indices[start:start + size]], 0)
             yield self._to_device(batch)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return self.accelerator.autocast()
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+    @property
+    def static_shapes(self) -> bool:
+        """XLA (TPU) compiles one graph per shape: keep every batch the same size."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.XLA
+
+    def _configure_deepspeed(self) -> None:
+        """DeepSpeed owns accumulation boundaries and clipping: give it the recipe's values."""
+        ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["gradient_accumulation_steps"] = self.config.grad_accum
+        ds_config["train_micro_batch_size_per_gpu"] = self.config.batch_size
+        ds_config["gradient_clipping"] = self.config.max_grad_norm or 0.0
 
     # ---- training --------------------------------------------------------------------------------------
     def steps_per_epoch(self, num_examples: int) -> int:
@@ -201,6 +223,11 @@ class Engine:
             num_warmup_steps=cfg.warmup_steps,
             num_training_steps=total_steps,
         )
+        if self.uses_deepspeed:
+            self._configure_deepspeed()
+        fsdp_plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if fsdp_plugin is not None and fsdp_plugin.transformer_cls_names_to_wrap is None:
+            fsdp_plugin.transformer_cls_names_to_wrap = transformer_block_classes(model)
         model, optimizer = self.accelerator.prepare(model, optimizer)
         self.accelerator.register_for_checkpointing(scheduler)
 
@@ -345,6 +372,8 @@ class Engine:
         local_count = sum(task.count_targets(b) for b in micro_batches)
         global_count = self.reduce_sum(torch.tensor(float(local_count)))
         scale = self.num_processes / global_count.clamp(min=1.0)
+        if self.uses_deepspeed:  # DeepSpeed divides every micro-batch loss by its accumulation steps itself
+            scale = scale * cfg.grad_accum
         model.train()
         loss_total = torch.zeros((), device=self.device)
         tokens = 0
@@ -356,7 +385,7 @@ class Engine:
                 loss_sum = task.loss_sum(model, batch)
             self.accelerator.backward(loss_sum * scale)
             loss_total += loss_sum.detach().float()
-        if cfg.max_grad_norm:
+        if cfg.max_grad_norm and not self.uses_deepspeed:
             self.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -452,6 +481,22 @@ class Engine:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+def transformer_block_classes(model: torch.nn.Module) -> list[str]:
+    """Names of the repeated transformer block classes (GPT2Block, BloomBlock, BertLayer): the unit FSDP wraps.
+
+    transformers declares them as ``_no_split_modules``; for a model that does not, the class of the entries of
+    its longest ``ModuleList`` (its stack of layers) is used.
+    """
+    declared = getattr(model, "_no_split_modules", None)
+    if declared:
+        present = {type(m).__name__ for m in model.modules()}
+        return [name for name in declared if name in present]
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not stacks:
+        return []
+    return [type(max(stacks, key=len)[0]).__name__]
 
 
 def per_process_batch_size(config: TrainConfig, num_processes: int) -> int:
