@@ -229,6 +229,9 @@ class Engine:
         if fsdp_plugin is not None and fsdp_plugin.transformer_cls_names_to_wrap is None:
             fsdp_plugin.transformer_cls_names_to_wrap = transformer_block_classes(model)
         model, optimizer = self.accelerator.prepare(model, optimizer)
+        # prepare() wraps forward in autocast and casts every output to fp32; the engine already runs each loss
+        # under autocast, and the cast would copy the largest tensor of the step (the logits) once more.
+        self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         self.accelerator.register_for_checkpointing(scheduler)
 
         start_step, resumed_from = 0, None

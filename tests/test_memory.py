@@ -1,0 +1,73 @@
+"""`hftool estimate-memory` against the measured peak memory of real CPU training runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_cli
+
+from hftool.config import load_recipe
+from hftool.memory import MiB, estimate, recipe_model_config
+from hftool.tasks.pretrain import PretrainRecipe
+
+# Trains the recipe's model shape and micro-batch for two steps through the engine and reports the peak resident
+# memory above what the process held just before the model was built.
+MEASURE = """
+import json, resource, sys, tempfile
+import numpy as np, psutil
+from transformers import AutoModelForCausalLM
+from hftool.config import load_recipe
+from hftool.engine import Engine
+from hftool.memory import recipe_model_config
+from hftool.tasks.causal_lm import CausalLMTask
+from hftool.tasks.pretrain import PretrainRecipe
+
+recipe = load_recipe(PretrainRecipe, sys.argv[1], sys.argv[2:])
+config = recipe_model_config(recipe)
+data = np.random.default_rng(0).integers(0, config.vocab_size, (recipe.train.batch_size * 2, recipe.data.block_size))
+engine = Engine(recipe.train, tempfile.mkdtemp())
+before = psutil.Process().memory_info().rss
+model = AutoModelForCausalLM.from_config(config)
+engine.fit(model, data.astype(np.int32), CausalLMTask())
+print(json.dumps({"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20}))
+"""
+
+
+def _measured_peak(recipe: str, precision: str) -> float:
+    overrides = [f"train.mixed_precision={precision}", "train.max_steps=2", "train.report_to=none",
+                 "train.log_every=1"]
+    result = subprocess.run([sys.executable, "-c", MEASURE, recipe, *overrides], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+@pytest.mark.parametrize("recipe, precision", [("gpt2-tiny", "no"), ("gpt2-mini", "bf16")])
+def test_estimate_is_within_25_percent_of_a_real_run(recipe, precision):
+    config = load_recipe(PretrainRecipe, recipe)
+    rows = estimate(recipe_model_config(config), config.train.batch_size, config.data.block_size, 1)
+    ddp = next(r for r in rows if r.strategy == "DDP" and r.precision == ("fp32" if precision == "no" else "bf16"))
+    measured = _measured_peak(recipe, precision)
+    assert ddp.total / MiB == pytest.approx(measured, rel=0.25), (ddp.total / MiB, measured)
+
+
+def test_sharding_divides_states_not_activations():
+    config = load_recipe(PretrainRecipe, "gpt2-tiny")
+    one = {(r.strategy, r.precision): r for r in estimate(recipe_model_config(config), 16, 128, 1)}
+    eight = {(r.strategy, r.precision): r for r in estimate(recipe_model_config(config), 16, 128, 8)}
+    assert eight["DDP", "bf16"].total == one["DDP", "bf16"].total
+    assert eight["ZeRO-2", "bf16"].optimizer == pytest.approx(one["ZeRO-2", "bf16"].optimizer / 8)
+    assert eight["ZeRO-3", "bf16"].gradients == pytest.approx(one["ZeRO-3", "bf16"].gradients / 8)
+    assert eight["FSDP", "fp32"].activations == one["FSDP", "fp32"].activations
+    assert one["DDP", "bf16"].activations < one["DDP", "fp32"].activations
+
+
+def test_cli_prints_every_strategy():
+    code, out, err = run_cli(["estimate-memory", "--recipe", "gpt2-tiny", "-n", "4"])
+    assert code == 0, err
+    for strategy in ("DDP", "FSDP", "ZeRO-2", "ZeRO-3"):
+        assert strategy in out
