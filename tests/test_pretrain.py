@@ -216,3 +216,28 @@ def test_existing_output_from_another_run_is_refused(small_corpus, tmp_path):
 def test_unknown_recipe_key_on_command_line(tmp_path):
     code, _, err = run_cli(["pretrain", "train.bach_size=3", f"train.output_dir={tmp_path}"])
     assert code != 0 and "did you mean 'train.batch_size'" in err
+
+
+def test_streaming_jsonl_trains_with_an_existing_tokenizer(small_corpus, tmp_path, byte_bpe_tokenizer):
+    from hftool.data.text import read_text_documents
+
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": doc}) + "\n" for doc in read_text_documents(small_corpus)))
+    out = tmp_path / "stream"
+    args = [a for a in tiny_pretrain_args(jsonl, out) if not a.startswith("tokenizer.")]
+    code, _, err = run_cli(["pretrain", *args, "data.streaming=true", "data.text_column=body",
+                            f"tokenizer.path={byte_bpe_tokenizer}", "data.streaming_validation_documents=5"])
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["eval_blocks"] > 0
+
+
+def test_tokenizer_train_command(small_corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    code, out, err = run_cli(["tokenizer", "train", str(small_corpus), "-o", str(tmp_path / "tok"),
+                              "--kind", "wordpiece", "--vocab-size", "500", "--lowercase"])
+    assert code == 0, err
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert len(tokenizer) == 500 and tokenizer.mask_token == "[MASK]"
+    assert tokenizer.tokenize("The FUNCTION") == tokenizer.tokenize("the function")
