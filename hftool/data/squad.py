@@ -202,7 +202,8 @@ def _read_json_text(path: Path, flag: str) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise HftoolError(f"{path}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+        raise HftoolError(f"{flag} {path}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+                          ) from None
     if not text.strip():
         raise HftoolError(f"{flag} {path}: the file is empty")
     return text
@@ -280,8 +281,9 @@ def read_questions_file(path: str | Path, flag: str = "--file") -> list[QAExampl
     line number), or any SQuAD file."""
     path = Path(path).expanduser()
     text = _read_json_text(path, flag)
-    if path.suffix.lower() != ".jsonl" and not _is_jsonl(text):
-        return list(_file_records(path, text, need_answers=False))
+    if path.suffix.lower() != ".jsonl" and _is_squad_layout(text):
+        examples = list(_file_records(path, text, need_answers=False))
+        return check_examples(examples, str(path), strict=False, need_answers=False, warn=warn_on_stderr)
     examples = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
@@ -291,6 +293,15 @@ def read_questions_file(path: str | Path, flag: str = "--file") -> list[QAExampl
                 record = {"id": str(number), **record}
             examples.append(parse_record(record, where, need_answers=False))
     return check_examples(examples, str(path), strict=False, need_answers=False, warn=warn_on_stderr)
+
+
+def _is_squad_layout(text: str) -> bool:
+    """The official ``{"data": [...]}`` layout or a JSON list of records (rather than JSON lines)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(document, list) or (isinstance(document, dict) and "data" in document)
 
 
 def read_hub_split(name: str, config: str | None, split: str, strict: bool = False,

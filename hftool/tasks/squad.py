@@ -452,6 +452,7 @@ def answer_questions(model_name: str, examples: list[QAExample], settings: Windo
         raise HftoolError(f"--top-k={top_k} must be at least 1")
     import torch
     from accelerate import PartialState
+    from transformers.utils import logging as transformers_logging
 
     from hftool.data.squad import encode_windows
     from hftool.hub import resolve_model
@@ -461,6 +462,7 @@ def answer_questions(model_name: str, examples: list[QAExample], settings: Windo
     check_positions(ref, settings, "--model")
     check_windows_fit(examples, tokenizer, settings)
     windows = encode_windows(examples, tokenizer, settings)
+    transformers_logging.disable_progress_bar()  # answers are the only output
     device = PartialState().device
     model = load_qa_model(ref).to(device)
     model.eval()
