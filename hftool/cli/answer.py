@@ -1,0 +1,64 @@
+"""``hftool answer``: answer questions about a text with an extractive question-answering model."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def answer(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Question-answering model: folder, Hub id, alias or package:<module>."),
+    question: str = typer.Option(None, "--question", "-q", show_default=False, help="The question."),
+    context: str = typer.Option(None, "--context", "-c", show_default=False,
+                                help="The text holding the answer."),
+    file: str = typer.Option(None, "--file", "-f", show_default=False,
+                             help="JSONL of {\"question\", \"context\"} (\"id\" optional) instead of "
+                                  "--question/--context."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="How many answers to show per question."),
+    max_length: int = typer.Option(384, "--max-length", help="Tokens per window (question + context)."),
+    doc_stride: int = typer.Option(128, "--doc-stride", help="Context tokens shared by consecutive windows."),
+    max_answer_length: int = typer.Option(30, "--max-answer-length", help="Longest answer, in tokens."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Windows per batch."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per question instead of text."),
+) -> None:
+    """Answer a question from a context: the top answers with their scores and character spans.
+
+    Scores are probabilities among the best candidate spans; spans are [start, end) character offsets in the
+    context, so context[start:end] is the answer.
+
+    Examples:
+
+      hftool answer --model runs/squad-minilm --question "Who won Super Bowl 50?" --context "The Denver
+      Broncos defeated the Carolina Panthers 24-10 to win Super Bowl 50."
+
+      hftool answer --model runs/squad-minilm --file questions.jsonl --json
+    """
+    from hftool.data.squad import QAExample, WindowSettings, read_questions_file
+    from hftool.errors import HftoolError
+    from hftool.tasks.squad import answer_questions
+
+    if file is not None:
+        if question is not None or context is not None:
+            raise HftoolError("give --file, or --question with --context, not both")
+        examples = read_questions_file(file)
+    elif question is None or context is None:
+        raise HftoolError("give --question and --context (or --file with one JSON object per line)")
+    elif not question.strip() or not context.strip():
+        raise HftoolError("--question and --context must not be empty")
+    else:
+        examples = [QAExample(id="1", question=question, context=context)]
+    settings = WindowSettings(max_length, doc_stride, max_answer_length, prefix="--")
+    results = answer_questions(model, examples, settings, top_k, batch_size)
+    for example, answers in zip(examples, results, strict=True):
+        if as_json:
+            typer.echo(json.dumps({"id": example.id, "question": example.question, "answers": [
+                {"text": a.text, "score": round(a.probability, 4), "start": a.start_char, "end": a.end_char}
+                for a in answers]}, ensure_ascii=False))
+            continue
+        typer.echo(f"Q: {example.question}")
+        if not answers:
+            typer.echo("   (no answer span found)")
+        for rank, a in enumerate(answers, start=1):
+            typer.echo(f"   {rank}. {a.text!r}  score {a.probability:.3f}  chars {a.start_char}-{a.end_char}")

@@ -1,0 +1,57 @@
+"""``hftool finetune``: fine-tune a pretrained model on a downstream task from a recipe."""
+
+from __future__ import annotations
+
+import typer
+
+from hftool.cli.pretrain import OVERRIDES_HELP, RECIPE_HELP
+
+app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering).",
+                  no_args_is_help=True)
+
+
+@app.command("squad")
+def squad(
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: str = typer.Option("squad-bert-base", "--recipe", "-r", help=RECIPE_HELP),
+    train_file: str = typer.Option(None, "--train-file", show_default=False,
+                                   help="SQuAD v1.1 JSON or JSONL to train on (same as data.train_file=...); "
+                                        "default: the Hub's squad train split."),
+    validation_file: str = typer.Option(None, "--validation-file", show_default=False,
+                                        help="SQuAD v1.1 JSON or JSONL to evaluate on (same as "
+                                             "data.validation_file=...); default: the Hub's squad "
+                                             "validation split."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Fail on answers whose text is not at answer_start (default: skip them "
+                                     "with a warning)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    strict_resume: bool = typer.Option(False, "--strict-resume",
+                                       help="Refuse to resume when batch size, seed or world size changed."),
+) -> None:
+    """Fine-tune an encoder (BERT, MiniLM, ...) for extractive question answering on SQuAD v1.1.
+
+    BERT's headline fine-tuning task: the model learns to point at the answer's first and last token in the
+    context. It evaluates at every epoch end and at the end (exact match and F1 as the official SQuAD v1.1
+    script), then saves a transformers model folder with predictions.json (id -> answer) and metrics.json.
+
+    Examples:
+
+      hftool finetune squad -r squad-minilm --train-file train-v1.1.json --validation-file dev-v1.1.json
+
+      hftool finetune squad -r squad-bert-base train.output_dir=runs/bert-squad
+
+      hftool finetune squad -r squad-minilm --train-file train.json --validation-file dev.json
+      train.max_steps=50 data.max_eval_examples=200
+
+      accelerate launch -m hftool finetune squad -r squad-bert-base --resume
+    """
+    from hftool.config import load_recipe
+    from hftool.tasks.squad import SquadRecipe, run_finetune_squad
+
+    flags = {"data.train_file": train_file, "data.validation_file": validation_file}
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if strict:
+        extra.append("data.strict=true")
+    config = load_recipe(SquadRecipe, recipe, (overrides or []) + extra)
+    run_finetune_squad(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

@@ -1,0 +1,567 @@
+"""SQuAD v1.1 data: reading and checking question/context/answer records, and cutting them into windows.
+
+Sources: the Hub dataset (``rajpurkar/squad``, the Hub's ``squad``), the official nested JSON
+(``{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}``) or flat records, one JSON object per line
+(JSONL) or a JSON list, with ``id``, ``question``, ``context`` and ``answers`` (``{"text": [...],
+"answer_start": [...]}`` as on the Hub, or a list of ``{"text", "answer_start"}`` as in the official file).
+
+A context longer than a window is cut into overlapping windows of ``max_length`` tokens (question + context
++ special tokens) that share ``doc_stride`` context tokens. Each window keeps its character offsets, so a
+predicted token span maps back to the original context text, and its answer labels are the first and last
+token of the answer, or the [CLS] position when the answer is not wholly inside the window.
+
+Nothing here imports torch, so bad files fail fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from hftool.errors import HftoolError
+
+WINDOWS_FORMAT_VERSION = 1
+TOKENIZE_CHUNK = 1000
+REQUIRED_FIELDS = ("id", "question", "context", "answers")
+WINDOW_ARRAYS = ("input_ids", "token_type_ids", "offsets", "bounds", "example_index", "start_positions",
+                 "end_positions")
+
+
+def warn_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass
+class SquadDataConfig:
+    """Where the questions come from and how they are windowed (the ``data:`` section of a recipe)."""
+
+    train_file: str | None = None  # official SQuAD v1.1 JSON or flat JSONL; default: the Hub dataset
+    validation_file: str | None = None
+    hub_dataset: str = "rajpurkar/squad"  # the Hub's `squad`
+    hub_config: str | None = None
+    hub_train_split: str = "train"
+    hub_validation_split: str = "validation"
+    max_length: int = 384  # tokens per window: question + context + special tokens
+    doc_stride: int = 128  # context tokens shared by consecutive windows of one long context
+    pad_to_max_length: bool = False  # static shapes for XLA/TPU; otherwise pad each batch to its longest
+    group_by_length: bool = True  # batch windows of similar length together (less padding)
+    strict: bool = False  # fail on answers not found at answer_start (default: skip them with a warning)
+    max_train_examples: int | None = None  # first N training questions (quick experiments)
+    max_eval_examples: int | None = None  # first N validation questions
+    n_best: int = 20  # start/end candidates per window considered by post-processing
+    max_answer_length: int = 30  # longest answer predicted, in tokens
+
+    def validate(self) -> None:
+        windows = WindowSettings(self.max_length, self.doc_stride, self.max_answer_length, self.n_best)
+        windows.validate()
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise HftoolError(f"data.{name}={value} must be at least 1 (or null for all)")
+
+    @property
+    def windows(self) -> WindowSettings:
+        return WindowSettings(self.max_length, self.doc_stride, self.max_answer_length, self.n_best)
+
+    def describe(self, split: str) -> str:
+        file = self.train_file if split == "train" else self.validation_file
+        if file:
+            return file
+        hub_split = self.hub_train_split if split == "train" else self.hub_validation_split
+        config = f" ({self.hub_config})" if self.hub_config else ""
+        return f"{self.hub_dataset}{config} [{hub_split}]"
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How contexts are cut into windows and how answers are read back; ``prefix`` names them in errors
+    as recipe fields (``data.``) or as command-line flags (``--``)."""
+
+    max_length: int = 384
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    n_best: int = 20
+    prefix: str = "data."
+
+    def name(self, field_name: str) -> str:
+        if self.prefix == "--":
+            return "--" + field_name.replace("_", "-")
+        return self.prefix + field_name
+
+    def validate(self) -> None:
+        """Checks that need no tokenizer: run before anything is read or tokenized."""
+        if self.max_length < 8:
+            raise HftoolError(f"{self.name('max_length')}={self.max_length} must be at least 8")
+        if self.doc_stride < 0:
+            raise HftoolError(f"{self.name('doc_stride')}={self.doc_stride} must be 0 or more")
+        if self.doc_stride >= self.max_length:
+            raise HftoolError(f"{self.name('doc_stride')}={self.doc_stride} is too large for "
+                              f"{self.name('max_length')}={self.max_length}: the overlap between windows "
+                              f"must be smaller than the window (128 for 384 is usual)")
+        for name in ("max_answer_length", "n_best"):
+            if getattr(self, name) < 1:
+                raise HftoolError(f"{self.name(name)}={getattr(self, name)} must be at least 1")
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One question about one context, with its gold answers (empty when only predicting)."""
+
+    id: str
+    question: str
+    context: str
+    answer_texts: tuple[str, ...] = ()
+    answer_starts: tuple[int, ...] = ()
+    title: str = ""
+
+    def reference(self) -> dict:
+        """The gold answers in the format of the ``squad`` metric."""
+        return {"id": self.id, "answers": {"text": list(self.answer_texts),
+                                           "answer_start": list(self.answer_starts)}}
+
+
+# ---- reading and checking records -------------------------------------------------------------------------
+
+def _field(record: dict, name: str, where: str, kind: type | tuple[type, ...]):
+    if not isinstance(record, dict):
+        raise HftoolError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if name not in record:
+        raise HftoolError(f"{where}: missing field '{name}'")
+    value = record[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise HftoolError(f"{where}: field '{name}' must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _answers(value, where: str) -> list[tuple[str, int]]:
+    """(text, answer_start) pairs from either answer layout."""
+    if isinstance(value, dict):
+        texts = _field(value, "text", f"{where}.answers", list)
+        starts = _field(value, "answer_start", f"{where}.answers", list)
+        if len(texts) != len(starts):
+            raise HftoolError(f"{where}: answers has {len(texts)} texts but {len(starts)} answer_start "
+                              "values")
+        pairs = list(zip(texts, starts, strict=True))
+    elif isinstance(value, list):
+        pairs = [(_field(a, "text", f"{where}.answers[{i}]", str),
+                  _field(a, "answer_start", f"{where}.answers[{i}]", int)) for i, a in enumerate(value)]
+    else:
+        raise HftoolError(f"{where}: field 'answers' must be a list of {{text, answer_start}} or "
+                          f"{{\"text\": [...], \"answer_start\": [...]}}, got {type(value).__name__}")
+    for i, (text, start) in enumerate(pairs):
+        if not isinstance(text, str) or not text:
+            raise HftoolError(f"{where}: answers[{i}] text must be a non-empty string")
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise HftoolError(f"{where}: answers[{i}] answer_start must be an integer >= 0, got {start!r}")
+    return pairs
+
+
+def parse_record(record, where: str, context: str | None = None, need_answers: bool = True,
+                 title: str = "") -> QAExample:
+    """Check one record and turn it into a :class:`QAExample`; errors name ``where`` and the field."""
+    if not isinstance(record, dict):
+        raise HftoolError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "id" in record and isinstance(record["id"], str | int) and not isinstance(record["id"], bool):
+        where = f"{where} (id '{record['id']}')"
+    qid = _field(record, "id", where, (str, int))
+    question = _field(record, "question", where, str)
+    if context is None:
+        context = _field(record, "context", where, str)
+    if not question.strip():
+        raise HftoolError(f"{where}: field 'question' is empty")
+    if not context.strip():
+        raise HftoolError(f"{where}: field 'context' is empty")
+    pairs = []
+    if need_answers or "answers" in record:
+        pairs = _answers(_field(record, "answers", where, (list, dict)), where)
+    if need_answers and not pairs:
+        raise HftoolError(f"{where}: field 'answers' is empty; SQuAD v1.1 questions have at least one answer "
+                          "(unanswerable SQuAD v2 questions are not supported)")
+    if isinstance(record.get("title"), str):
+        title = record["title"]
+    return QAExample(id=str(qid), question=question, context=context,
+                     answer_texts=tuple(t for t, _ in pairs), answer_starts=tuple(s for _, s in pairs),
+                     title=title)
+
+
+def _read_json_text(path: Path, flag: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise HftoolError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise HftoolError(f"{flag} {path}: is a folder, not a SQuAD JSON/JSONL file") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HftoolError(f"{flag} {path}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+                          ) from None
+    if not text.strip():
+        raise HftoolError(f"{flag} {path}: the file is empty")
+    return text
+
+
+def _load_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HftoolError(f"{where}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg})") from None
+
+
+def _jsonl_records(path: Path, text: str, need_answers: bool) -> Iterable[QAExample]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            where = f"{path}:{number}"
+            yield parse_record(_load_json(line, where), where, need_answers=need_answers)
+
+
+def _is_jsonl(text: str) -> bool:
+    """A file whose first non-blank line is a whole JSON object (and whose text is not one document)."""
+    first = next(line for line in text.splitlines() if line.strip())
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _file_records(path: Path, text: str, need_answers: bool) -> Iterable[QAExample]:
+    """Records of a nested official file, a JSON list, or JSONL, checked one by one."""
+    if path.suffix.lower() == ".jsonl":
+        yield from _jsonl_records(path, text, need_answers)
+        return
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if _is_jsonl(text):
+            yield from _jsonl_records(path, text, need_answers)
+            return
+        raise HftoolError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg})") from None
+    if isinstance(document, list):
+        for i, record in enumerate(document):
+            yield parse_record(record, f"{path}: record {i}", need_answers=need_answers)
+        return
+    if isinstance(document, dict) and "data" in document:
+        articles = _field(document, "data", str(path), list)
+        for a, article in enumerate(articles):
+            paragraphs = _field(article, "paragraphs", f"{path}: data[{a}]", list)
+            title = article.get("title") if isinstance(article.get("title"), str) else ""
+            for p, paragraph in enumerate(paragraphs):
+                where = f"{path}: data[{a}].paragraphs[{p}]"
+                context = _field(paragraph, "context", where, str)
+                for q, qa in enumerate(_field(paragraph, "qas", where, list)):
+                    yield parse_record(qa, f"{where}.qas[{q}]", context=context, need_answers=need_answers,
+                                       title=title)
+        return
+    if isinstance(document, dict) and set(REQUIRED_FIELDS) <= set(document):
+        yield parse_record(document, f"{path}: record 0", need_answers=need_answers)
+        return
+    raise HftoolError(f"{path}: not SQuAD data: expected the official layout {{\"data\": [...]}}, a JSON "
+                      "list of records, or one record per line (.jsonl)")
+
+
+def read_squad_file(path: str | Path, flag: str = "--file", strict: bool = False, need_answers: bool = True,
+                    warn: Callable[[str], None] = warn_on_stderr) -> list[QAExample]:
+    """Every question of a SQuAD file, checked: see :func:`check_examples` for the answer offsets."""
+    path = Path(path).expanduser()
+    text = _read_json_text(path, flag)
+    examples = list(_file_records(path, text, need_answers))
+    return check_examples(examples, str(path), strict, need_answers, warn)
+
+
+def read_questions_file(path: str | Path, flag: str = "--file") -> list[QAExample]:
+    """Questions to answer (no gold answers needed): JSONL of {question, context}, ``id`` optional (the
+    line number), or any SQuAD file."""
+    path = Path(path).expanduser()
+    text = _read_json_text(path, flag)
+    if path.suffix.lower() != ".jsonl" and _is_squad_layout(text):
+        examples = list(_file_records(path, text, need_answers=False))
+        return check_examples(examples, str(path), strict=False, need_answers=False, warn=warn_on_stderr)
+    examples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            where = f"{path}:{number}"
+            record = _load_json(line, where)
+            if isinstance(record, dict):
+                record = {"id": str(number), **record}
+            examples.append(parse_record(record, where, need_answers=False))
+    return check_examples(examples, str(path), strict=False, need_answers=False, warn=warn_on_stderr)
+
+
+def _is_squad_layout(text: str) -> bool:
+    """The official ``{"data": [...]}`` layout or a JSON list of records (rather than JSON lines)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(document, list) or (isinstance(document, dict) and "data" in document)
+
+
+def read_hub_split(name: str, config: str | None, split: str, strict: bool = False,
+                   warn: Callable[[str], None] = warn_on_stderr) -> list[QAExample]:
+    """A split of a SQuAD-style Hub dataset, checked like a file."""
+    from datasets import load_dataset
+
+    from hftool.hub import hub_reachable, offline_mode
+
+    shown = name + (f" ({config})" if config else "") + f" [{split}]"
+    try:
+        dataset = load_dataset(name, config, split=split)
+    except Exception as exc:  # datasets raises many types for unreachable or malformed datasets
+        if offline_mode() or not hub_reachable():
+            raise HftoolError(f"data.hub_dataset={shown}: not cached and the Hub cannot be reached; pass "
+                              "local SQuAD files with --train-file/--validation-file instead") from None
+        raise HftoolError(f"data.hub_dataset={shown}: {str(exc).splitlines()[0][:200]}") from None
+    examples = [parse_record(row, f"{shown} row {i}") for i, row in enumerate(dataset)]
+    return check_examples(examples, shown, strict, True, warn)
+
+
+def check_examples(examples: list[QAExample], source: str, strict: bool, need_answers: bool,
+                   warn: Callable[[str], None]) -> list[QAExample]:
+    """Refuse empty sources and duplicate ids; drop answers whose text is not at ``answer_start``.
+
+    A misaligned answer would train the model on the wrong span. They are counted and skipped with one
+    warning (a question left with no answer is dropped), or refused with ``strict``.
+    """
+    if not examples:
+        raise HftoolError(f"{source}: no questions found")
+    seen: dict[str, int] = {}
+    for i, example in enumerate(examples):
+        if example.id in seen:
+            raise HftoolError(f"{source}: duplicate id '{example.id}' (questions {seen[example.id]} and "
+                              f"{i}); ids must be unique")
+        seen[example.id] = i
+    misaligned: list[str] = []
+    kept: list[QAExample] = []
+    dropped_questions = 0
+    for example in examples:
+        answers = list(zip(example.answer_texts, example.answer_starts, strict=True))
+        good = [(t, s) for t, s in answers if example.context[s:s + len(t)] == t]
+        if len(good) < len(answers):
+            misaligned += [f"id '{example.id}': {t!r} at {s}, but the context has "
+                           f"{example.context[s:s + len(t)]!r}" for t, s in answers if (t, s) not in good]
+            if need_answers and not good:
+                dropped_questions += 1
+                continue
+            example = replace(example, answer_texts=tuple(t for t, _ in good),
+                              answer_starts=tuple(s for _, s in good))
+        kept.append(example)
+    if misaligned:
+        what = (f"{source}: {len(misaligned)} answer(s) do not match "
+                f"context[answer_start:answer_start+len(text)] (first: {misaligned[0]})")
+        if strict:
+            raise HftoolError(f"{what}; fix the offsets, or drop --strict to skip them")
+        dropped = f" and {dropped_questions} question(s) left without an answer" if dropped_questions else ""
+        warn(f"warning: {what}; skipped them{dropped} (--strict refuses them)")
+    if not kept:
+        raise HftoolError(f"{source}: no question has a usable answer")
+    return kept
+
+
+# ---- windows ----------------------------------------------------------------------------------------------
+
+def check_fast_tokenizer(tokenizer, flag: str) -> None:
+    """Windows need character offsets, which only fast (Rust) tokenizers give."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise HftoolError(f"{flag}: the tokenizer {type(tokenizer).__name__} is a slow (Python) tokenizer "
+                          "without offset mappings; question answering needs a fast tokenizer "
+                          "(a folder with tokenizer.json)")
+
+
+def _pair(tokenizer, questions: list[str], contexts: list[str]) -> tuple[list[str], list[str], int]:
+    """(first texts, second texts, index of the context): the question goes on the side away from padding."""
+    if tokenizer.padding_side == "right":
+        return questions, contexts, 1
+    return contexts, questions, 0
+
+
+def check_windows_fit(examples: list[QAExample], tokenizer, settings: WindowSettings) -> None:
+    """Every question must leave room for context in a window, and more room than the stride.
+
+    Checked on the questions alone before the contexts are tokenized (the tokenizer would otherwise panic).
+    """
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    lengths = [len(ids) for start in range(0, len(examples), TOKENIZE_CHUNK)
+               for ids in tokenizer([e.question.lstrip() for e in examples[start:start + TOKENIZE_CHUNK]],
+                                    add_special_tokens=False, verbose=False)["input_ids"]]
+    longest = int(np.argmax(lengths))
+    example, length = examples[longest], lengths[longest]
+    room = settings.max_length - length - special
+    if room < 1:
+        raise HftoolError(f"question id '{example.id}' is {length} tokens long, which with {special} "
+                          f"special tokens leaves no room for the context in {settings.name('max_length')}="
+                          f"{settings.max_length}; raise {settings.name('max_length')} or shorten the "
+                          "question")
+    if settings.doc_stride >= room:
+        raise HftoolError(f"{settings.name('doc_stride')}={settings.doc_stride} is too large for "
+                          f"{settings.name('max_length')}={settings.max_length}: question id '{example.id}' "
+                          f"({length} tokens + {special} special) leaves {room} context tokens per window "
+                          f"and the stride must be smaller; lower {settings.name('doc_stride')} or raise "
+                          f"{settings.name('max_length')}")
+
+
+@dataclass
+class Windows:
+    """Tokenized windows, unpadded and stored flat: window ``i`` is ``input_ids[bounds[i]:bounds[i+1]]``.
+
+    ``offsets`` holds each token's (start, end) characters in its context, -1 for tokens outside the
+    context (question, special tokens). ``start_positions``/``end_positions`` are the answer's first and
+    last token, or ``cls_index`` when the answer is not wholly inside the window (or there is none).
+    """
+
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray | None
+    offsets: np.ndarray
+    bounds: np.ndarray
+    example_index: np.ndarray
+    start_positions: np.ndarray
+    end_positions: np.ndarray
+    pad_token_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.example_index)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+    def window_offsets(self, index: int) -> np.ndarray:
+        return self.offsets[self.bounds[index]:self.bounds[index + 1]]
+
+    def __getitem__(self, index: int) -> dict:
+        begin, end = self.bounds[index], self.bounds[index + 1]
+        item = {"input_ids": self.input_ids[begin:end], "start_positions": int(self.start_positions[index]),
+                "end_positions": int(self.end_positions[index]), "window_index": int(index)}
+        if self.token_type_ids is not None:
+            item["token_type_ids"] = self.token_type_ids[begin:end]
+        return item
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        arrays = {name: getattr(self, name) for name in WINDOW_ARRAYS if getattr(self, name) is not None}
+        np.savez(tmp, pad_token_id=np.array(self.pad_token_id), **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Windows:
+        with np.load(path) as data:
+            arrays = {name: data[name] if name in data else None for name in WINDOW_ARRAYS}
+            return cls(**arrays, pad_token_id=int(data["pad_token_id"]))
+
+
+def encode_windows(examples: list[QAExample], tokenizer, settings: WindowSettings) -> Windows:
+    """Cut every example into windows with offsets and answer labels (the first gold answer)."""
+    keep_types = "token_type_ids" in tokenizer.model_input_names
+    ids_parts, type_parts, offset_parts, lengths = [], [], [], []
+    example_index, starts, ends = [], [], []
+    for chunk_start in range(0, len(examples), TOKENIZE_CHUNK):
+        chunk = examples[chunk_start:chunk_start + TOKENIZE_CHUNK]
+        first, second, context_side = _pair(tokenizer, [e.question.lstrip() for e in chunk],
+                                            [e.context for e in chunk])
+        encoded = tokenizer(first, second, truncation="only_second" if context_side == 1 else "only_first",
+                            max_length=settings.max_length, stride=settings.doc_stride,
+                            return_overflowing_tokens=True, return_offsets_mapping=True, padding=False,
+                            verbose=False)
+        for w, sample in enumerate(encoded["overflow_to_sample_mapping"]):
+            example = chunk[sample]
+            ids = np.asarray(encoded["input_ids"][w], dtype=np.int32)
+            offsets = np.asarray(encoded["offset_mapping"][w], dtype=np.int32).reshape(-1, 2)
+            in_context = np.asarray([s == context_side for s in encoded.sequence_ids(w)])
+            offsets[~in_context] = -1
+            cls_index = _cls_index(ids, tokenizer)
+            start, end = cls_index, cls_index
+            if example.answer_texts:
+                start, end = answer_token_span(offsets, example.answer_starts[0],
+                                               example.answer_starts[0] + len(example.answer_texts[0]),
+                                               default=cls_index)
+            ids_parts.append(ids)
+            offset_parts.append(offsets)
+            if keep_types:
+                type_parts.append(np.asarray(encoded["token_type_ids"][w], dtype=np.int8))
+            lengths.append(len(ids))
+            example_index.append(chunk_start + sample)
+            starts.append(start)
+            ends.append(end)
+    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    return Windows(
+        input_ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
+        token_type_ids=np.concatenate(type_parts) if type_parts else None,
+        offsets=np.concatenate(offset_parts) if offset_parts else np.zeros((0, 2), np.int32),
+        bounds=bounds, example_index=np.asarray(example_index, dtype=np.int32),
+        start_positions=np.asarray(starts, dtype=np.int32), end_positions=np.asarray(ends, dtype=np.int32),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    )
+
+
+def _cls_index(ids: np.ndarray, tokenizer) -> int:
+    if tokenizer.cls_token_id is not None:
+        found = np.flatnonzero(ids == tokenizer.cls_token_id)
+        if len(found):
+            return int(found[0])
+    return 0
+
+
+def answer_token_span(offsets: np.ndarray, start_char: int, end_char: int, default: int) -> tuple[int, int]:
+    """First and last context token of the characters [start_char, end_char), or ``default`` twice when
+    they are not wholly inside this window's context."""
+    context = np.flatnonzero(offsets[:, 0] >= 0)
+    if len(context) == 0:
+        return default, default
+    token_starts, token_ends = offsets[context, 0], offsets[context, 1]
+    if not (token_starts[0] <= start_char and token_ends[-1] >= end_char):
+        return default, default
+    first = context[np.searchsorted(token_starts, start_char, side="right") - 1]
+    last = context[np.searchsorted(token_ends, end_char, side="left")]
+    return int(first), int(last)
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's vocabulary and pipeline, without the truncation/padding state each call changes."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return json.dumps(state, sort_keys=True)
+
+
+def windows_cache_key(examples: list[QAExample], tokenizer, settings: WindowSettings) -> str:
+    """A digest of everything windows depend on: the text, the tokenizer and the window settings."""
+    digest = hashlib.sha256()
+    digest.update(f"v{WINDOWS_FORMAT_VERSION}|{settings.max_length}|{settings.doc_stride}|"
+                  f"{tokenizer.padding_side}|{type(tokenizer).__name__}|".encode())
+    digest.update(_tokenizer_fingerprint(tokenizer).encode())
+    for example in examples:
+        for part in (example.question, example.context, *example.answer_texts):
+            digest.update(part.encode("utf-8", "surrogatepass"))
+            digest.update(b"\x00")
+        digest.update(",".join(map(str, example.answer_starts)).encode())
+        digest.update(b"\x01")
+    return digest.hexdigest()[:24]
+
+
+def cached_windows(examples: list[QAExample], tokenizer, settings: WindowSettings,
+                   cache_dir: Path | None) -> Windows:
+    """:func:`encode_windows`, reusing an earlier result for the same text, tokenizer and settings.
+
+    Under a multi-process launch call it inside ``main_process_first()``: the main process writes the
+    cache file, the others then read it.
+    """
+    if cache_dir is None:
+        return encode_windows(examples, tokenizer, settings)
+    path = cache_dir / f"squad-windows-{windows_cache_key(examples, tokenizer, settings)}.npz"
+    if path.is_file():
+        try:
+            return Windows.load(path)
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+    windows = encode_windows(examples, tokenizer, settings)
+    windows.save(path)
+    return windows
