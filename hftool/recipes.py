@@ -12,6 +12,7 @@ from hftool.errors import HftoolError
 # their modules may import torch).
 SCHEMAS: dict[str, str] = {
     "pretrain": "hftool.tasks.pretrain:PretrainRecipe",
+    "generate": "hftool.generation.settings:GenerateRecipe",
 }
 
 

@@ -23,12 +23,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from hftool.cli import env, pretrain, recipes, tokenizer
+    from hftool.cli import env, generate, pretrain, recipes, tokenizer
 
     app.command("env", help=env.env.__doc__)(env.env)
     app.add_typer(recipes.app, name="recipes")
     app.add_typer(tokenizer.app, name="tokenizer")
     app.command("pretrain", help=pretrain.pretrain.__doc__)(pretrain.pretrain)
+    app.command("generate", help=generate.generate.__doc__)(generate.generate)
+    app.command("summarize", help=generate.summarize.__doc__)(generate.summarize)
+    app.command("translate", help=generate.translate.__doc__)(generate.translate)
 
 
 _register()
