@@ -99,6 +99,12 @@ OFFLOAD = typer.Option(
     show_default=False,
     help="With --device-map auto: folder for the weights that fit on no device.",
 )
+MAX_MEMORY = typer.Option(
+    None,
+    "--max-memory",
+    show_default=False,
+    help="With --device-map auto: memory per device, e.g. cpu=8GiB,0=20GiB; the rest is offloaded to disk.",
+)
 REMOTE = typer.Option(
     None,
     "--trust-remote-code",
@@ -129,9 +135,10 @@ REFERENCE_COLUMN = typer.Option(
 )
 
 
-def _recipe(base, model, dtype, device_map, offload_folder, trust_remote_code, batch_size, **decoding):
+def _recipe(base, model, dtype, device_map, offload_folder, max_memory, trust_remote_code, batch_size,
+            **decoding):
     """Overlay the typed flags on ``base`` (recipe or task defaults) and check them all, before any load."""
-    from hftool.generation.settings import apply_flags
+    from hftool.generation.settings import apply_flags, parse_max_memory
 
     if dtype is not None and dtype not in DTYPES:
         raise HftoolError(f"--dtype {dtype}: must be one of {', '.join(DTYPES)}")
@@ -143,6 +150,7 @@ def _recipe(base, model, dtype, device_map, offload_folder, trust_remote_code, b
         dtype=dtype,
         device_map=device_map,
         offload_folder=offload_folder,
+        max_memory=parse_max_memory(max_memory) if max_memory else None,
         trust_remote_code=trust_remote_code,
         batch_size=batch_size,
         **decoding,
@@ -197,6 +205,7 @@ def generate(
     dtype: str = DTYPE,
     device_map: str = DEVICE_MAP,
     offload_folder: str = OFFLOAD,
+    max_memory: str = MAX_MEMORY,
     trust_remote_code: bool = REMOTE,
 ) -> None:
     """Continue a prompt with a causal LM (GPT-2, BLOOM, or a model from 'hftool pretrain').
@@ -227,6 +236,7 @@ def generate(
         dtype,
         device_map,
         offload_folder,
+        max_memory,
         trust_remote_code,
         batch_size,
         max_new_tokens=max_new_tokens,
@@ -274,6 +284,7 @@ def summarize(
     dtype: str = DTYPE,
     device_map: str = DEVICE_MAP,
     offload_folder: str = OFFLOAD,
+    max_memory: str = MAX_MEMORY,
     trust_remote_code: bool = REMOTE,
 ) -> None:
     """Summarize articles GPT-2 style: prompt '<article>\\nTL;DR:', keep the first sentences generated.
@@ -299,6 +310,7 @@ def summarize(
         dtype,
         device_map,
         offload_folder,
+        max_memory,
         trust_remote_code,
         batch_size,
         max_new_tokens=max_new_tokens,
@@ -355,6 +367,7 @@ def translate(
     dtype: str = DTYPE,
     device_map: str = DEVICE_MAP,
     offload_folder: str = OFFLOAD,
+    max_memory: str = MAX_MEMORY,
     trust_remote_code: bool = REMOTE,
 ) -> None:
     """Translate with a few-shot prompt of 'source = target' lines (English to French by default).
@@ -380,6 +393,7 @@ def translate(
         dtype,
         device_map,
         offload_folder,
+        max_memory,
         trust_remote_code,
         batch_size,
         max_new_tokens=max_new_tokens,

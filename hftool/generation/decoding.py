@@ -14,25 +14,16 @@ from dataclasses import dataclass, field
 from hftool.errors import HftoolError
 from hftool.generation.settings import DecodingSettings
 
-# generation_config.json keys that do not change which token greedy search picks: the lean loop may run.
-NEUTRAL_GENERATION_KEYS = {
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "decoder_start_token_id",
-    "transformers_version",
-    "max_length",
-    "use_cache",
-    "_from_model_config",
-}
+# generation_config.json keys that do not change which token greedy search picks, so the lean loop may run:
+# token ids and bookkeeping, plus the strategy and sampling knobs that our GenerationConfig always overrides
+# (``hftool pretrain`` saves sampling defaults; greedy search ignores them).
+NEUTRAL_GENERATION_KEYS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                           "transformers_version", "max_length", "use_cache", "_from_model_config",
+                           "do_sample", "max_new_tokens", "num_beams", "num_return_sequences",
+                           "temperature", "top_k", "top_p", "typical_p", "min_p"}
 # ... and keys that are harmless while switched off.
-SWITCHED_OFF_KEYS = {
-    "output_attentions",
-    "output_hidden_states",
-    "output_scores",
-    "output_logits",
-    "return_dict_in_generate",
-}
+SWITCHED_OFF_KEYS = {"output_attentions", "output_hidden_states", "output_scores", "output_logits",
+                     "return_dict_in_generate"}
 
 
 @dataclass

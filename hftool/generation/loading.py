@@ -73,6 +73,9 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model"):
         placement = {"device_map": "auto"}
         if settings.offload_folder:
             placement["offload_folder"] = settings.offload_folder
+        if settings.max_memory:
+            budget = settings.max_memory.items()
+            placement["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in budget}
     model = AutoModelForCausalLM.from_pretrained(
         ref.name_or_path,
         config=config,

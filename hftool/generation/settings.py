@@ -114,6 +114,7 @@ class ModelSettings:
     dtype: DType = "auto"  # auto = the checkpoint's own dtype
     device_map: Literal["auto"] | None = None  # None: the whole model on one device (CUDA if present)
     offload_folder: str | None = None  # where device_map=auto puts weights that fit nowhere else
+    max_memory: dict | None = None  # device_map=auto budget per device, e.g. {cpu: 2GiB, 0: 20GiB}
     trust_remote_code: bool = False
 
 
@@ -129,8 +130,19 @@ class GenerateRecipe:
         self.decoding.validate()
         if self.batch_size < 1:
             _bad("batch_size", self.batch_size, "must be at least 1")
-        if self.model.offload_folder and self.model.device_map != "auto":
-            raise HftoolError("--offload-folder only applies with --device-map auto")
+        if (self.model.offload_folder or self.model.max_memory) and self.model.device_map != "auto":
+            raise HftoolError("--offload-folder and --max-memory only apply with --device-map auto")
+
+
+def parse_max_memory(text: str) -> dict:
+    """``cpu=2GiB,0=20GiB`` → ``{"cpu": "2GiB", 0: "20GiB"}`` (GPU indices as ints, as Accelerate wants)."""
+    budget: dict = {}
+    for item in text.split(","):
+        device, sep, size = item.strip().partition("=")
+        if not sep or not device or not size:
+            raise HftoolError(f"--max-memory {text}: expected device=size pairs, e.g. cpu=2GiB,0=20GiB")
+        budget[int(device) if device.isdigit() else device] = size
+    return budget
 
 
 def apply_flags(recipe: GenerateRecipe, **flags) -> GenerateRecipe:
