@@ -329,12 +329,17 @@ def test_generate_recipes_validate_and_bloom_is_not_greedy():
     assert bloom.do_sample and (bloom.repetition_penalty > 1 or bloom.no_repeat_ngram_size > 0)
 
 
-def test_alias_resolves_to_hub_id_with_one_line_offline_error(tmp_path):
+def test_alias_resolves_to_hub_id_with_one_line_offline_error(tmp_path, monkeypatch):
+    from hftool import hub
     from hftool.hub import ALIASES, resolve_model
 
     assert ALIASES["bloom-560m"] == "bigscience/bloom-560m"
+    looked_up = []
+    monkeypatch.setattr(hub, "_cached_on_disk", lambda repo_id: looked_up.append(repo_id) and False)
     with pytest.raises(HftoolError, match=r"'bloom-560m' \(bigscience/bloom-560m\).*offline"):
         resolve_model("bloom-560m")
+    assert looked_up == ["bigscience/bloom-560m"]  # the cache is searched under the Hub id, not the alias
+    # The real cache check, in a fresh process with an empty Hugging Face cache:
     done = hftool_cli("generate", "--recipe", "bloom-560m", "-p", "Hello", HF_HOME=str(tmp_path / "hf"))
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: --model 'bloom-560m' (bigscience/")
@@ -447,3 +452,33 @@ def test_a_model_that_is_not_a_causal_lm_is_named(tiny_bert):
     assert done.returncode != 0 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: --model") and "BertForPreTraining" in done.stderr
     assert "not a causal language model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_fused_gpt2_step_gives_bit_identical_logits_to_the_forward(gpt2, bloom):
+    from transformers import DynamicCache
+
+    from hftool.generation.fused import gpt2_decode_step
+
+    model, tokenizer = gpt2
+    ids = torch.tensor([tokenizer(PROMPTS[1])["input_ids"]])
+    with torch.inference_mode():
+        fused_cache, model_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+        model(input_ids=ids, cache=fused_cache, use_cache=True)
+        model(input_ids=ids, cache=model_cache, use_cache=True)
+        step = gpt2_decode_step(model, fused_cache)
+        assert step is not None
+        for position, token in enumerate([5, 17, 230, 5], start=ids.shape[1]):
+            token_ids = torch.tensor([[token]])
+            expected = model(input_ids=token_ids, cache=model_cache, use_cache=True, logits_to_keep=1).logits
+            assert torch.equal(step(token_ids, position), expected)
+        assert gpt2_decode_step(bloom[0], DynamicCache(config=bloom[0].config)) is None
+
+
+def test_bfloat16_decoding_restores_the_onednn_switch(tiny_gpt2):
+    model, tokenizer = load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))
+    assert model.dtype == torch.bfloat16
+    before = torch.backends.mkldnn.enabled
+    generator = Generator(model, tokenizer, DecodingSettings(max_new_tokens=12))
+    (sequences,) = generator.generate([generator.encode(PROMPTS[0])])
+    assert torch.backends.mkldnn.enabled == before
+    assert 1 <= sequences[0].tokens <= 12

@@ -47,7 +47,7 @@ def gpt2_decode_step(model, cache) -> Callable | None:
         return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
 
     def step(token: torch.Tensor, position: int) -> torch.Tensor:
-        hidden = F.embedding(token, wte) + F.embedding(token.new_full((1, 1), position), wpe)
+        hidden = F.embedding(token, wte) + wpe[position]
         for i, (ln_1, attn, ln_2, mlp) in enumerate(blocks):
             query, key, value = conv1d(attn.c_attn, norm(ln_1, hidden)).split(width, dim=2)
             query = query.view(1, 1, heads, head_dim).transpose(1, 2)
@@ -59,6 +59,6 @@ def gpt2_decode_step(model, cache) -> Callable | None:
             context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
             hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
             hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
-        return lm_head(norm(ln_f, hidden))
+        return F.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
     return step
