@@ -454,24 +454,33 @@ def test_a_model_that_is_not_a_causal_lm_is_named(tiny_bert):
     assert "not a causal language model" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_fused_gpt2_step_gives_bit_identical_logits_to_the_forward(gpt2, bloom):
+@pytest.mark.parametrize("name", ["gpt2", "bloom"])
+def test_fused_step_gives_bit_identical_logits_to_the_forward(name, request):
     from transformers import DynamicCache
 
-    from hftool.generation.fused import gpt2_decode_step
+    from hftool.generation.fused import fused_decode_step
 
-    model, tokenizer = gpt2
+    model, tokenizer = request.getfixturevalue(name)
     ids = torch.tensor([tokenizer(PROMPTS[1])["input_ids"]])
     with torch.inference_mode():
         fused_cache, model_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
         model(input_ids=ids, cache=fused_cache, use_cache=True)
         model(input_ids=ids, cache=model_cache, use_cache=True)
-        step = gpt2_decode_step(model, fused_cache)
+        step = fused_decode_step(model, fused_cache)
         assert step is not None
+        mask = torch.ones_like(ids)
         for position, token in enumerate([5, 17, 230, 5], start=ids.shape[1]):
             token_ids = torch.tensor([[token]])
-            expected = model(input_ids=token_ids, cache=model_cache, use_cache=True, logits_to_keep=1).logits
+            mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=-1)
+            expected = model(
+                input_ids=token_ids, attention_mask=mask, cache=model_cache, use_cache=True, logits_to_keep=1
+            ).logits
             assert torch.equal(step(token_ids, position), expected)
-        assert gpt2_decode_step(bloom[0], DynamicCache(config=bloom[0].config)) is None
+    model.train()
+    try:
+        assert fused_decode_step(model, fused_cache) is None  # dropout would be active: use the forward
+    finally:
+        model.eval()
 
 
 def test_bfloat16_decoding_restores_the_onednn_switch(tiny_gpt2):

@@ -192,13 +192,13 @@ class Generator:
     def _lean_greedy(self, ids: list[int], streamer) -> list[int]:
         """Greedy search over the model's KV cache: ``generate``'s forward calls, without its overhead.
 
-        The prompt goes through the model's forward; each new token then goes through the fused GPT-2 step
-        where it applies (:mod:`hftool.generation.fused`), else through the forward again.
+        The prompt goes through the model's forward; each new token then goes through the fused GPT-2/BLOOM
+        step where it applies (:mod:`hftool.generation.fused`), else through the forward again.
         """
         import torch
         from transformers import DynamicCache
 
-        from hftool.generation.fused import gpt2_decode_step
+        from hftool.generation.fused import fused_decode_step
 
         model = self.model
         input_ids = torch.tensor([ids], device=self.device)
@@ -208,7 +208,7 @@ class Generator:
             streamer.put(input_ids.cpu())
         logits = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
                        logits_to_keep=1).logits
-        fused_step = gpt2_decode_step(model, cache)
+        fused_step = fused_decode_step(model, cache)
         one = attention_mask.new_ones((1, 1))
         new_ids: list[int] = []
         with single_row_matmuls(model):
