@@ -32,7 +32,7 @@ PROMPTS = [
 
 def hftool_cli(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
     """Run ``python -m hftool`` as a user would, offline, with an empty Hugging Face cache."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **env}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
     return subprocess.run(
         [sys.executable, "-m", "hftool", *args],
         capture_output=True,
@@ -41,6 +41,15 @@ def hftool_cli(*args: str, stdin: str | None = None, **env: str) -> subprocess.C
         input=stdin,
         timeout=180,
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster than two on a machine shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
