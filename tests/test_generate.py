@@ -500,3 +500,20 @@ def test_bfloat16_decoding_restores_the_onednn_switch(tiny_gpt2):
     (sequences,) = generator.generate([generator.encode(PROMPTS[0])])
     assert torch.backends.mkldnn.enabled == before
     assert 1 <= sequences[0].tokens <= 12
+
+
+def test_a_recipe_name_shared_with_another_command_resolves_to_the_commands_own(tmp_path, monkeypatch):
+    from hftool import config
+    from hftool.tasks.pretrain import PretrainRecipe
+
+    for command, body in (
+        ("generate", "decoding:\n  top_p: 0.5\n"),
+        ("pretrain", "train:\n  max_steps: 7\n"),
+    ):
+        (tmp_path / command).mkdir()
+        (tmp_path / command / "shared-name.yaml").write_text(f"command: {command}\n{body}", encoding="utf-8")
+    monkeypatch.setattr(config, "RECIPES_DIR", tmp_path)
+    assert config.load_recipe(GenerateRecipe, "shared-name").decoding.top_p == 0.5
+    assert config.load_recipe(PretrainRecipe, "shared-name").train.max_steps == 7
+    with pytest.raises(HftoolError, match="ambiguous: generate/shared-name, pretrain/shared-name"):
+        config.find_recipe("shared-name")
