@@ -149,12 +149,19 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def find_recipe(name_or_path: str) -> Path:
-    """A path to a YAML file, or a recipe name such as ``gpt2-tiny`` or ``pretrain/gpt2-tiny``."""
+def find_recipe(name_or_path: str, prefer: str | None = None) -> Path:
+    """A path to a YAML file, or a recipe name such as ``gpt2-tiny`` or ``pretrain/gpt2-tiny``.
+
+    A bare name found in several folders (``pretrain/bloom-560m``, ``generate/bloom-560m``) resolves to the
+    one in the folder ``prefer`` (the command being run); without it, that is an error listing them.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
     candidates = sorted(RECIPES_DIR.glob(f"**/{name_or_path}.yaml")) if RECIPES_DIR.is_dir() else []
+    if len(candidates) > 1 and prefer:
+        own = [c for c in candidates if c.relative_to(RECIPES_DIR).parts[0] == prefer]
+        candidates = own if len(own) == 1 else candidates
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
@@ -203,10 +210,18 @@ def load_recipe(cls: type[T], name_or_path: str | None, overrides: list[str] | N
     """Load a recipe file (or the schema's defaults when ``name_or_path`` is None) with overrides."""
     if name_or_path is None:
         return build_config(cls, {}, overrides, source="overrides")
-    path = find_recipe(name_or_path)
+    path = find_recipe(name_or_path, prefer=_recipe_folder(cls))
     data = read_yaml(path)
     data.pop("command", None)
     return build_config(cls, data, overrides, source=str(path))
+
+
+def _recipe_folder(schema: type) -> str | None:
+    """The recipes/ folder of the command whose schema is ``schema`` (``PretrainRecipe`` → ``pretrain``)."""
+    from hftool.recipes import SCHEMAS
+
+    target = f"{schema.__module__}:{schema.__qualname__}"
+    return next((command.split()[0] for command, path in SCHEMAS.items() if path == target), None)
 
 
 def recipe_command(path: Path) -> str:

@@ -13,6 +13,7 @@ from hftool.errors import HftoolError
 SCHEMAS: dict[str, str] = {
     "pretrain": "hftool.tasks.pretrain:PretrainRecipe",
     "finetune squad": "hftool.tasks.squad:SquadRecipe",
+    "generate": "hftool.generation.settings:GenerateRecipe",
 }
 
 

@@ -23,7 +23,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from hftool.cli import answer, env, evaluate, explain, finetune, memory, pretrain, recipes, tokenizer
+    from hftool.cli import answer, env, evaluate, explain, finetune, generate, memory, pretrain, recipes, tokenizer
 
     app.command("env", help=env.env.__doc__)(env.env)
     app.add_typer(recipes.app, name="recipes")
@@ -34,6 +34,9 @@ def _register() -> None:
     app.command("answer", help=answer.answer.__doc__)(answer.answer)
     app.add_typer(explain.app, name="explain")
     app.command("estimate-memory", help=memory.estimate_memory.__doc__)(memory.estimate_memory)
+    app.command("generate", help=generate.generate.__doc__)(generate.generate)
+    app.command("summarize", help=generate.summarize.__doc__)(generate.summarize)
+    app.command("translate", help=generate.translate.__doc__)(generate.translate)
 
 
 _register()

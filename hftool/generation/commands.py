@@ -1,0 +1,313 @@
+"""The three commands end to end: read inputs, check them, load the model, generate, write, score, report.
+
+Every input is read and checked before the model loads, so a typo costs no loading time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from hftool.errors import HftoolError
+from hftool.generation.batching import (
+    generate_in_batches,
+    read_jsonl_column,
+    read_prompts,
+    result_record,
+    run_prompts,
+    write_jsonl,
+)
+from hftool.generation.settings import DecodingSettings, GenerateRecipe
+
+
+def with_seed(decoding: DecodingSettings) -> DecodingSettings:
+    """Sampling without a seed gets a fresh one, recorded in the output so the run can be repeated."""
+    if decoding.do_sample and decoding.seed is None:
+        return dataclasses.replace(decoding, seed=secrets.randbelow(2**31))
+    return decoding
+
+
+def _prepare(recipe: GenerateRecipe):
+    """Load the model and build the generator (seeded) for a validated recipe."""
+    from transformers import set_seed
+
+    from hftool.generation.decoding import Generator
+    from hftool.generation.loading import load_for_generation
+
+    model, tokenizer = load_for_generation(recipe.model)
+    generator = Generator(model, tokenizer, recipe.decoding)
+    if recipe.decoding.seed is not None:
+        set_seed(recipe.decoding.seed)
+    return model, tokenizer, generator
+
+
+def _report(generator, count: int, what: str, err: TextIO) -> None:
+    path = "lean greedy loop" if generator.uses_lean_loop and count == 1 else "model.generate"
+    err.write(
+        f"{count} {what}, {generator.generated_tokens} tokens generated in {generator.seconds:.2f} s: "
+        f"{generator.tokens_per_second:.1f} tokens/s ({path})\n"
+    )
+
+
+def _read_stdin(flag: str) -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise HftoolError(f"{flag}: nothing to read; pipe text on stdin or pass a file")
+    return sys.stdin.read()
+
+
+def run_generate(
+    recipe: GenerateRecipe,
+    prompt: str | None,
+    input_path: str | None,
+    output_path: str | None,
+    column: str = "prompt",
+    stream: bool = True,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> list[dict]:
+    """Generate for one prompt (streamed to ``out``) or every prompt of ``input_path`` (JSONL records)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    recipe.validate()
+    if (prompt is None) == (input_path is None):
+        raise HftoolError(
+            "pass exactly one of --prompt TEXT (an empty prompt generates from the begin-of-text "
+            "token) or --input FILE"
+        )
+    if prompt == "-":
+        prompt = _read_stdin("--prompt -").rstrip("\n")
+    prompts = [prompt] if input_path is None else read_prompts(input_path, column)
+    recipe = dataclasses.replace(recipe, decoding=with_seed(recipe.decoding))
+    decoding = recipe.decoding
+
+    from hftool.generation.decoding import PromptResult
+    from hftool.generation.loading import context_length
+    from hftool.generation.streaming import StopTrimmingStreamer
+
+    model, tokenizer, generator = _prepare(recipe)
+    context = context_length(model, tokenizer)
+    if input_path is None:
+        ids = generator.encode(prompt)
+        generator.check_fits(len(ids), context)
+        streams = stream and decoding.num_return_sequences == 1 and decoding.num_beams == 1
+        streamer = StopTrimmingStreamer(tokenizer, decoding.stop, out) if streams else None
+        (sequences,) = generator.generate([ids], streamer=streamer)
+        if streamer is None:
+            for number, sequence in enumerate(sequences, start=1):
+                if len(sequences) > 1:
+                    out.write(f"--- {number} ---\n")
+                out.write(sequence.text + "\n")
+        results = [PromptResult(prompt, len(ids), sequences)]
+    else:
+        done = [0]
+
+        def progress(count: int) -> None:
+            done[0] += count
+            err.write(f"\r{done[0]}/{len(prompts)} prompts")
+            err.flush()
+
+        results = run_prompts(generator, prompts, recipe.batch_size, context, on_batch=progress)
+        err.write("\n")
+    records = [result_record(r, decoding.used(), recipe.model.name, i) for i, r in enumerate(results)]
+    _write_records(records, output_path, input_path is not None, out)
+    _report(generator, len(prompts), "prompt(s)", err)
+    return records
+
+
+def _write_records(records: list[dict], output_path: str | None, to_stdout: bool, out: TextIO) -> None:
+    import json
+
+    if output_path:
+        write_jsonl(output_path, records)
+    elif to_stdout:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _texts_and_references(
+    input_path: str | None,
+    column: str,
+    reference_column: str | None,
+    reference_path: str | None,
+    one_per_line: bool,
+) -> tuple[list[str], list[str] | None]:
+    """Inputs from JSONL (a column), a text file (whole, or one per line) or stdin, and references."""
+    if input_path and Path(input_path).suffix == ".jsonl":
+        texts = read_prompts(input_path, column)
+        file = Path(input_path).expanduser()
+        references = (
+            read_jsonl_column(file, reference_column, "--reference-column") if reference_column else None
+        )
+        if reference_path:
+            raise HftoolError("--reference is for text inputs; with a JSONL --input use --reference-column")
+    else:
+        if reference_column:
+            raise HftoolError("--reference-column needs a JSONL --input")
+        if input_path in (None, "-"):
+            raw = _read_stdin("--input -")
+        else:
+            file = Path(input_path).expanduser()
+            if not file.is_file():
+                raise HftoolError(f"--input {input_path}: no such file")
+            raw = file.read_text(encoding="utf-8")
+        texts = _split(raw, one_per_line)
+        if not texts:
+            raise HftoolError(f"--input {input_path or '-'}: no text to work on (empty or blank)")
+        references = None
+        if reference_path:
+            file = Path(reference_path).expanduser()
+            if not file.is_file():
+                raise HftoolError(f"--reference {reference_path}: no such file")
+            references = _split(file.read_text(encoding="utf-8"), one_per_line)
+    if references is not None and len(references) != len(texts):
+        raise HftoolError(f"--reference: {len(references)} references for {len(texts)} inputs; give one each")
+    return texts, references
+
+
+def _split(raw: str, one_per_line: bool) -> list[str]:
+    if one_per_line:
+        return [line.strip() for line in raw.splitlines() if line.strip()]
+    return [raw.strip()] if raw.strip() else []
+
+
+def run_summarize(
+    recipe: GenerateRecipe,
+    input_path: str | None,
+    column: str,
+    reference_column: str | None,
+    reference_path: str | None,
+    sentences: int,
+    max_context: int | None,
+    output_path: str | None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> dict:
+    """Summarize each article with ``<article>\\nTL;DR:``; score ROUGE-1/2/L when references are given."""
+    out, err = out or sys.stdout, err or sys.stderr
+    recipe.validate()
+    if sentences < 1:
+        raise HftoolError(f"--sentences {sentences}: must be at least 1")
+    if max_context is not None and max_context < 2:
+        raise HftoolError(f"--max-context {max_context}: must be at least 2")
+    articles, references = _texts_and_references(
+        input_path, column, reference_column, reference_path, one_per_line=False
+    )
+    recipe = dataclasses.replace(recipe, decoding=with_seed(recipe.decoding))
+
+    from hftool.generation.loading import context_length
+    from hftool.generation.prompts import first_sentences, summarization_prompt
+
+    model, tokenizer, generator = _prepare(recipe)
+    context = max_context or context_length(model, tokenizer)
+    prompts = [summarization_prompt(tokenizer, a, context, recipe.decoding.max_new_tokens) for a in articles]
+    outputs = generate_in_batches(generator, [ids for ids, _, _ in prompts], recipe.batch_size)
+    summaries = [first_sentences(seqs[0].text, sentences) for seqs in outputs]
+    for summary in summaries:
+        out.write(summary + "\n")
+    settings = {**recipe.decoding.used(), "sentences": sentences, "context": context}
+    records = []
+    for i, (article, (ids, _, truncated), seqs) in enumerate(zip(articles, prompts, outputs, strict=True)):
+        record = {
+            "index": i,
+            "article": article,
+            "summary": summaries[i],
+            "generated": seqs[0].text,
+            "prompt_tokens": len(ids),
+            "article_truncated": truncated,
+            "generated_tokens": seqs[0].tokens,
+        }
+        if references:
+            record["reference"] = references[i]
+        records.append({**record, "model": recipe.model.name, "settings": settings})
+    _write_records(records, output_path, False, out)
+    scores = {}
+    if references:
+        from hftool.generation.metrics import rouge
+
+        scores = rouge(summaries, references)
+        out.write(
+            "  ".join(f"{k.upper().replace('ROUGE', 'ROUGE-')} {100 * v:.2f}" for k, v in scores.items())
+            + "\n"
+        )
+    _report(generator, len(articles), "article(s)", err)
+    return {"records": records, "scores": scores}
+
+
+def run_translate(
+    recipe: GenerateRecipe,
+    text: str | None,
+    input_path: str | None,
+    column: str,
+    reference_column: str | None,
+    reference_path: str | None,
+    pairs_path: str | None,
+    shots: int | None,
+    max_context: int | None,
+    output_path: str | None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> dict:
+    """Translate each sentence with a few-shot ``source = target`` prompt; BLEU/chrF when references given."""
+    out, err = out or sys.stdout, err or sys.stderr
+    recipe.validate()
+    if shots is not None and shots < 0:
+        raise HftoolError(f"--shots {shots}: must be >= 0")
+    if max_context is not None and max_context < 2:
+        raise HftoolError(f"--max-context {max_context}: must be at least 2")
+    if text is not None and input_path is not None:
+        raise HftoolError("pass the sentence as an argument or --input FILE, not both")
+    from hftool.generation.prompts import DEFAULT_EN_FR_PAIRS, first_line, read_pairs, translation_prompt
+
+    pairs = read_pairs(pairs_path) if pairs_path else list(DEFAULT_EN_FR_PAIRS)
+    pairs = pairs[:shots] if shots is not None else pairs
+    if text is not None:
+        if not text.strip():
+            raise HftoolError("the sentence to translate is empty")
+        if reference_path or reference_column:
+            raise HftoolError(
+                "references go with --input files; score a single sentence by putting it in one"
+            )
+        sentences, references = [text.strip()], None
+    else:
+        sentences, references = _texts_and_references(
+            input_path, column, reference_column, reference_path, one_per_line=True
+        )
+    recipe = dataclasses.replace(recipe, decoding=with_seed(recipe.decoding))
+
+    from hftool.generation.loading import context_length
+
+    model, tokenizer, generator = _prepare(recipe)
+    context = max_context or context_length(model, tokenizer)
+    prompts = [
+        translation_prompt(tokenizer, pairs, s, context, recipe.decoding.max_new_tokens) for s in sentences
+    ]
+    outputs = generate_in_batches(generator, [ids for ids, _, _ in prompts], recipe.batch_size)
+    translations = [first_line(seqs[0].text) for seqs in outputs]
+    for translation in translations:
+        out.write(translation + "\n")
+    settings = recipe.decoding.used()
+    records = []
+    for i, (sentence, (ids, _, kept), seqs) in enumerate(zip(sentences, prompts, outputs, strict=True)):
+        record = {
+            "index": i,
+            "source": sentence,
+            "translation": translations[i],
+            "generated": seqs[0].text,
+            "shots": kept,
+            "prompt_tokens": len(ids),
+            "generated_tokens": seqs[0].tokens,
+        }
+        if references:
+            record["reference"] = references[i]
+        records.append({**record, "model": recipe.model.name, "settings": settings})
+    _write_records(records, output_path, False, out)
+    scores = {}
+    if references:
+        from hftool.generation.metrics import bleu_chrf
+
+        scores = bleu_chrf(translations, references)
+        out.write(f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}\n")
+    _report(generator, len(sentences), "sentence(s)", err)
+    return {"records": records, "scores": scores}

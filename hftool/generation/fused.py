@@ -1,0 +1,128 @@
+"""Fused single-token decode steps for GPT-2 and BLOOM: the same tensor operations as transformers' forward.
+
+For small models on a CPU most of a decode step is Python: module calls, mask building, cache objects and
+output dataclasses around a few small matrix products. This step calls the same kernels on the same
+weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with no mask for one query,
+``torch.cat`` onto the key/value cache as ``DynamicCache`` does), so its logits are bit-identical to
+``model(...)``'s; the tests check the logits bit for bit and the tokens against ``model.generate``. Anything
+it does not mirror exactly (other architectures or attention backends, cross-attention, BLOOM's
+``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights, training mode) gets ``None`` and the
+caller uses the model's own forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def fused_decode_step(model, cache) -> Callable | None:
+    """A function ``step(token_ids, position) -> logits`` continuing ``cache``, or None if unsupported.
+
+    ``cache`` is the ``DynamicCache`` a prefill through ``model(...)`` filled; the step extends it in place.
+    """
+    if model.training or getattr(model, "hf_device_map", None):
+        return None
+    builders = {"gpt2": gpt2_decode_step, "bloom": bloom_decode_step}
+    build = builders.get(model.config.model_type)
+    return build(model, cache) if build is not None else None
+
+
+def gpt2_decode_step(model, cache) -> Callable | None:
+    """GPT-2's step: Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions."""
+    import torch
+    import torch.nn.functional as F
+
+    config = model.config
+    if (
+        config._attn_implementation != "sdpa"
+        or config.add_cross_attention
+        or len(cache.layers) != config.n_layer
+    ):
+        return None
+    transformer = model.transformer
+    width, heads = config.n_embd, config.n_head
+    head_dim = width // heads
+    keys = [layer.keys for layer in cache.layers]
+    values = [layer.values for layer in cache.layers]
+    blocks = [(b.ln_1, b.attn, b.ln_2, b.mlp) for b in transformer.h]
+    wte, wpe, ln_f, lm_head = transformer.wte.weight, transformer.wpe.weight, transformer.ln_f, model.lm_head
+
+    def conv1d(layer, x):
+        return torch.addmm(layer.bias, x.view(-1, x.size(-1)), layer.weight).view(1, 1, -1)
+
+    def norm(layer, x):
+        return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+    def step(token: torch.Tensor, position: int) -> torch.Tensor:
+        hidden = F.embedding(token, wte) + wpe[position]
+        for i, (ln_1, attn, ln_2, mlp) in enumerate(blocks):
+            query, key, value = conv1d(attn.c_attn, norm(ln_1, hidden)).split(width, dim=2)
+            query = query.view(1, 1, heads, head_dim).transpose(1, 2)
+            keys[i] = torch.cat([keys[i], key.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
+            values[i] = torch.cat([values[i], value.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
+            cache.layers[i].keys, cache.layers[i].values = keys[i], values[i]
+            context = F.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=None, dropout_p=0.0,
+                                                     scale=attn.scaling, is_causal=False)
+            context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
+            hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
+            hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
+        return F.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
+
+    return step
+
+
+def bloom_decode_step(model, cache) -> Callable | None:
+    """BLOOM's step: fused QKV, ALiBi bias added by ``baddbmm``, float32 softmax, BLOOM's tanh GELU.
+
+    For one new token and no padding the causal mask is all zeros, and adding zeros changes nothing, so the
+    step leaves it out.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers.models.bloom.modeling_bloom import bloom_gelu_forward
+
+    config = model.config
+    if (config.pretraining_tp > 1 and config.slow_but_exact) or len(cache.layers) != config.n_layer:
+        return None
+    transformer = model.transformer
+    width, heads = config.hidden_size, config.n_head
+    head_dim = width // heads
+    post_norm_residual = config.apply_residual_connection_post_layernorm
+    keys = [layer.keys for layer in cache.layers]
+    values = [layer.values for layer in cache.layers]
+    embeddings, embeddings_norm = transformer.word_embeddings.weight, transformer.word_embeddings_layernorm
+    ln_f, lm_head = transformer.ln_f, model.lm_head
+
+    def norm(layer, x):
+        return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+    def linear(layer, x):
+        return F.linear(x, layer.weight, layer.bias)
+
+    def step(token: torch.Tensor, position: int) -> torch.Tensor:
+        hidden = norm(embeddings_norm, F.embedding(token, embeddings))
+        mask = torch.ones((1, position + 1), dtype=torch.long, device=token.device)
+        alibi = transformer.build_alibi_tensor(mask, heads, dtype=hidden.dtype)
+        for i, block in enumerate(transformer.h):
+            attention, mlp = block.self_attention, block.mlp
+            normed = norm(block.input_layernorm, hidden)
+            residual = normed if post_norm_residual else hidden
+            fused_qkv = linear(attention.query_key_value, normed).view(1, 1, heads, 3, head_dim)
+            query = fused_qkv[..., 0, :].transpose(1, 2).reshape(heads, -1, head_dim)
+            keys[i] = torch.cat([keys[i], fused_qkv[..., 1, :].transpose(1, 2)], dim=-2)
+            values[i] = torch.cat([values[i], fused_qkv[..., 2, :].transpose(1, 2)], dim=-2)
+            cache.layers[i].keys, cache.layers[i].values = keys[i], values[i]
+            key_columns = keys[i].reshape(heads, -1, head_dim).transpose(-1, -2)
+            scores = alibi.baddbmm(batch1=query, batch2=key_columns, beta=attention.beta,
+                                   alpha=attention.inv_norm_factor)
+            probs = F.softmax(scores.view(1, heads, 1, -1), dim=-1, dtype=torch.float32).to(query.dtype)
+            context = torch.bmm(probs.view(heads, 1, -1), values[i].reshape(heads, -1, head_dim))
+            context = context.view(1, heads, 1, head_dim).permute(0, 2, 1, 3).reshape(1, 1, width)
+            attended = residual + linear(attention.dense, context)
+            normed = norm(block.post_attention_layernorm, attended)
+            residual = normed if post_norm_residual else attended
+            activated = bloom_gelu_forward(linear(mlp.dense_h_to_4h, normed))
+            hidden = residual + linear(mlp.dense_4h_to_h, activated)
+        return F.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
+
+    return step
