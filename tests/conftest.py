@@ -153,3 +153,19 @@ def tiny_pretrain_args(corpus: Path, output: Path, *extra: str) -> list[str]:
         "train.eval_every=0", "train.save_every=0", "train.mixed_precision=no", "train.report_to=none",
         "train.eval_max_batches=2", *extra,
     ]
+
+
+def wait_for_step(metrics: Path, step: int, proc, timeout: float = 240) -> None:
+    """Block until a training subprocess has logged ``step`` in its metrics.jsonl (it logs every step)."""
+    import json
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.is_file():
+            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line]
+            if steps and max(steps) >= step:
+                return
+        assert proc.poll() is None, f"training ended early: {proc.stderr.read()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_pretrain_args
+from conftest import REPO, run_cli, tiny_pretrain_args, wait_for_step
 from safetensors.torch import load_file
 
 NO_DROPOUT = "model.config={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64, resid_pdrop: 0.0, " \
@@ -96,16 +96,6 @@ def _rank_pids(launcher: subprocess.Popen, timeout=60) -> dict[int, int]:
     raise AssertionError("the two ranks did not start")
 
 
-def _wait_for_step(metrics, step, proc, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if metrics.is_file():
-            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line]
-            if steps and max(steps) >= step:
-                return
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the step in time")
 
 
 def test_sigterm_to_one_rank_stops_all_and_resume_is_exact(small_corpus, tmp_path, tokenizer_args):
@@ -117,7 +107,7 @@ def test_sigterm_to_one_rank_stops_all_and_resume_is_exact(small_corpus, tmp_pat
     stopped = tmp_path / "stopped"
     proc = _two_processes(tiny_pretrain_args(small_corpus, stopped, *args), start_new_session=True)
     ranks = _rank_pids(proc)
-    _wait_for_step(stopped / "metrics.jsonl", 4, proc)
+    wait_for_step(stopped / "metrics.jsonl", 4, proc)
     os.kill(ranks[1], signal.SIGTERM)  # only rank 1 is told: rank 0 must stop at the same step
     _finish(proc)
     checkpoints = sorted((stopped / "checkpoints").iterdir())

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_pretrain_args
+from conftest import REPO, run_cli, tiny_pretrain_args, wait_for_step
 
 from hftool.engine import Engine, TrainConfig
 from hftool.errors import TrainingDivergedError
@@ -130,17 +129,6 @@ def _load_weights(folder):
     return load_file(folder / "model.safetensors")
 
 
-def _wait_for_step(metrics, step, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if metrics.is_file():
-            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line]
-            if steps and max(steps) >= step:
-                return
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the step in time")
 
 
 def test_sigterm_then_resume_is_bitwise_exact(small_corpus, tmp_path):
@@ -154,7 +142,7 @@ def test_sigterm_then_resume_is_bitwise_exact(small_corpus, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "hftool", "pretrain", *tiny_pretrain_args(small_corpus, stopped, *common)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(stopped / "metrics.jsonl", 5, proc)
+    wait_for_step(stopped / "metrics.jsonl", 5, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
