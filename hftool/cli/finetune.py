@@ -28,6 +28,8 @@ def squad(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     strict_resume: bool = typer.Option(False, "--strict-resume",
                                        help="Refuse to resume when batch size, seed or world size changed."),
+    num_processes: int = typer.Option(1, "--num-processes", "-n",
+                                      help="Data-parallel processes: one per GPU, or on the CPU over gloo."),
 ) -> None:
     """Fine-tune an encoder (BERT, MiniLM, ...) for extractive question answering on SQuAD v1.1.
 
@@ -44,9 +46,12 @@ def squad(
       hftool finetune squad -r squad-minilm --train-file train.json --validation-file dev.json
       train.max_steps=50 data.max_eval_examples=200
 
+      hftool finetune squad -r squad-bert-base --num-processes 8
+
       accelerate launch -m hftool finetune squad -r squad-bert-base --resume
     """
     from hftool.config import load_recipe
+    from hftool.launch import relaunch
     from hftool.tasks.squad import SquadRecipe, run_finetune_squad
 
     flags = {"data.train_file": train_file, "data.validation_file": validation_file}
@@ -54,4 +59,5 @@ def squad(
     if strict:
         extra.append("data.strict=true")
     config = load_recipe(SquadRecipe, recipe, (overrides or []) + extra)
+    relaunch(num_processes)
     run_finetune_squad(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

@@ -338,12 +338,14 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     if result.interrupted:
         engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
         return summary
+    state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
     if engine.is_main:
         from hftool.engine.report import plot_loss_curve, print_summary
         from hftool.tasks.pretrain import write_final_artifacts
 
         write_json(out / "predictions.json", task.last_predictions)
-        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, model_card(recipe, summary))
+        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, model_card(recipe, summary),
+                              state_dict)
         plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title="SQuAD fine-tuning")
         print_summary({**summary, "output": str(out)}, title="hftool finetune squad")
     engine.wait()
