@@ -151,3 +151,41 @@ def test_gpu_launch_without_gpus_is_a_clear_error(small_corpus, tmp_path):
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no GPU is visible" in result.stderr and "--num-processes 2" in result.stderr
+
+
+def test_squad_two_processes_equal_one_big_batch_and_accumulation(tmp_path, tiny_bert):
+    """SQuAD batches are padded per micro-batch (so per rank): the padding is masked out, the weights agree.
+
+    The QA head's bias has an exactly-zero true gradient (a shift of all start or end logits does not change
+    their softmax), so Adam's eps is raised to keep rounding noise from becoming lr-sized steps there.
+    """
+    from squad_fixtures import hand_examples, write_official
+    from transformers import BertForPreTraining
+
+    model = BertForPreTraining.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(tmp_path / "bert")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "bert")
+    data = write_official(tmp_path / "squad.json", hand_examples())
+    common = ["-r", "squad-minilm", "--train-file", str(data), "--validation-file", str(data),
+              f"model.name_or_path={tmp_path / 'bert'}", "data.max_length=128", "data.doc_stride=32",
+              "train.max_steps=3", "train.lr=1e-3", "train.adam_eps=1e-4", "train.mixed_precision=no",
+              "train.report_to=none", "train.warmup_steps=0"]
+
+    def args(name, *extra):
+        return ["finetune", "squad", *common, f"train.output_dir={tmp_path / name}", *extra]
+
+    cmd = [sys.executable, "-m", "hftool", *args("two", "train.batch_size=2"), "--num-processes", "2"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for name, extra in (("big", ["train.batch_size=4"]), ("acc", ["train.batch_size=2", "train.grad_accum=2"])):
+        code, _, err = run_cli(args(name, *extra))
+        assert code == 0, err
+    _finish(proc)
+    big = _weights(tmp_path / "big")
+    _assert_close(big, _weights(tmp_path / "two"), atol=1e-6)
+    _assert_close(big, _weights(tmp_path / "acc"), atol=1e-6)
+    two_metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    big_metrics = json.loads((tmp_path / "big" / "metrics.json").read_text())
+    assert two_metrics["eval_exact_match"] == big_metrics["eval_exact_match"]
+    assert two_metrics["eval_f1"] == pytest.approx(big_metrics["eval_f1"], abs=1e-9)
