@@ -21,6 +21,7 @@ from pathlib import Path
 
 import evaluate
 import numpy as np
+import torch
 from datasets import Dataset
 from transformers import (
     AutoModelForQuestionAnswering,
@@ -149,7 +150,7 @@ def main() -> None:
         per_device_eval_batch_size=args.eval_batch_size, learning_rate=args.lr, num_train_epochs=args.epochs,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler_type="linear",
         bf16=args.bf16, save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50,
-        seed=args.seed, disable_tqdm=True,
+        seed=args.seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset,
                       data_collator=default_data_collator, processing_class=tokenizer)

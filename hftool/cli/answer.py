@@ -25,13 +25,12 @@ def answer(
 ) -> None:
     """Answer a question from a context: the top answers with their scores and character spans.
 
-    Scores are probabilities among the best candidate spans; spans are [start, end) character offsets in the
-    context, so context[start:end] is the answer.
+    Scores are probabilities among the best candidate spans; a span gives the answer's first character
+    and the character after its last one, as offsets into the context.
 
     Examples:
 
-      hftool answer --model runs/squad-minilm --question "Who won Super Bowl 50?" --context "The Denver
-      Broncos defeated the Carolina Panthers 24-10 to win Super Bowl 50."
+      hftool answer -m runs/squad-minilm -q "Who won Super Bowl 50?" -c "The Denver Broncos won it."
 
       hftool answer --model runs/squad-minilm --file questions.jsonl --json
     """

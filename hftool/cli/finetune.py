@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.pretrain import OVERRIDES_HELP, RECIPE_HELP
+from hftool.cli.pretrain import RECIPE_HELP
+
+OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
 app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering).",
                   no_args_is_help=True)
@@ -43,8 +45,7 @@ def squad(
 
       hftool finetune squad -r squad-bert-base train.output_dir=runs/bert-squad
 
-      hftool finetune squad -r squad-minilm --train-file train.json --validation-file dev.json
-      train.max_steps=50 data.max_eval_examples=200
+      hftool finetune squad -r squad-minilm --train-file t.json --validation-file d.json train.max_steps=50
 
       hftool finetune squad -r squad-bert-base --num-processes 8
 
