@@ -381,7 +381,7 @@ class BertExamples(Sequence):
             types = np.zeros(len(ids), dtype=np.int64)
             types[len(tokens_a) + 2:] = 1
         else:
-            doc, first, end, _ = self.chunks[index]
+            _, first, end, _ = self.chunks[index]
             text = self._span(first, end)
             text, _ = truncate_pair(text, text[:0], self.max_tokens, rng)
             ids = np.concatenate([[self.cls_id], text, [self.sep_id]])

@@ -90,28 +90,30 @@ class BertPretrainingTask:
         return batch["input_ids"].shape[0]
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.losses(model, batch)["objective"]
+        return self.losses(model, batch, metrics=False)["objective"]
 
-    def losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Summed losses and hit counts of one batch (from the top-level forward, so DDP sees it)."""
+    def losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+               metrics: bool = True) -> dict[str, torch.Tensor]:
+        """The summed objective of one batch and, with ``metrics``, its summed MLM/NSP losses and hits.
+
+        It calls the top-level forward (the one DDP wraps), with the masked positions.
+        """
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         token_type_ids=batch["token_type_ids"], masked_positions=batch["masked_positions"])
         mlm_logits = mlm_logits_of(outputs).float()
         labels = batch["masked_labels"]
         token_losses = F.cross_entropy(mlm_logits, labels, reduction="none")
-        result = {
-            "objective": (token_losses * batch["masked_weights"]).sum(),
-            "mlm_loss": token_losses.sum().detach(),
-            "mlm_correct": (mlm_logits.argmax(-1) == labels).sum(),
-            "masked": torch.tensor(labels.numel(), device=labels.device),
-        }
+        result = {"objective": (token_losses * batch["masked_weights"]).sum()}
+        if metrics:
+            result.update(mlm_loss=token_losses.sum().detach(), mlm_correct=(mlm_logits.argmax(-1) == labels).sum(),
+                          masked=torch.tensor(labels.numel(), device=labels.device))
         if "next_sentence_label" in batch:
             nsp_logits = outputs.seq_relationship_logits.float()
             nsp_labels = batch["next_sentence_label"]
             nsp_loss = F.cross_entropy(nsp_logits, nsp_labels, reduction="sum")
             result["objective"] = result["objective"] + nsp_loss
-            result["nsp_loss"] = nsp_loss.detach()
-            result["nsp_correct"] = (nsp_logits.argmax(-1) == nsp_labels).sum()
+            if metrics:
+                result.update(nsp_loss=nsp_loss.detach(), nsp_correct=(nsp_logits.argmax(-1) == nsp_labels).sum())
         return result
 
     def evaluate(self, model: torch.nn.Module, engine) -> dict[str, float]:
@@ -165,7 +167,7 @@ def setup_bert_pretraining(recipe, engine, out, resume: bool):
     max_tokens = data.block_size - (3 if next_sentence else 2)
     with engine.accelerator.main_process_first():
         corpora = [prepare_corpus(tokenize_corpus(split, tokenizer, bert.sentence_splitter, cache_dir() / "bert"),
-                                  max(max_tokens, 1), bert.min_document_tokens) if split else None
+                                  max_tokens, bert.min_document_tokens) if split else None
                    for split in (docs.train, docs.validation)]
     train_corpus, eval_corpus = corpora
     train_data = BertExamples(train_corpus, tokenizer, bert, data.block_size, seed, next_sentence, TRAIN_SALT)
@@ -190,7 +192,7 @@ def setup_bert_pretraining(recipe, engine, out, resume: bool):
     model = _build_model(recipe, tokenizer, engine, next_sentence)
     engine.print(f"model: {type(model).standard_class.__name__}, "
                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    sample_text = " ".join(docs.validation[0].split()[:40]) if docs.validation else ""
+    sample_text = _sample_sentence(docs.validation, bert.sentence_splitter)
 
     def save(trained, folder, summary):
         from hftool.tasks.causal_lm import model_card
@@ -241,6 +243,18 @@ def _build_model(recipe, tokenizer, engine, next_sentence: bool):
         raise HftoolError(f"data.block_size={recipe.data.block_size} is longer than the model's {positions} "
                           "positions; lower data.block_size")
     return model
+
+
+def _sample_sentence(docs: list[str], splitter: str) -> str:
+    """A held-out sentence of ordinary words for the fill-mask sample ('' when there is none)."""
+    from hftool.data.bert_examples import split_sentences
+
+    for doc in docs[:200]:
+        for sentence in split_sentences(doc, splitter):
+            words = sentence.split()
+            if 8 <= len(words) <= 40 and sum(word.isalpha() for word in words) >= 0.8 * len(words):
+                return sentence
+    return ""
 
 
 def print_fill_mask_sample(model, tokenizer, text: str, top_k: int = 5) -> list[str]:
