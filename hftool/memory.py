@@ -145,4 +145,4 @@ def _recipe_vocab_size(recipe) -> int:
 
         ref = resolve_model(recipe.tokenizer.path, "tokenizer.path", marker="tokenizer_config.json")
         return len(AutoTokenizer.from_pretrained(ref.name_or_path, **ref.load_kwargs()))
-    return recipe.tokenizer.vocab_size
+    return recipe.tokenizer_vocab_size

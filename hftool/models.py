@@ -55,6 +55,11 @@ def check_vocab_fits(model, tokenizer, resize: bool, flag: str = "tokenizer") ->
     if len(tokenizer) <= rows:
         return
     if not resize:
-        raise HftoolError(f"{flag}: vocabulary of {len(tokenizer)} tokens is larger than the model's "
-                          f"{rows} embedding rows; pass tokenizer.resize_embeddings=true to grow the model")
+        raise vocab_too_large(len(tokenizer), rows, flag)
     model.resize_token_embeddings(len(tokenizer))
+
+
+def vocab_too_large(tokens: int, rows: int, flag: str = "tokenizer") -> HftoolError:
+    """The refusal of a tokenizer with more ids than the model has embedding rows, naming both numbers."""
+    return HftoolError(f"{flag}: vocabulary of {tokens} tokens is larger than the model's {rows} embedding rows; "
+                       "pass tokenizer.resize_embeddings=true to grow the model")

@@ -30,6 +30,10 @@ def pretrain(
 
       hftool pretrain -r gpt2-small data.hub_dataset=wikitext data.hub_config=wikitext-2-raw-v1
 
+      hftool pretrain -r bert-tiny-mlm-nsp data.files=[wiki.txt] train.output_dir=runs/bert
+
+      hftool pretrain -r bert-tiny-mlm-nsp objective=mlm bert.whole_word_mask=true
+
       hftool pretrain -r gpt2-tiny --num-processes 2
 
       accelerate launch --multi_gpu --num_processes 8 -m hftool pretrain -r gpt2-small

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from hftool import config as cfgmod
+from hftool.data.bert_examples import BertExamplesConfig
 from hftool.data.text import DataConfig
 from hftool.engine.config import TrainConfig
 from hftool.errors import HftoolError
@@ -36,7 +37,7 @@ class TokenizerConfig:
 
     path: str | None = None
     kind: Literal["byte-bpe", "wordpiece"] | None = None  # default: byte-bpe for GPT-2/BLOOM, wordpiece for BERT
-    vocab_size: int = 8000
+    vocab_size: int | None = None  # default: 30,522 for WordPiece (BERT's), 8,000 for byte-level BPE
     lowercase: bool = False
     min_frequency: int = 2
     resize_embeddings: bool = False  # grow the model when the tokenizer has more tokens than it has rows
@@ -50,6 +51,7 @@ class PretrainRecipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    bert: BertExamplesConfig = field(default_factory=BertExamplesConfig)  # objectives mlm and mlm-nsp
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/pretrain"))
 
     def validate(self) -> None:
@@ -63,11 +65,23 @@ class PretrainRecipe:
             raise HftoolError("model.config sets a fresh model's shape; it cannot be combined with "
                               "model.init_from (the checkpoint has its own config)")
         self.data.validate()
+        if self.objective != "causal-lm":
+            self.bert.validate()
+            shortest = 5 if self.objective == "mlm-nsp" else 4  # [CLS] A [SEP] B [SEP] with one token each
+            if self.data.block_size < shortest:
+                raise HftoolError(f"data.block_size={self.data.block_size} is too short for "
+                                  f"objective={self.objective}; use at least {shortest}")
         self.train.validate()
 
     @property
     def tokenizer_kind(self) -> str:
         return self.tokenizer.kind or ("wordpiece" if self.model.architecture == "bert" else "byte-bpe")
+
+    @property
+    def tokenizer_vocab_size(self) -> int:
+        if self.tokenizer.vocab_size is not None:
+            return self.tokenizer.vocab_size
+        return 30522 if self.tokenizer_kind == "wordpiece" else 8000
 
 
 def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool) -> None:
@@ -206,9 +220,9 @@ def obtain_tokenizer(recipe: PretrainRecipe, engine, out: Path, resume: bool, tr
         else:
             raise HftoolError("streaming data needs an existing tokenizer: set tokenizer.path (or train one "
                               "first with 'hftool tokenizer train')")
-        engine.print(f"training a {recipe.tokenizer_kind} tokenizer (vocab {tok_cfg.vocab_size}) "
+        engine.print(f"training a {recipe.tokenizer_kind} tokenizer (vocab {recipe.tokenizer_vocab_size}) "
                      f"on {len(docs):,} documents")
-        tokenizer = train_tokenizer(docs, recipe.tokenizer_kind, tok_cfg.vocab_size, tok_cfg.lowercase,
+        tokenizer = train_tokenizer(docs, recipe.tokenizer_kind, recipe.tokenizer_vocab_size, tok_cfg.lowercase,
                                     tok_cfg.min_frequency)
         tmp = out / ".tokenizer-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
