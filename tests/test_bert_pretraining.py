@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_cli
-from test_pretrain import _load_weights, _wait_for_step
+from conftest import REPO, run_cli, wait_for_step
+from test_pretrain import _load_weights
 from transformers import AutoTokenizer, BertForMaskedLM, BertForPreTraining
 
 from hftool.data.bert_examples import (
@@ -330,7 +330,7 @@ def test_sigterm_then_resume_is_bitwise_exact(small_corpus, tokenizer, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "hftool", "pretrain", *tiny_bert_args(small_corpus, stopped, *common)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(stopped / "metrics.jsonl", 4, proc)
+    wait_for_step(stopped / "metrics.jsonl", 4, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
