@@ -9,7 +9,7 @@ STAMP := $(VENV)/.hftool-installed
 TORCH_CPU ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-slow bench lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pretrain.py

@@ -370,6 +370,7 @@ REAL_TEXT_RUN = [
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_short_run_on_real_text_learns_nsp_and_mlm(shared_data, tmp_path):
     """300 steps of a 2-layer BERT on WikiText-2 (the validation file; a fifth of its documents held out).
 
