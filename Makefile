@@ -29,6 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pretrain.py
+	$(PY) benchmarks/bench_bert.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hftool tests benchmarks
