@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pretrain.py
+	$(PY) benchmarks/bench_bert.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hftool tests benchmarks

@@ -232,7 +232,9 @@ def _build_model(recipe, tokenizer, engine, next_sentence: bool):
         model, info = model_class.from_pretrained(ref.name_or_path, output_loading_info=True,
                                                   trust_remote_code=recipe.model.trust_remote_code,
                                                   **ref.load_kwargs())
-        fresh = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"] if key.startswith(PRETRAINING_HEADS)})
+        tied = set(model_class._tied_weights_keys)  # the decoder shares the (loaded) word embeddings
+        fresh = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]
+                        if key.startswith(PRETRAINING_HEADS) and key not in tied})
         if fresh:
             engine.print(f"note: {recipe.model.init_from} has no pretraining heads for {', '.join(fresh)}; "
                          "they start freshly initialised")
