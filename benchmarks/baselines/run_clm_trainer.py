@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="TrainingArguments(torch_compile=True)")
+    parser.add_argument("--save-model", help="folder to save the trained model in (for held-out scoring)")
     args = parser.parse_args()
 
     import torch
@@ -74,11 +76,14 @@ def main() -> None:
         learning_rate=args.lr, warmup_steps=10, lr_scheduler_type="cosine", weight_decay=0.01, bf16=args.bf16,
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[], max_grad_norm=1.0, seed=42,
         dataloader_num_workers=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        torch_compile=args.compile,
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=default_data_collator,
                       callbacks=[clock])
     start = time.perf_counter()
     trainer.train()
+    if args.save_model:
+        trainer.save_model(args.save_model)
     result = {
         "step_end_times": [t - start for t in clock.times],
         "losses": clock.losses,

@@ -39,6 +39,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     compile: bool = False  # torch.compile the model (worth it on GPUs; small gains on CPU)
+    fast_cpu_dropout: bool = True  # on CPU, draw dropout masks 16 bits per element (hftool/engine/cpu_dropout.py)
     num_workers: int = 0  # DataLoader worker processes
     report_to: Literal["tensorboard", "none"] = "tensorboard"
 

@@ -20,11 +20,29 @@ def causal_lm_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.T
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
 
 
-class CausalLMTask:
-    """Batches of packed blocks; loss over every position but the last; eval loss and perplexity."""
+_NO_LOGITS = torch.zeros(0, dtype=torch.int64)  # logits_to_keep: project no position in the model's forward
+_FUSED_HEAD_MODELS = ("gpt2", "bloom")  # last hidden state -> bias-free linear head, checked by the tests
 
-    def __init__(self, eval_blocks: Sequence[np.ndarray] = ()):
+
+def fused_head_applies(model: torch.nn.Module, engine) -> bool:
+    """Whether the causal-LM loss can take the head out of the model's forward: a known architecture, and
+    parameters that are whole outside the forward (not FSDP/DeepSpeed shards) with dynamic shapes allowed."""
+    head = model.get_output_embeddings()
+    return (model.config.model_type in _FUSED_HEAD_MODELS and isinstance(head, torch.nn.Linear)
+            and head.bias is None and not engine.shards_parameters and not engine.static_shapes)
+
+
+class CausalLMTask:
+    """Batches of packed blocks; loss over every position but the last; eval loss and perplexity.
+
+    With ``fused_head`` the model returns hidden states only and the vocabulary projection runs inside
+    :func:`~hftool.tasks.lm_head_loss.linear_cross_entropy_sum` (same loss, no float32 logits); see
+    :func:`fused_head_applies` for when that is possible.
+    """
+
+    def __init__(self, eval_blocks: Sequence[np.ndarray] = (), fused_head: bool = False):
         self.eval_blocks = eval_blocks
+        self.fused_head = fused_head
 
     def collate(self, examples: list[np.ndarray], epoch: int) -> dict[str, torch.Tensor]:
         return {"input_ids": torch.from_numpy(np.stack(examples).astype(np.int64))}
@@ -34,7 +52,17 @@ class CausalLMTask:
         return rows * (length - 1)
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return causal_lm_loss_sum(model(input_ids=batch["input_ids"]).logits, batch["input_ids"])
+        input_ids = batch["input_ids"]
+        if not self.fused_head:
+            return causal_lm_loss_sum(model(input_ids=input_ids, use_cache=False).logits, input_ids)
+        from accelerate.utils import extract_model_from_parallel
+
+        from hftool.tasks.lm_head_loss import linear_cross_entropy_sum
+
+        output = model(input_ids=input_ids, use_cache=False, output_hidden_states=True, logits_to_keep=_NO_LOGITS)
+        head = extract_model_from_parallel(model).get_output_embeddings()
+        targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
+        return linear_cross_entropy_sum(output.hidden_states[-1].flatten(0, 1), head.weight, targets.flatten())
 
     def evaluate(self, model: torch.nn.Module, engine) -> dict[str, float]:
         if len(self.eval_blocks) == 0:
@@ -107,8 +135,8 @@ def setup_causal_lm(recipe, engine, out, resume: bool):
                               state_dict)
         print_sample(trained, tokenizer, docs.validation[0] if docs.validation else "", recipe.train.seed)
 
-    return PretrainJob(model=model, train_data=train_data, task=CausalLMTask(eval_blocks), data_stats=stats,
-                       finish=save)
+    task = CausalLMTask(eval_blocks, fused_head=fused_head_applies(model, engine))
+    return PretrainJob(model=model, train_data=train_data, task=task, data_stats=stats, finish=save)
 
 
 def print_sample(model, tokenizer, text: str, seed: int, prompt_words: int = 6, new_tokens: int = 48) -> str:
