@@ -140,7 +140,8 @@ def setup_causal_lm(recipe, engine, out, resume: bool):
 
 
 def print_sample(model, tokenizer, text: str, seed: int, prompt_words: int = 6, new_tokens: int = 48) -> str:
-    """Show what the trained model writes after the first words of a held-out document."""
+    """Show what the trained model writes after the first words of a held-out document (at least 16 tokens,
+    so that a document-ending EOS right after the prompt does not leave the sample empty)."""
     prompt = " ".join(text.split()[:prompt_words]) or (tokenizer.bos_token or "")
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
@@ -150,7 +151,7 @@ def print_sample(model, tokenizer, text: str, seed: int, prompt_words: int = 6, 
     torch.manual_seed(seed)
     model.eval()
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=new_tokens)
+        output = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=min(16, new_tokens))
     sample = tokenizer.decode(output[0], skip_special_tokens=True)
     print(f"\nsample (prompt: {prompt!r}):\n{sample}\n")
     return sample
