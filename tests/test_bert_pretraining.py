@@ -264,8 +264,10 @@ def test_accumulation_equals_one_big_batch(tmp_path, corpus, tokenizer):
     examples = _examples(corpus, tokenizer, block_size=32, short_seq_probability=0.3)
     big = _fit(tmp_path, "big", examples, tokenizer, batch_size=8, grad_accum=1, max_steps=3)
     accumulated = _fit(tmp_path, "acc", examples, tokenizer, batch_size=4, grad_accum=2, max_steps=3)
+    # A wrong split or normalisation moves weights by about lr (1e-2); float rounding of the two summation orders
+    # stays far below 1e-5 but, with the session's freshly trained WordPiece vocabulary, once exceeded 1e-6.
     for (name, a), b in zip(big.state_dict().items(), accumulated.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
 
 
 # ---- end to end -----------------------------------------------------------------------------------------
