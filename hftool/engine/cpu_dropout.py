@@ -26,21 +26,6 @@ ATTENTION_NAME = "hftool_cpu_dropout"
 _LEVELS = 1 << 16
 
 
-class _KeepAndScale(torch.autograd.Function):
-    """``x * keep * scale`` that saves the boolean mask (1 byte per element) for backward, like dropout."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x * keep * scale
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
-
-
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Dropout with masks drawn 16 bits per element; see the module docstring."""
     if not training or p == 0.0:
@@ -52,7 +37,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
     bits = words.view(torch.int16)[:count].view(x.shape)
     keep = bits >= dropped_levels - _LEVELS // 2
-    return _KeepAndScale.apply(x, keep, _LEVELS / (_LEVELS - dropped_levels))
+    return x * keep * (_LEVELS / (_LEVELS - dropped_levels))  # autograd saves only the boolean mask
 
 
 class FastDropout(torch.nn.Dropout):

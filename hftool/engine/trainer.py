@@ -244,49 +244,50 @@ class Engine:
             total_steps = cfg.max_steps
         set_seed(cfg.seed)
 
+        optimizer = _adamw(model, cfg)
+        scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
+            optimizer,
+            num_warmup_steps=cfg.warmup_steps,
+            num_training_steps=total_steps,
+        )
+        if self.uses_deepspeed:
+            self._configure_deepspeed()
+        fsdp_plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if fsdp_plugin is not None and fsdp_plugin.transformer_cls_names_to_wrap is None:
+            fsdp_plugin.transformer_cls_names_to_wrap = transformer_block_classes(model)
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        # prepare() wraps forward in autocast and casts every output to fp32; the engine already runs each loss
+        # under autocast, and the cast would copy the largest tensor of the step (the logits) once more.
+        self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        self.accelerator.register_for_checkpointing(scheduler)
+
+        start_step, resumed_from = 0, None
+        if resume:
+            checkpoint = latest_checkpoint(self.checkpoint_dir)
+            if checkpoint is None:
+                self.print(f"no complete checkpoint in {self.checkpoint_dir}; starting from step 0")
+            else:
+                state = json.loads((checkpoint / STATE_FILE).read_text())
+                self._check_resume_compatible(state, strict_resume)
+                self.accelerator.load_state(str(checkpoint))
+                start_step = resumed_from = state["global_step"]
+                self.print(f"resumed from {checkpoint} (step {start_step})")
+
+        if self._trackers and self.is_main:
+            self.accelerator.init_trackers("hftool", config=_scalar_items(tracker_config or {}))
+        metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main, append=resume)
+
         fast_dropout = cfg.fast_cpu_dropout and self.device.type == "cpu"
-        with use_fast_cpu_dropout(model) if fast_dropout else contextlib.nullcontext():
-            optimizer = _adamw(model, cfg)
-            scheduler = get_scheduler(
-                "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
-                optimizer,
-                num_warmup_steps=cfg.warmup_steps,
-                num_training_steps=total_steps,
-            )
-            if self.uses_deepspeed:
-                self._configure_deepspeed()
-            fsdp_plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
-            if fsdp_plugin is not None and fsdp_plugin.transformer_cls_names_to_wrap is None:
-                fsdp_plugin.transformer_cls_names_to_wrap = transformer_block_classes(model)
-            model, optimizer = self.accelerator.prepare(model, optimizer)
-            # prepare() wraps forward in autocast and casts every output to fp32; the engine already runs each loss
-            # under autocast, and the cast would copy the largest tensor of the step (the logits) once more.
-            self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-            self.accelerator.register_for_checkpointing(scheduler)
-
-            start_step, resumed_from = 0, None
-            if resume:
-                checkpoint = latest_checkpoint(self.checkpoint_dir)
-                if checkpoint is None:
-                    self.print(f"no complete checkpoint in {self.checkpoint_dir}; starting from step 0")
-                else:
-                    state = json.loads((checkpoint / STATE_FILE).read_text())
-                    self._check_resume_compatible(state, strict_resume)
-                    self.accelerator.load_state(str(checkpoint))
-                    start_step = resumed_from = state["global_step"]
-                    self.print(f"resumed from {checkpoint} (step {start_step})")
-
-            if self._trackers and self.is_main:
-                self.accelerator.init_trackers("hftool", config=_scalar_items(tracker_config or {}))
-            metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main, append=resume)
-
-            result = self._loop(model, optimizer, scheduler, train_data, task, start_step, total_steps, metrics_log)
-            result.resumed_from = resumed_from
+        with use_fast_cpu_dropout(self.unwrap(model)) if fast_dropout else contextlib.nullcontext():
+            result = self._loop(model, optimizer, scheduler, train_data, task, start_step, total_steps,
+                                metrics_log)
             if not result.interrupted:
                 result.eval_metrics = self._evaluate(model, task, result.steps, metrics_log)
-            for tracker in self.accelerator.trackers:  # not end_training(): it also tears down the process group
-                tracker.finish()
-            return result
+        result.resumed_from = resumed_from
+        for tracker in self.accelerator.trackers:  # not end_training(): it also tears down the process group
+            tracker.finish()
+        return result
 
     def _loop(self, model, optimizer, scheduler, train_data, task, start_step, total_steps,
               metrics_log) -> TrainResult:
