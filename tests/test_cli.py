@@ -42,6 +42,19 @@ def test_every_command_has_help_with_an_example(command):
     assert f"hftool {' '.join(command)}" in " ".join(out.split()), "the example must use the command itself"
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_prints_every_example_intact(command):
+    """Rich markup must not eat parts of an example (an unescaped '[corpus.txt]' vanishes as a style tag)."""
+    callback = typer.main.get_command(app)
+    for name in command:
+        callback = callback.commands[name]
+    examples = [" ".join(line.split()).replace("\\[", "[") for line in callback.callback.__doc__.splitlines()
+                if line.strip().startswith("hftool ")]
+    _, out, _ = run_cli([*command, "--help"])
+    for example in examples:
+        assert example in " ".join(out.split()), f"'hftool {' '.join(command)} --help' mangles: {example}"
+
+
 def test_env_reports_devices_precision_and_hub():
     code, out, _ = run_cli(["env"])
     assert code == 0

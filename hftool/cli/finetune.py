@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.pretrain import RECIPE_HELP
+from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
 
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
@@ -26,12 +26,10 @@ def squad(
     strict: bool = typer.Option(False, "--strict",
                                 help="Fail on answers whose text is not at answer_start (default: skip them "
                                      "with a warning)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    strict_resume: bool = typer.Option(False, "--strict-resume",
-                                       help="Refuse to resume when batch size, seed or world size changed."),
-    num_processes: int = typer.Option(1, "--num-processes", "-n",
-                                      help="Data-parallel processes: one per GPU, or on the CPU over gloo."),
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    strict_resume: bool = STRICT_RESUME,
+    num_processes: int = NUM_PROCESSES,
 ) -> None:
     """Fine-tune an encoder (BERT, MiniLM, ...) for extractive question answering on SQuAD v1.1.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.pretrain import OVERRIDES_HELP, RECIPE_HELP
+from hftool.cli.options import RECIPE_HELP
+from hftool.cli.pretrain import OVERRIDES_HELP
 
 
 def estimate_memory(

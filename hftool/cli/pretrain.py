@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import typer
 
-RECIPE_HELP = "Recipe name (see 'hftool recipes ls') or path to a YAML recipe."
+from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
+
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.max_steps=200 model.config.n_layer=2."
 
 
 def pretrain(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     recipe: str = typer.Option("gpt2-tiny", "--recipe", "-r", help=RECIPE_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    strict_resume: bool = typer.Option(False, "--strict-resume",
-                                       help="Refuse to resume when batch size, seed or world size changed."),
-    num_processes: int = typer.Option(1, "--num-processes", "-n",
-                                      help="Data-parallel processes: one per GPU, or on the CPU over gloo."),
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    strict_resume: bool = STRICT_RESUME,
+    num_processes: int = NUM_PROCESSES,
 ) -> None:
     """Pretrain a GPT-2/BLOOM causal LM (or BERT MLM+NSP) from scratch or from a checkpoint.
 
@@ -26,11 +25,11 @@ def pretrain(
 
       hftool pretrain train.max_steps=50
 
-      hftool pretrain -r bloom-tiny data.files=[corpus.txt] train.output_dir=runs/bloom
+      hftool pretrain -r bloom-tiny data.files=\\[corpus.txt] train.output_dir=runs/bloom
 
       hftool pretrain -r gpt2-small data.hub_dataset=wikitext data.hub_config=wikitext-2-raw-v1
 
-      hftool pretrain -r bert-tiny-mlm-nsp data.files=[wiki.txt] train.output_dir=runs/bert
+      hftool pretrain -r bert-tiny-mlm-nsp data.files=\\[wiki.txt] train.output_dir=runs/bert
 
       hftool pretrain -r bert-tiny-mlm-nsp objective=mlm bert.whole_word_mask=true
 

@@ -1,0 +1,13 @@
+"""Options the training commands share, defined once so their flags and help read the same everywhere."""
+
+from __future__ import annotations
+
+import typer
+
+RECIPE_HELP = "Recipe name (see 'hftool recipes ls') or path to a YAML recipe."
+RESUME = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
+STRICT_RESUME = typer.Option(False, "--strict-resume",
+                             help="Refuse to resume when batch size, seed or world size changed.")
+NUM_PROCESSES = typer.Option(1, "--num-processes", "-n",
+                             help="Data-parallel processes: one per GPU, or on the CPU over gloo.")
