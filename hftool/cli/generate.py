@@ -135,25 +135,34 @@ REFERENCE_COLUMN = typer.Option(
 )
 
 
-def _recipe(base, model, dtype, device_map, offload_folder, max_memory, trust_remote_code, batch_size,
-            **decoding):
-    """Overlay the typed flags on ``base`` (recipe or task defaults) and check them all, before any load."""
+DECODING_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_beams",
+                  "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size", "stop", "seed")
+
+
+def _recipe(base, flags: dict):
+    """Overlay the typed flags on ``base`` (recipe or task defaults) and check them all, before any load.
+
+    ``flags`` is the command's own parameters by name (its ``locals()``): the three generation commands share
+    these flags, and naming them once here keeps them from drifting apart.
+    """
     from hftool.generation.settings import apply_flags, parse_max_memory
 
+    flags = {**flags, "stop": flags.get("stop") or None}  # no --stop given: keep the recipe's stop strings
+    dtype, device_map, max_memory = flags["dtype"], flags["device_map"], flags["max_memory"]
     if dtype is not None and dtype not in DTYPES:
         raise HftoolError(f"--dtype {dtype}: must be one of {', '.join(DTYPES)}")
     if device_map is not None and device_map != "auto":
         raise HftoolError(f"--device-map {device_map}: only 'auto' is supported (or leave it out)")
     recipe = apply_flags(
         base,
-        name=model,
+        name=flags["model"],
         dtype=dtype,
         device_map=device_map,
-        offload_folder=offload_folder,
+        offload_folder=flags["offload_folder"],
         max_memory=parse_max_memory(max_memory) if max_memory else None,
-        trust_remote_code=trust_remote_code,
-        batch_size=batch_size,
-        **decoding,
+        trust_remote_code=flags["trust_remote_code"],
+        batch_size=flags["batch_size"],
+        **{name: flags[name] for name in DECODING_FLAGS if name in flags},
     )
     recipe.validate()
     return recipe
@@ -191,7 +200,7 @@ def generate(
     ),
     model: str = MODEL,
     max_new_tokens: int = MAX_NEW_TOKENS,
-    sample: bool = SAMPLE,
+    do_sample: bool = SAMPLE,
     temperature: float = TEMPERATURE,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -230,27 +239,7 @@ def generate(
     from hftool.generation.settings import GenerateRecipe
 
     base = load_recipe(GenerateRecipe, recipe, overrides or [])
-    config = _recipe(
-        base,
-        model,
-        dtype,
-        device_map,
-        offload_folder,
-        max_memory,
-        trust_remote_code,
-        batch_size,
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        num_beams=num_beams,
-        num_return_sequences=num_return_sequences,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        stop=stop or None,
-        seed=seed,
-    )
+    config = _recipe(base, locals())
     run_generate(config, prompt, input_path, output, column=column, stream=stream)
 
 
@@ -272,7 +261,7 @@ def summarize(
     max_context: int = MAX_CONTEXT,
     model: str = MODEL,
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="Tokens to generate per summary."),
-    sample: bool = typer.Option(True, "--sample/--greedy", help="Sample (as in the GPT-2 paper) or greedy."),
+    do_sample: bool = typer.Option(True, "--sample/--greedy", help="Sample (as in the GPT-2 paper) or greedy."),
     temperature: float = TEMPERATURE,
     top_k: int = typer.Option(2, "--top-k", help="Sample among the k most likely tokens; 0 = off."),
     top_p: float = TOP_P,
@@ -304,25 +293,7 @@ def summarize(
     from hftool.generation.commands import run_summarize
     from hftool.generation.settings import DecodingSettings, GenerateRecipe
 
-    config = _recipe(
-        GenerateRecipe(decoding=DecodingSettings(max_new_tokens=100, do_sample=True, top_k=2)),
-        model,
-        dtype,
-        device_map,
-        offload_folder,
-        max_memory,
-        trust_remote_code,
-        batch_size,
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        num_beams=num_beams,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        seed=seed,
-    )
+    config = _recipe(GenerateRecipe(decoding=DecodingSettings(max_new_tokens=100, do_sample=True, top_k=2)), locals())
     run_summarize(config, input_path, column, reference_column, reference, sentences, max_context, output)
 
 
@@ -355,7 +326,7 @@ def translate(
     max_context: int = MAX_CONTEXT,
     model: str = MODEL,
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Tokens to generate, at most."),
-    sample: bool = SAMPLE,
+    do_sample: bool = SAMPLE,
     temperature: float = TEMPERATURE,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -387,25 +358,7 @@ def translate(
     from hftool.generation.commands import run_translate
     from hftool.generation.settings import DecodingSettings, GenerateRecipe
 
-    config = _recipe(
-        GenerateRecipe(decoding=DecodingSettings(max_new_tokens=64, stop=["\n"])),
-        model,
-        dtype,
-        device_map,
-        offload_folder,
-        max_memory,
-        trust_remote_code,
-        batch_size,
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        num_beams=num_beams,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        seed=seed,
-    )
+    config = _recipe(GenerateRecipe(decoding=DecodingSettings(max_new_tokens=64, stop=["\n"])), locals())
     run_translate(
         config, text, input_path, column, reference_column, reference, pairs, shots, max_context, output
     )
