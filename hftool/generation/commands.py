@@ -194,45 +194,20 @@ def run_summarize(
     articles, references = _texts_and_references(
         input_path, column, reference_column, reference_path, one_per_line=False
     )
-    recipe = dataclasses.replace(recipe, decoding=with_seed(recipe.decoding))
-
-    from hftool.generation.loading import context_length
     from hftool.generation.prompts import first_sentences, summarization_prompt
 
-    model, tokenizer, generator = _prepare(recipe)
-    context = max_context or context_length(model, tokenizer)
-    prompts = [summarization_prompt(tokenizer, a, context, recipe.decoding.max_new_tokens) for a in articles]
-    outputs = generate_in_batches(generator, [ids for ids, _, _ in prompts], recipe.batch_size)
-    summaries = [first_sentences(seqs[0].text, sentences) for seqs in outputs]
-    for summary in summaries:
-        out.write(summary + "\n")
-    settings = {**recipe.decoding.used(), "sentences": sentences, "context": context}
-    records = []
-    for i, (article, (ids, _, truncated), seqs) in enumerate(zip(articles, prompts, outputs, strict=True)):
-        record = {
-            "index": i,
-            "article": article,
-            "summary": summaries[i],
-            "generated": seqs[0].text,
-            "prompt_tokens": len(ids),
-            "article_truncated": truncated,
-            "generated_tokens": seqs[0].tokens,
-        }
-        if references:
-            record["reference"] = references[i]
-        records.append({**record, "model": recipe.model.name, "settings": settings})
-    _write_records(records, output_path, False, out)
-    scores = {}
-    if references:
+    def score(summaries, references):
         from hftool.generation.metrics import rouge
 
         scores = rouge(summaries, references)
-        out.write(
-            "  ".join(f"{k.upper().replace('ROUGE', 'ROUGE-')} {100 * v:.2f}" for k, v in scores.items())
-            + "\n"
-        )
-    _report(generator, len(articles), "article(s)", err)
-    return {"records": records, "scores": scores}
+        return scores, "  ".join(f"{k.upper().replace('ROUGE', 'ROUGE-')} {100 * v:.2f}" for k, v in scores.items())
+
+    return _prompt_each(
+        recipe, articles, references, max_context, output_path, out, err,
+        prompt=summarization_prompt,
+        keep=lambda text: first_sentences(text, sentences), score=score,
+        fields=("article", "summary", "article_truncated"), settings={"sentences": sentences}, unit="article(s)",
+    )
 
 
 def run_translate(
@@ -274,40 +249,51 @@ def run_translate(
         sentences, references = _texts_and_references(
             input_path, column, reference_column, reference_path, one_per_line=True
         )
-    recipe = dataclasses.replace(recipe, decoding=with_seed(recipe.decoding))
 
+    def score(translations, references):
+        from hftool.generation.metrics import bleu_chrf
+
+        scores = bleu_chrf(translations, references)
+        return scores, f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}"
+
+    return _prompt_each(
+        recipe, sentences, references, max_context, output_path, out, err,
+        prompt=lambda tokenizer, sentence, context, new: translation_prompt(tokenizer, pairs, sentence, context, new),
+        keep=first_line, score=score, fields=("source", "translation", "shots"), settings={}, unit="sentence(s)",
+    )
+
+
+def _prompt_each(recipe, texts, references, max_context, output_path, out, err, *, prompt, keep, score, fields,
+                 settings, unit) -> dict:
+    """What summarize and translate share: one prompt per text, batched generation, the answer cut from each
+    output by ``keep``, one line per answer, JSON records, the score against references, the speed report.
+
+    ``prompt(tokenizer, text, context, max_new_tokens)`` returns ``(ids, text, note)``, where ``note`` (article
+    truncated, shots kept) is recorded under ``fields[2]``; ``fields[:2]`` name the input and the answer.
+    """
     from hftool.generation.loading import context_length
 
+    recipe = dataclasses.replace(recipe, decoding=with_seed(recipe.decoding))
     model, tokenizer, generator = _prepare(recipe)
     context = max_context or context_length(model, tokenizer)
-    prompts = [
-        translation_prompt(tokenizer, pairs, s, context, recipe.decoding.max_new_tokens) for s in sentences
-    ]
+    prompts = [prompt(tokenizer, text, context, recipe.decoding.max_new_tokens) for text in texts]
     outputs = generate_in_batches(generator, [ids for ids, _, _ in prompts], recipe.batch_size)
-    translations = [first_line(seqs[0].text) for seqs in outputs]
-    for translation in translations:
-        out.write(translation + "\n")
-    settings = recipe.decoding.used()
+    answers = [keep(seqs[0].text) for seqs in outputs]
+    for answer in answers:
+        out.write(answer + "\n")
+    settings = {**recipe.decoding.used(), **settings, "context": context}
+    input_field, answer_field, note_field = fields
     records = []
-    for i, (sentence, (ids, _, kept), seqs) in enumerate(zip(sentences, prompts, outputs, strict=True)):
-        record = {
-            "index": i,
-            "source": sentence,
-            "translation": translations[i],
-            "generated": seqs[0].text,
-            "shots": kept,
-            "prompt_tokens": len(ids),
-            "generated_tokens": seqs[0].tokens,
-        }
+    for i, (text, (ids, _, note), seqs) in enumerate(zip(texts, prompts, outputs, strict=True)):
+        record = {"index": i, input_field: text, answer_field: answers[i], "generated": seqs[0].text,
+                  "prompt_tokens": len(ids), note_field: note, "generated_tokens": seqs[0].tokens}
         if references:
             record["reference"] = references[i]
         records.append({**record, "model": recipe.model.name, "settings": settings})
     _write_records(records, output_path, False, out)
     scores = {}
     if references:
-        from hftool.generation.metrics import bleu_chrf
-
-        scores = bleu_chrf(translations, references)
-        out.write(f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}\n")
-    _report(generator, len(sentences), "sentence(s)", err)
+        scores, line = score(answers, references)
+        out.write(line + "\n")
+    _report(generator, len(texts), unit, err)
     return {"records": records, "scores": scores}
