@@ -4,7 +4,9 @@ For small models on a CPU most of a decode step is Python: module calls, mask bu
 output dataclasses around a few small matrix products. This step calls the same kernels on the same
 weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with no mask for one query,
 ``torch.cat`` onto the key/value cache as ``DynamicCache`` does), so its logits are bit-identical to
-``model(...)``'s; the tests check the logits bit for bit and the tokens against ``model.generate``. Anything
+``model(...)``'s; the tests check the logits bit for bit and the tokens against ``model.generate``. Large
+float32 weights are multiplied in row blocks on several threads where that is verified to give the same bits
+(:mod:`hftool.generation.matvec`). Anything
 it does not mirror exactly (other architectures or attention backends, cross-attention, BLOOM's
 ``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights, training mode) gets ``None`` and the
 caller uses the model's own forward.
@@ -22,12 +24,14 @@ def fused_decode_step(model, cache) -> Callable | None:
     """
     if model.training or getattr(model, "hf_device_map", None):
         return None
+    from hftool.generation.matvec import SplitMatVec
+
     builders = {"gpt2": gpt2_decode_step, "bloom": bloom_decode_step}
     build = builders.get(model.config.model_type)
-    return build(model, cache) if build is not None else None
+    return build(model, cache, SplitMatVec()) if build is not None else None
 
 
-def gpt2_decode_step(model, cache) -> Callable | None:
+def gpt2_decode_step(model, cache, matvec) -> Callable | None:
     """GPT-2's step: Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions."""
     import torch
     import torch.nn.functional as F
@@ -48,7 +52,7 @@ def gpt2_decode_step(model, cache) -> Callable | None:
     wte, wpe, ln_f, lm_head = transformer.wte.weight, transformer.wpe.weight, transformer.ln_f, model.lm_head
 
     def conv1d(layer, x):
-        return torch.addmm(layer.bias, x.view(-1, x.size(-1)), layer.weight).view(1, 1, -1)
+        return matvec.addmm(layer.bias, x.view(-1, x.size(-1)), layer.weight).view(1, 1, -1)
 
     def norm(layer, x):
         return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
@@ -66,12 +70,12 @@ def gpt2_decode_step(model, cache) -> Callable | None:
             context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
             hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
             hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
-        return F.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
+        return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
     return step
 
 
-def bloom_decode_step(model, cache) -> Callable | None:
+def bloom_decode_step(model, cache, matvec) -> Callable | None:
     """BLOOM's step: fused QKV, ALiBi bias added by ``baddbmm``, float32 softmax, BLOOM's tanh GELU.
 
     For one new token and no padding the causal mask is all zeros, and adding zeros changes nothing, so the
@@ -97,7 +101,7 @@ def bloom_decode_step(model, cache) -> Callable | None:
         return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
 
     def linear(layer, x):
-        return F.linear(x, layer.weight, layer.bias)
+        return matvec.linear(x, layer.weight, layer.bias)
 
     def step(token: torch.Tensor, position: int) -> torch.Tensor:
         hidden = norm(embeddings_norm, F.embedding(token, embeddings))
@@ -123,6 +127,6 @@ def bloom_decode_step(model, cache) -> Callable | None:
             residual = normed if post_norm_residual else attended
             activated = bloom_gelu_forward(linear(mlp.dense_h_to_4h, normed))
             hidden = residual + linear(mlp.dense_4h_to_h, activated)
-        return F.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
+        return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
     return step
