@@ -35,8 +35,36 @@ def test_pack_documents_appends_eos_and_caches(byte_bpe_tokenizer, tmp_path):
     assert len(packed) == len(expected) // 4
     np.testing.assert_array_equal(packed.blocks.reshape(-1), expected[: len(packed) * 4])
     assert len(list(tmp_path.glob("blocks-*.npy"))) == 1
-    again = pack_documents(docs, tokenizer, 4, tokenizer.eos_token_id, tmp_path)
+    again = pack_documents(docs, _NoTokenizing(tokenizer), 4, tokenizer.eos_token_id, tmp_path)
     np.testing.assert_array_equal(again.blocks, packed.blocks)
+    pack_documents(docs, tokenizer, 4, None, tmp_path)  # other settings: another file, not a stale hit
+    assert len(list(tmp_path.glob("blocks-*.npy"))) == 2
+
+
+class _NoTokenizing:
+    """The tokenizer's definition (the cache key) without the means to tokenize: proves a cache hit."""
+
+    def __init__(self, tokenizer):
+        self.backend_tokenizer = tokenizer.backend_tokenizer
+
+    def __call__(self, *args, **kwargs):
+        raise AssertionError("tokenized again instead of reading the cache")
+
+
+def test_sentence_corpus_is_cached_by_tokenizer_splitter_and_text(wordpiece_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hftool.data.bert_examples import tokenize_corpus
+
+    tokenizer = AutoTokenizer.from_pretrained(wordpiece_tokenizer)
+    docs = ["The first sentence. And a second one.", "Another document! With two sentences."]
+    corpus = tokenize_corpus(docs, tokenizer, cache_dir=tmp_path)
+    assert corpus.num_sentences == 4 and corpus.num_documents == 2
+    again = tokenize_corpus(docs, _NoTokenizing(tokenizer), cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.tokens, corpus.tokens)
+    np.testing.assert_array_equal(again.sentence_starts, corpus.sentence_starts)
+    tokenize_corpus(docs[:1], tokenizer, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("sentences-*.npz"))) == 2
 
 
 def test_text_documents_split_at_blank_lines(tmp_path):

@@ -23,7 +23,6 @@ Differences from the original, each for a reason:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from hftool.data.text import tokenized_cache_file
 from hftool.errors import HftoolError
 
 SentenceSplitter = Literal["regex", "lines"]
@@ -133,13 +133,7 @@ def tokenize_corpus(docs: Sequence[str], tokenizer, splitter: SentenceSplitter =
     """Split ``docs`` into sentences and tokenize them in batches; the result is cached by content."""
     cache_file = None
     if cache_dir is not None:
-        digest = hashlib.sha256()
-        digest.update(tokenizer.backend_tokenizer.to_str().encode())
-        digest.update(f"|{splitter}|".encode())
-        for doc in docs:
-            digest.update(doc.encode("utf-8", "surrogatepass"))
-            digest.update(b"\x00")
-        cache_file = cache_dir / f"sentences-{digest.hexdigest()[:24]}.npz"
+        cache_file = tokenized_cache_file(cache_dir, "sentences", ".npz", tokenizer, docs, splitter)
         if cache_file.is_file():
             with np.load(cache_file) as saved:
                 return SentenceCorpus(saved["tokens"], saved["sentence_starts"], saved["document_starts"],

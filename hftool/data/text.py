@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -228,18 +228,25 @@ def pack_tokens(tokens: np.ndarray, block_size: int) -> PackedBlocks:
     return PackedBlocks(blocks=blocks, total_tokens=len(tokens), dropped_tokens=len(tokens) - count * block_size)
 
 
+def tokenized_cache_file(cache_dir: Path, kind: str, suffix: str, tokenizer, docs: Sequence[str],
+                         settings: str) -> Path:
+    """Where a tokenized corpus is cached: named by a digest of the tokenizer's full definition, the settings
+    and every document, so changing any of them reads (and writes) a different file."""
+    digest = hashlib.sha256()
+    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(f"|{settings}|".encode())
+    for doc in docs:
+        digest.update(doc.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return cache_dir / f"{kind}-{digest.hexdigest()[:24]}{suffix}"
+
+
 def pack_documents(docs: list[str], tokenizer, block_size: int, separator_id: int | None,
                    cache_dir: Path | None = None) -> PackedBlocks:
     """Tokenize and pack ``docs``, reusing a cached result for the same text, tokenizer and block size."""
     cache_file = None
     if cache_dir is not None:
-        digest = hashlib.sha256()
-        digest.update(tokenizer.backend_tokenizer.to_str().encode())
-        digest.update(f"|{block_size}|{separator_id}|".encode())
-        for doc in docs:
-            digest.update(doc.encode("utf-8", "surrogatepass"))
-            digest.update(b"\x00")
-        cache_file = cache_dir / f"blocks-{digest.hexdigest()[:24]}.npy"
+        cache_file = tokenized_cache_file(cache_dir, "blocks", ".npy", tokenizer, docs, f"{block_size}|{separator_id}")
         if cache_file.is_file():
             tokens = np.load(cache_file)
             return pack_tokens(tokens, block_size)
