@@ -175,8 +175,9 @@ def bloom_case(new_tokens: int, repeats: int) -> list[dict]:
         bandwidth = read_bandwidth(repeats)
         timed = median_seconds({"hftool": lambda g=generator: g.generate([prompt]), "generate": run_generate},
                                repeats)
-        (t_hf, (sequences,)), (t_gen, _) = timed["hftool"], timed["generate"]
+        (t_hf, (sequences,)), (t_gen, generated) = timed["hftool"], timed["generate"]
         tokens = sequences[0].tokens
+        same_tokens = sequences[0].token_ids == generated[0, len(prompt):len(prompt) + tokens].tolist()
         bandwidth = (bandwidth + read_bandwidth(repeats)) / 2  # before and after: the machine may be shared
         bound = bandwidth / weight_bytes
         rows.append({"case": "bloom-560m-shape", "batch": 1, "dtype": str(dtype).replace("torch.", ""),
@@ -184,7 +185,8 @@ def bloom_case(new_tokens: int, repeats: int) -> list[dict]:
                      "read_bandwidth_GBps": bandwidth / 1e9, "bound_tok_s": bound,
                      "model_generate_tok_s": new_tokens / t_gen,
                      "hftool_tok_s": tokens / t_hf, "hftool_fraction_of_bound": tokens / t_hf / bound,
-                     "model_generate_fraction_of_bound": new_tokens / t_gen / bound})
+                     "model_generate_fraction_of_bound": new_tokens / t_gen / bound,
+                     "same_tokens_as_generate": same_tokens})
         del model, generator
     return rows
 
@@ -194,7 +196,9 @@ COLUMNS = [("pipeline tok/s", "pipeline_tok_s", "{:.1f}"),
            ("hftool tok/s", "hftool_tok_s", "{:.1f}"),
            ("hftool vs pipeline", "speedup_vs_pipeline", "{:.2f}x"),
            ("bound tok/s", "bound_tok_s", "{:.1f}"), ("hftool / bound", "hftool_fraction_of_bound", "{:.2f}"),
-           ("generate / bound", "model_generate_fraction_of_bound", "{:.2f}")]
+           ("generate / bound", "model_generate_fraction_of_bound", "{:.2f}"),
+           ("same text as pipeline", "same_text_as_pipeline", "{}"),
+           ("same tokens as generate", "same_tokens_as_generate", "{}")]
 
 
 def print_table(rows: list[dict]) -> None:

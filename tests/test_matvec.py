@@ -1,4 +1,4 @@
-"""Row-split float32 matrix-vector products: the plain product's bits, or no split at all."""
+"""Row-split float32 matrix-vector products: the plain product's bits, or the plain product itself."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from hftool.generation.matvec import SplitMatVec
 
 
 @pytest.fixture(autouse=True)
-def _fresh_verification(monkeypatch):
-    monkeypatch.setattr(matvec, "_verified", {})
+def _fresh_checks(monkeypatch):
+    """No verdict carried over between tests; every weight large enough to split."""
+    monkeypatch.setattr(matvec, "_matches", {})
+    monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", 0)
 
 
 def _weights(rows: int, columns: int, seed: int = 0):
@@ -20,35 +22,35 @@ def _weights(rows: int, columns: int, seed: int = 0):
     return torch.randn(rows, columns, generator=generator), torch.randn(rows, generator=generator)
 
 
+def _inputs(size: int, count: int = 3):
+    return [torch.randn(1, 1, size, generator=torch.Generator().manual_seed(100 + i)) for i in range(count)]
+
+
 @pytest.mark.parametrize(("rows", "columns"), [(4096, 1024), (1024, 4096), (50_000, 128), (4099, 1000)])
-def test_linear_layout_gives_the_plain_products_bits(rows, columns, monkeypatch):
-    monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", 0)
+def test_linear_layout_split_gives_the_plain_products_bits(rows, columns):
     weight, bias = _weights(rows, columns)
-    split = SplitMatVec(threads=2)
-    for seed in range(3):
-        x = torch.randn(1, 1, columns, generator=torch.Generator().manual_seed(100 + seed))
-        assert torch.equal(split.linear(x, weight, bias), F.linear(x, weight, bias))
-        assert torch.equal(split.linear(x, weight, None), F.linear(x, weight, None))
+    products = SplitMatVec([(weight, bias, True), (weight, None, True)], threads=2)
+    assert products.enabled and id(weight) in products._split_weights
+    for x in _inputs(columns):
+        with products.step_threads():
+            with_bias, without = products.linear(x, weight, bias), products.linear(x, weight, None)
+        assert torch.equal(with_bias, F.linear(x, weight, bias))
+        assert torch.equal(without, F.linear(x, weight, None))
 
 
 @pytest.mark.parametrize(("inputs", "outputs"), [(768, 3072), (3072, 768), (1000, 4099)])
-def test_conv1d_layout_gives_the_plain_products_bits(inputs, outputs, monkeypatch):
-    monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", 0)
+def test_conv1d_layout_split_gives_the_plain_products_bits(inputs, outputs):
     weight, _ = _weights(inputs, outputs)
     bias = torch.randn(outputs)
-    split = SplitMatVec(threads=2)
-    for seed in range(3):
-        x = torch.randn(1, inputs, generator=torch.Generator().manual_seed(100 + seed))
-        assert torch.equal(split.addmm(bias, x, weight), torch.addmm(bias, x, weight))
+    products = SplitMatVec([(weight, bias, False)], threads=2)
+    assert products.enabled and id(weight) in products._split_weights
+    for x in _inputs(inputs):
+        with products.step_threads():
+            split = products.addmm(bias, x[0], weight)
+        assert torch.equal(split, torch.addmm(bias, x[0], weight))
 
 
-def test_the_split_runs_where_verified_and_blocks_cover_every_row():
-    """On this machine's BLAS the split of a BLOOM-sized layer is bit-identical, so it is used (not skipped)."""
-    weight, bias = _weights(4096, 1024)
-    split = SplitMatVec(threads=2)
-    x = torch.randn(1, 1024)
-    assert torch.equal(split.linear(x, weight, bias), F.linear(x, weight, bias))
-    assert list(matvec._verified.values()) == [True]
+def test_blocks_cover_every_row_once_on_aligned_boundaries():
     blocks = matvec._blocks(4099, 3)
     assert blocks[0][0] == 0 and blocks[-1][1] == 4099
     assert all(end == start for (_, end), (start, _) in zip(blocks, blocks[1:], strict=False))
@@ -65,33 +67,45 @@ def test_a_split_that_changes_any_bit_is_never_used(monkeypatch):
 
     monkeypatch.setattr(SplitMatVec, "_split", off_by_one_ulp)
     weight, bias = _weights(4096, 1024)
-    x = torch.randn(1, 1024)
-    assert torch.equal(SplitMatVec(threads=2).linear(x, weight, bias), F.linear(x, weight, bias))
-    assert list(matvec._verified.values()) == [False]
+    products = SplitMatVec([(weight, bias, True)], threads=2)
+    assert id(weight) not in products._split_weights  # the single-threaded plain product is used instead
+    x = _inputs(1024)[0]
+    with products.step_threads():
+        assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
 
 
-def test_small_non_float32_or_single_thread_products_stay_plain(monkeypatch):
-    def must_not_split(*args):
-        raise AssertionError("split used")
+def test_when_any_product_cannot_be_matched_nothing_changes(monkeypatch):
+    monkeypatch.setattr(SplitMatVec, "_matches", lambda *args: False)
+    weight, bias = _weights(1024, 256)
+    products = SplitMatVec([(weight, bias, True)], threads=2)
+    assert not products.enabled
+    threads = torch.get_num_threads()
+    with products.step_threads():
+        assert torch.get_num_threads() == threads
 
-    monkeypatch.setattr(SplitMatVec, "_split", must_not_split)
-    small, bias = _weights(256, 256)
-    big, big_bias = _weights(4096, 1024)
-    assert torch.equal(SplitMatVec(threads=2).linear(torch.ones(1, 256), small, bias),
-                       F.linear(torch.ones(1, 256), small, bias))
-    assert SplitMatVec(threads=1).linear(torch.ones(1, 1024), big, big_bias).shape == (1, 4096)
-    half = big.to(torch.bfloat16)
-    assert SplitMatVec(threads=2).linear(torch.ones(1, 1024, dtype=torch.bfloat16), half, None).dtype == torch.bfloat16
+
+def test_step_threads_run_single_threaded_and_restore():
+    weight, bias = _weights(1024, 256)
+    products = SplitMatVec([(weight, bias, True)], threads=2)
+    before = torch.get_num_threads()
+    with products.step_threads():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_bfloat16_or_one_thread_leaves_everything_plain():
+    weight, bias = _weights(1024, 256)
+    assert not SplitMatVec([(weight.to(torch.bfloat16), None, True)], threads=2).enabled
+    assert not SplitMatVec([(weight, bias, True)], threads=1).enabled
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
-def test_fused_step_with_split_products_keeps_the_forwards_logits(name, request, monkeypatch):
-    """Every weight of the tiny models is offered to the split (threshold 0), on 2 threads."""
+def test_fused_step_with_split_products_keeps_the_forwards_logits(name, request):
+    """Every weight of the tiny models is split (threshold 0), on 2 threads, and the logits stay the forward's."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
     from hftool.generation.fused import fused_decode_step
 
-    monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -102,6 +116,7 @@ def test_fused_step_with_split_products_keeps_the_forwards_logits(name, request,
             model(input_ids=ids, cache=fused_cache, use_cache=True)
             model(input_ids=ids, cache=model_cache, use_cache=True)
             step = fused_decode_step(model, fused_cache)
+            assert [way for (*_, way), same in matvec._matches.items() if same] == ["split"] * len(matvec._matches)
             mask = torch.ones_like(ids)
             for position, token in enumerate([5, 17, 230, 5], start=ids.shape[1]):
                 token_ids = torch.tensor([[token]])
@@ -109,6 +124,6 @@ def test_fused_step_with_split_products_keeps_the_forwards_logits(name, request,
                 expected = model(input_ids=token_ids, attention_mask=mask, cache=model_cache, use_cache=True,
                                  logits_to_keep=1).logits
                 assert torch.equal(step(token_ids, position), expected)
-        assert matvec._verified, "no weight was offered to the split"
+                assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

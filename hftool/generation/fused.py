@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hftool.generation.matvec import SplitMatVec
+
 
 def fused_decode_step(model, cache) -> Callable | None:
     """A function ``step(token_ids, position) -> logits`` continuing ``cache``, or None if unsupported.
@@ -24,14 +26,20 @@ def fused_decode_step(model, cache) -> Callable | None:
     """
     if model.training or getattr(model, "hf_device_map", None):
         return None
-    from hftool.generation.matvec import SplitMatVec
-
     builders = {"gpt2": gpt2_decode_step, "bloom": bloom_decode_step}
     build = builders.get(model.config.model_type)
-    return build(model, cache, SplitMatVec()) if build is not None else None
+    return build(model, cache) if build is not None else None
 
 
-def gpt2_decode_step(model, cache, matvec) -> Callable | None:
+def _with_step_threads(step: Callable, matvec) -> Callable:
+    def threaded_step(token, position):
+        with matvec.step_threads():
+            return step(token, position)
+
+    return threaded_step if matvec.enabled else step
+
+
+def gpt2_decode_step(model, cache) -> Callable | None:
     """GPT-2's step: Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions."""
     import torch
     import torch.nn.functional as F
@@ -50,6 +58,8 @@ def gpt2_decode_step(model, cache, matvec) -> Callable | None:
     values = [layer.values for layer in cache.layers]
     blocks = [(b.ln_1, b.attn, b.ln_2, b.mlp) for b in transformer.h]
     wte, wpe, ln_f, lm_head = transformer.wte.weight, transformer.wpe.weight, transformer.ln_f, model.lm_head
+    convs = [conv for _, attn, _, mlp in blocks for conv in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)]
+    matvec = SplitMatVec([(c.weight, c.bias, False) for c in convs] + [(lm_head.weight, lm_head.bias, True)])
 
     def conv1d(layer, x):
         return matvec.addmm(layer.bias, x.view(-1, x.size(-1)), layer.weight).view(1, 1, -1)
@@ -65,17 +75,18 @@ def gpt2_decode_step(model, cache, matvec) -> Callable | None:
             keys[i] = torch.cat([keys[i], key.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
             values[i] = torch.cat([values[i], value.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
             cache.layers[i].keys, cache.layers[i].values = keys[i], values[i]
-            context = F.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=None, dropout_p=0.0,
-                                                     scale=attn.scaling, is_causal=False)
+            with matvec.caller_threads():
+                context = F.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=None, dropout_p=0.0,
+                                                         scale=attn.scaling, is_causal=False)
             context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
             hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
             hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return step
+    return _with_step_threads(step, matvec)
 
 
-def bloom_decode_step(model, cache, matvec) -> Callable | None:
+def bloom_decode_step(model, cache) -> Callable | None:
     """BLOOM's step: fused QKV, ALiBi bias added by ``baddbmm``, float32 softmax, BLOOM's tanh GELU.
 
     For one new token and no padding the causal mask is all zeros, and adding zeros changes nothing, so the
@@ -96,6 +107,9 @@ def bloom_decode_step(model, cache, matvec) -> Callable | None:
     values = [layer.values for layer in cache.layers]
     embeddings, embeddings_norm = transformer.word_embeddings.weight, transformer.word_embeddings_layernorm
     ln_f, lm_head = transformer.ln_f, model.lm_head
+    linears = [layer for block in transformer.h for layer in (block.self_attention.query_key_value,
+               block.self_attention.dense, block.mlp.dense_h_to_4h, block.mlp.dense_4h_to_h)]
+    matvec = SplitMatVec([(layer.weight, layer.bias, True) for layer in linears + [lm_head]])
 
     def norm(layer, x):
         return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
@@ -129,4 +143,4 @@ def bloom_decode_step(model, cache, matvec) -> Callable | None:
             hidden = residual + linear(mlp.dense_4h_to_h, activated)
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return step
+    return _with_step_threads(step, matvec)
