@@ -16,24 +16,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
-RESULTS = REPO / "benchmarks" / "results"
+from common import REPO, RESULTS, WIKITEXT_VALID, child_env, hftool_steps, require, run, trainer_steps, window_median
+
+DATA = WIKITEXT_VALID
 MODEL = ("{num_hidden_layers: 4, hidden_size: 256, num_attention_heads: 4, intermediate_size: 1024, "
          "max_position_embeddings: 512}")
 BLOCK, BATCH, SEED, LR, VALIDATION_FRACTION = 128, 16, 42, 5e-4, 0.2
 EVAL_PAIRS = 512
-
-
-def run(cmd: list[str], env: dict) -> None:
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{result.stderr[-3000:]}")
 
 
 def make_pairs(tokenizer_dir: Path, train_file: Path) -> tuple[int, list]:
@@ -97,11 +90,8 @@ def run_hftool(work: Path, tokenizer: Path, steps: int, precision: str, env: dic
          "train.scheduler=linear", "train.log_every=1", "train.eval_every=0", "train.eval_max_batches=1",
          "train.save_every=0", f"train.mixed_precision={precision}", "train.report_to=none",
          f"train.output_dir={out}", "--overwrite"], env)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    per_step = {r["step"]: r for r in records if "loss" in r}
-    return {"tokens_per_s": [per_step[s]["tokens_per_s"] for s in sorted(per_step)],
-            "losses": {s: per_step[s]["loss"] for s in per_step},
-            "peak_rss_mb": float(peak.read_text()), "model_dir": out}
+    tokens_per_s, losses = hftool_steps(out)
+    return {"tokens_per_s": tokens_per_s, "losses": losses, "peak_rss_mb": float(peak.read_text()), "model_dir": out}
 
 
 def run_trainer(work: Path, tokenizer: Path, pairs: Path, steps: int, precision: str, env: dict, tag: str) -> dict:
@@ -111,11 +101,8 @@ def run_trainer(work: Path, tokenizer: Path, pairs: Path, steps: int, precision:
            "--tokenizer", str(tokenizer), "--output", str(out), "--model-dir", str(model_dir),
            "--steps", str(steps), "--batch-size", str(BATCH), "--lr", str(LR)]
     run(cmd + (["--bf16"] if precision == "bf16" else []), env)
-    raw = json.loads(out.read_text())
-    times = [0.0, *raw["step_end_times"]]
-    tokens_per_s = [tokens / (b - a) for tokens, a, b in zip(raw["tokens_per_step"], times, times[1:], strict=False)]
-    return {"tokens_per_s": tokens_per_s, "losses": {int(k): v for k, v in raw["losses"].items()},
-            "peak_rss_mb": raw["peak_rss_mb"], "model_dir": model_dir}
+    tokens_per_s, losses, peak_rss_mb = trainer_steps(out)
+    return {"tokens_per_s": tokens_per_s, "losses": losses, "peak_rss_mb": peak_rss_mb, "model_dir": model_dir}
 
 
 def main() -> None:
@@ -126,15 +113,13 @@ def main() -> None:
     args = parser.parse_args()
     steps = 40 if args.quick else args.steps
     first = 10 if args.quick else 20
-    if not DATA.is_file():
-        sys.exit(f"benchmark data not found: {DATA} (the ../shared folder beside the repository)")
+    require(DATA)
 
     sys.path.insert(0, str(REPO))
     from hftool.environment import bf16_supported
 
     precision = "bf16" if bf16_supported() else "no"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRANSFORMERS_VERBOSITY": "error"}
+    env = child_env()
     os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY")})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -155,7 +140,7 @@ def main() -> None:
     summary = {}
     for name, results in runs.items():
         summary[name] = {
-            "tokens_per_s": statistics.median(statistics.median(r["tokens_per_s"][first:steps]) for r in results),
+            "tokens_per_s": statistics.median(window_median(r["tokens_per_s"], first, steps) for r in results),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
             "losses": results[0]["losses"],
             **accuracy[name],

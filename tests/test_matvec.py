@@ -12,8 +12,9 @@ from hftool.generation.matvec import SplitMatVec
 
 @pytest.fixture(autouse=True)
 def _fresh_checks(monkeypatch):
-    """No verdict carried over between tests; every weight large enough to split."""
+    """No verdict carried over between tests; every step and weight large enough to split."""
     monkeypatch.setattr(matvec, "_matches", {})
+    monkeypatch.setattr(matvec, "MIN_STEP_BYTES", 0)
     monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", 0)
 
 
@@ -93,10 +94,12 @@ def test_step_threads_run_single_threaded_and_restore():
     assert torch.get_num_threads() == before
 
 
-def test_bfloat16_or_one_thread_leaves_everything_plain():
+def test_bfloat16_one_thread_or_cache_sized_steps_leave_everything_plain(monkeypatch):
     weight, bias = _weights(1024, 256)
     assert not SplitMatVec([(weight.to(torch.bfloat16), None, True)], threads=2).enabled
     assert not SplitMatVec([(weight, bias, True)], threads=1).enabled
+    monkeypatch.setattr(matvec, "MIN_STEP_BYTES", weight.numel() * 4 + 1)
+    assert not SplitMatVec([(weight, bias, True), (weight, None, True)], threads=2).enabled  # counted once
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])

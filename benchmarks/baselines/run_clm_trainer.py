@@ -8,9 +8,6 @@ Used by bench_pretrain.py as the baseline; it records the wall time of every opt
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import time
 from itertools import chain
 
 
@@ -30,12 +27,12 @@ def main() -> None:
 
     import torch
     from datasets import load_dataset
+    from step_clock import StepClock
     from transformers import (
         AutoTokenizer,
         GPT2Config,
         GPT2LMHeadModel,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
         default_data_collator,
         set_seed,
@@ -59,17 +56,6 @@ def main() -> None:
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = GPT2LMHeadModel(config)
 
-    class StepClock(TrainerCallback):
-        def __init__(self):
-            self.times, self.losses = [], {}
-
-        def on_step_end(self, targs, state, control, **kwargs):
-            self.times.append(time.perf_counter())
-
-        def on_log(self, targs, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses[state.global_step] = logs["loss"]
-
     clock = StepClock()
     training_args = TrainingArguments(
         output_dir=args.output + ".trainer", per_device_train_batch_size=args.batch_size, max_steps=args.steps,
@@ -80,18 +66,10 @@ def main() -> None:
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=default_data_collator,
                       callbacks=[clock])
-    start = time.perf_counter()
     trainer.train()
     if args.save_model:
         trainer.save_model(args.save_model)
-    result = {
-        "step_end_times": [t - start for t in clock.times],
-        "losses": clock.losses,
-        "tokens_per_step": args.batch_size * args.block_size,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    with open(args.output, "w", encoding="utf-8") as fh:
-        json.dump(result, fh)
+    clock.write(args.output, args.batch_size * args.block_size)
 
 
 if __name__ == "__main__":

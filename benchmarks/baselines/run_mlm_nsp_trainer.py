@@ -11,9 +11,6 @@ time and real (non-padding) tokens, and saves the model for evaluation.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import time
 
 
 def main() -> None:
@@ -33,13 +30,13 @@ def main() -> None:
 
     import torch
     from datasets import load_dataset
+    from step_clock import StepClock
     from transformers import (
         AutoTokenizer,
         BertConfig,
         BertForPreTraining,
         DataCollatorForLanguageModeling,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
         set_seed,
     )
@@ -59,17 +56,6 @@ def main() -> None:
         tokens_per_batch.append(int(batch["attention_mask"].sum()))
         return batch
 
-    class StepClock(TrainerCallback):
-        def __init__(self):
-            self.times, self.losses = [], {}
-
-        def on_step_end(self, targs, state, control, **kwargs):
-            self.times.append(time.perf_counter())
-
-        def on_log(self, targs, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses[state.global_step] = logs["loss"]
-
     clock = StepClock()
     training_args = TrainingArguments(
         output_dir=args.model_dir + ".trainer", per_device_train_batch_size=args.batch_size, max_steps=args.steps,
@@ -79,18 +65,10 @@ def main() -> None:
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=pairs, data_collator=collate,
                       callbacks=[clock])
-    start = time.perf_counter()
     trainer.train()
     trainer.save_model(args.model_dir)
     tokenizer.save_pretrained(args.model_dir)
-    result = {
-        "step_end_times": [t - start for t in clock.times],
-        "tokens_per_step": tokens_per_batch[:len(clock.times)],
-        "losses": clock.losses,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    with open(args.output, "w", encoding="utf-8") as fh:
-        json.dump(result, fh)
+    clock.write(args.output, tokens_per_batch[:len(clock.times)])
 
 
 if __name__ == "__main__":

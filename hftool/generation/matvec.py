@@ -25,7 +25,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-# Smaller matrices are read faster than a thread hand-off (tens of microseconds) pays for.
+# Weights that fit in the CPU caches are read fast enough by one core: a step whose weights total less is left
+# alone (measured: a 13 MB GPT-2 got slower split), and within a larger step so is a matrix smaller than
+# MIN_SPLIT_BYTES, whose thread hand-off (tens of microseconds) would cost more than it saves.
+MIN_STEP_BYTES = 64 << 20
 MIN_SPLIT_BYTES = 4 << 20
 # Block boundaries fall on multiples of this many rows, keeping every block's rows aligned like the whole's.
 ROW_ALIGN = 64
@@ -70,7 +73,10 @@ class SplitMatVec:
                  threads: int | None = None):
         self.threads = threads or torch.get_num_threads()
         self._split_weights: set[int] = set()
-        self.enabled = self.threads >= 2 and self._verify(list(products))
+        products = list(products)
+        weights = {id(weight): weight for weight, _, _ in products}.values()
+        streamed = sum(weight.numel() * weight.element_size() for weight in weights)
+        self.enabled = self.threads >= 2 and streamed >= MIN_STEP_BYTES and self._verify(products)
 
     @contextmanager
     def step_threads(self) -> Iterator[None]:
