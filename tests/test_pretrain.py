@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, run_cli, tiny_pretrain_args, wait_for_step
 
 from hftool.engine import Engine, TrainConfig
-from hftool.errors import TrainingDivergedError
+from hftool.errors import HftoolError, TrainingDivergedError
 from hftool.tasks.causal_lm import CausalLMTask, causal_lm_loss_sum
 
 
@@ -59,6 +59,25 @@ def test_accumulation_equals_one_big_batch(tmp_path):
     accumulated = _train(tmp_path, "acc", data, batch_size=4, grad_accum=2, max_steps=4)
     for (name, a), b in zip(big.state_dict().items(), accumulated.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_releasing_freed_memory_keeps_the_training_identical(tmp_path, monkeypatch):
+    """train.release_memory_every=N calls glibc's malloc_trim every N steps and changes no weight."""
+    from hftool.engine import trainer
+
+    trim = trainer._glibc_malloc_trim()
+    assert trim is not None and trim(0) in (0, 1)  # glibc here: the real function answers
+    calls = []
+    monkeypatch.setattr(trainer, "_glibc_malloc_trim", lambda: lambda pad: calls.append(pad) or trim(pad))
+    data = np.random.default_rng(0).integers(0, 50, size=(64, 12)).astype(np.int32)
+    plain = _train(tmp_path, "plain", data, batch_size=8, max_steps=4)
+    assert calls == []
+    trimmed = _train(tmp_path, "trimmed", data, batch_size=8, max_steps=4, release_memory_every=2)
+    assert calls == [0, 0]
+    for a, b in zip(plain.state_dict().values(), trimmed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(HftoolError, match="release_memory_every"):
+        TrainConfig(release_memory_every=-1).validate()
 
 
 class _NaNAtStep(CausalLMTask):

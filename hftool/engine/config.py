@@ -40,6 +40,7 @@ class TrainConfig:
     log_every: int = 10
     compile: bool = False  # torch.compile the model (worth it on GPUs; small gains on CPU)
     fast_cpu_dropout: bool = True  # on CPU, draw dropout masks 16 bits per element (hftool/engine/cpu_dropout.py)
+    release_memory_every: int = 0  # on CPU/glibc, malloc_trim every N steps: less RSS with varying shapes, slower
     num_workers: int = 0  # DataLoader worker processes
     report_to: Literal["tensorboard", "none"] = "tensorboard"
 
@@ -51,7 +52,7 @@ class TrainConfig:
                 raise HftoolError(f"train.{name}={value} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise HftoolError(f"train.max_steps={self.max_steps} must be at least 1 (or null to use epochs)")
-        for name in ("eval_every", "save_every", "warmup_steps", "num_workers"):
+        for name in ("eval_every", "save_every", "warmup_steps", "num_workers", "release_memory_every"):
             if getattr(self, name) < 0:
                 raise HftoolError(f"train.{name} must be 0 or more")
         if self.lr <= 0:

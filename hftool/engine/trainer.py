@@ -123,6 +123,8 @@ class Engine:
         self._stop_signal: int | None = None
         self._lengths: torch.Tensor | None = None
         self._epoch_order_cache: tuple[int, torch.Tensor] | None = None
+        self._trim_heap = (_glibc_malloc_trim() if config.release_memory_every and self.accelerator.device.type == "cpu"
+                           else None)
 
     # ---- process helpers -------------------------------------------------------------------------------
     @property
@@ -310,6 +312,8 @@ class Engine:
                 micro_batches = [task.collate(micro, epoch) for micro in examples]
                 loss_sum, count, tokens = self._train_step(model, optimizer, micro_batches, task)
                 scheduler.step()
+                if self._trim_heap is not None and step % cfg.release_memory_every == 0:
+                    self._trim_heap(0)
                 step += 1
                 pending.append((step, loss_sum, count))
                 window_tokens += tokens
@@ -588,6 +592,25 @@ def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     found = complete_checkpoints(checkpoint_dir)
     return found[-1] if found else None
+
+
+def _glibc_malloc_trim():
+    """glibc's ``malloc_trim``, or None elsewhere. Batches of varying shapes (length-grouped padding) leave
+    freed activation memory scattered through the heap, which glibc keeps; trimming hands it back to the
+    system, so resident memory tracks what the steps really hold, at the cost of faulting it in again
+    (measured on SQuAD with MiniLM: every step, peak RSS 3,936 instead of 5,683 MiB, 17 % slower)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
