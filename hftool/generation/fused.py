@@ -31,14 +31,6 @@ def fused_decode_step(model, cache) -> Callable | None:
     return build(model, cache) if build is not None else None
 
 
-def _with_step_threads(step: Callable, matvec) -> Callable:
-    def threaded_step(token, position):
-        with matvec.step_threads():
-            return step(token, position)
-
-    return threaded_step if matvec.enabled else step
-
-
 def gpt2_decode_step(model, cache) -> Callable | None:
     """GPT-2's step: Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions."""
     import torch
@@ -75,15 +67,14 @@ def gpt2_decode_step(model, cache) -> Callable | None:
             keys[i] = torch.cat([keys[i], key.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
             values[i] = torch.cat([values[i], value.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
             cache.layers[i].keys, cache.layers[i].values = keys[i], values[i]
-            with matvec.caller_threads():
-                context = F.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=None, dropout_p=0.0,
-                                                         scale=attn.scaling, is_causal=False)
+            context = F.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=None, dropout_p=0.0,
+                                                     scale=attn.scaling, is_causal=False)
             context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
             hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
             hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return _with_step_threads(step, matvec)
+    return step
 
 
 def bloom_decode_step(model, cache) -> Callable | None:
@@ -143,4 +134,4 @@ def bloom_decode_step(model, cache) -> Callable | None:
             hidden = residual + linear(mlp.dense_4h_to_h, activated)
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return _with_step_threads(step, matvec)
+    return step
