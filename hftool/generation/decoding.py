@@ -208,7 +208,7 @@ class Generator:
             streamer.put(input_ids.cpu())
         logits = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
                        logits_to_keep=1).logits
-        fused_step = fused_decode_step(model, cache)
+        fused_step = fused_decode_step(model, cache, len(ids) + self.settings.max_new_tokens)
         one = attention_mask.new_ones((1, 1))
         new_ids: list[int] = []
         with single_row_matmuls(model):

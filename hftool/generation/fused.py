@@ -2,14 +2,14 @@
 
 For small models on a CPU most of a decode step is Python: module calls, mask building, cache objects and
 output dataclasses around a few small matrix products. This step calls the same kernels on the same
-weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with no mask for one query,
-``torch.cat`` onto the key/value cache as ``DynamicCache`` does), so its logits are bit-identical to
-``model(...)``'s; the tests check the logits bit for bit and the tokens against ``model.generate``. Large
-float32 weights are multiplied in row blocks on several threads where that is verified to give the same bits
-(:mod:`hftool.generation.matvec`). Anything
-it does not mirror exactly (other architectures or attention backends, cross-attention, BLOOM's
-``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights, training mode) gets ``None`` and the
-caller uses the model's own forward.
+weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with no mask for one query), so its
+logits are bit-identical to ``model(...)``'s; the tests check the logits bit for bit and the tokens against
+``model.generate``. Two things differ in how, not in what, is computed: the keys and values go into buffers
+allocated once (:class:`PreallocatedCache`) rather than being concatenated onto the whole cache every step, and
+large float32 weights are multiplied in row blocks on several threads where that is verified to give the same
+bits (:mod:`hftool.generation.matvec`). Anything it does not mirror exactly (other architectures or attention
+backends, cross-attention, BLOOM's ``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights,
+training mode) gets ``None`` and the caller uses the model's own forward.
 """
 
 from __future__ import annotations
@@ -19,19 +19,55 @@ from collections.abc import Callable
 from hftool.generation.matvec import SplitMatVec
 
 
-def fused_decode_step(model, cache) -> Callable | None:
+def fused_decode_step(model, cache, capacity: int = 0) -> Callable | None:
     """A function ``step(token_ids, position) -> logits`` continuing ``cache``, or None if unsupported.
 
     ``cache`` is the ``DynamicCache`` a prefill through ``model(...)`` filled; the step extends it in place.
+    ``capacity``: the positions the cache will reach (prompt plus new tokens), to allocate them once.
     """
     if model.training or getattr(model, "hf_device_map", None):
         return None
     builders = {"gpt2": gpt2_decode_step, "bloom": bloom_decode_step}
     build = builders.get(model.config.model_type)
-    return build(model, cache) if build is not None else None
+    return build(model, cache, capacity) if build is not None else None
 
 
-def gpt2_decode_step(model, cache) -> Callable | None:
+class PreallocatedCache:
+    """The keys and values of a ``DynamicCache``, moved into buffers with room for ``capacity`` positions.
+
+    ``DynamicCache`` concatenates each new position onto the whole cache, copying every layer's keys and values
+    on every step; here a step writes one position and hands out views of the filled part. The views hold the
+    same values with the same layout within each head, and the ``DynamicCache`` layers are kept pointing at
+    them. A buffer that fills up is reallocated twice as large.
+    """
+
+    def __init__(self, cache, capacity: int):
+        self.cache = cache
+        self.length = cache.layers[0].keys.shape[-2]
+        self.buffers = [(self._buffer(layer.keys, capacity), self._buffer(layer.values, capacity))
+                        for layer in cache.layers]
+
+    def _buffer(self, filled, capacity: int):
+        buffer = filled.new_empty((*filled.shape[:-2], max(capacity, filled.shape[-2] + 1), filled.shape[-1]))
+        buffer[..., : filled.shape[-2], :] = filled
+        return buffer
+
+    def append(self, layer: int, key, value):
+        """Write one position's ``key`` and ``value`` (batch, heads, 1, head_dim); the layer's keys and values."""
+        keys, values = self.buffers[layer]
+        if self.length == keys.shape[-2]:
+            keys, values = self._buffer(keys, 2 * self.length), self._buffer(values, 2 * self.length)
+            self.buffers[layer] = keys, values
+        keys[..., self.length, :] = key[..., 0, :]
+        values[..., self.length, :] = value[..., 0, :]
+        cached = self.cache.layers[layer]
+        cached.keys, cached.values = keys[..., : self.length + 1, :], values[..., : self.length + 1, :]
+        if layer == len(self.buffers) - 1:
+            self.length += 1
+        return cached.keys, cached.values
+
+
+def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable | None:
     """GPT-2's step: Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions."""
     import torch
     import torch.nn.functional as F
@@ -46,8 +82,7 @@ def gpt2_decode_step(model, cache) -> Callable | None:
     transformer = model.transformer
     width, heads = config.n_embd, config.n_head
     head_dim = width // heads
-    keys = [layer.keys for layer in cache.layers]
-    values = [layer.values for layer in cache.layers]
+    kv = PreallocatedCache(cache, capacity)
     blocks = [(b.ln_1, b.attn, b.ln_2, b.mlp) for b in transformer.h]
     wte, wpe, ln_f, lm_head = transformer.wte.weight, transformer.wpe.weight, transformer.ln_f, model.lm_head
     convs = [conv for _, attn, _, mlp in blocks for conv in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)]
@@ -64,10 +99,9 @@ def gpt2_decode_step(model, cache) -> Callable | None:
         for i, (ln_1, attn, ln_2, mlp) in enumerate(blocks):
             query, key, value = conv1d(attn.c_attn, norm(ln_1, hidden)).split(width, dim=2)
             query = query.view(1, 1, heads, head_dim).transpose(1, 2)
-            keys[i] = torch.cat([keys[i], key.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
-            values[i] = torch.cat([values[i], value.view(1, 1, heads, head_dim).transpose(1, 2)], dim=-2)
-            cache.layers[i].keys, cache.layers[i].values = keys[i], values[i]
-            context = F.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=None, dropout_p=0.0,
+            keys, values = kv.append(i, key.view(1, 1, heads, head_dim).transpose(1, 2),
+                                     value.view(1, 1, heads, head_dim).transpose(1, 2))
+            context = F.scaled_dot_product_attention(query, keys, values, attn_mask=None, dropout_p=0.0,
                                                      scale=attn.scaling, is_causal=False)
             context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
             hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
@@ -77,7 +111,7 @@ def gpt2_decode_step(model, cache) -> Callable | None:
     return step
 
 
-def bloom_decode_step(model, cache) -> Callable | None:
+def bloom_decode_step(model, cache, capacity: int = 0) -> Callable | None:
     """BLOOM's step: fused QKV, ALiBi bias added by ``baddbmm``, float32 softmax, BLOOM's tanh GELU.
 
     For one new token and no padding the causal mask is all zeros, and adding zeros changes nothing, so the
@@ -94,8 +128,7 @@ def bloom_decode_step(model, cache) -> Callable | None:
     width, heads = config.hidden_size, config.n_head
     head_dim = width // heads
     post_norm_residual = config.apply_residual_connection_post_layernorm
-    keys = [layer.keys for layer in cache.layers]
-    values = [layer.values for layer in cache.layers]
+    kv = PreallocatedCache(cache, capacity)
     embeddings, embeddings_norm = transformer.word_embeddings.weight, transformer.word_embeddings_layernorm
     ln_f, lm_head = transformer.ln_f, model.lm_head
     linears = [layer for block in transformer.h for layer in (block.self_attention.query_key_value,
@@ -118,14 +151,12 @@ def bloom_decode_step(model, cache) -> Callable | None:
             residual = normed if post_norm_residual else hidden
             fused_qkv = linear(attention.query_key_value, normed).view(1, 1, heads, 3, head_dim)
             query = fused_qkv[..., 0, :].transpose(1, 2).reshape(heads, -1, head_dim)
-            keys[i] = torch.cat([keys[i], fused_qkv[..., 1, :].transpose(1, 2)], dim=-2)
-            values[i] = torch.cat([values[i], fused_qkv[..., 2, :].transpose(1, 2)], dim=-2)
-            cache.layers[i].keys, cache.layers[i].values = keys[i], values[i]
-            key_columns = keys[i].reshape(heads, -1, head_dim).transpose(-1, -2)
+            keys, values = kv.append(i, fused_qkv[..., 1, :].transpose(1, 2), fused_qkv[..., 2, :].transpose(1, 2))
+            key_columns = keys.reshape(heads, -1, head_dim).transpose(-1, -2)
             scores = alibi.baddbmm(batch1=query, batch2=key_columns, beta=attention.beta,
                                    alpha=attention.inv_norm_factor)
             probs = F.softmax(scores.view(1, heads, 1, -1), dim=-1, dtype=torch.float32).to(query.dtype)
-            context = torch.bmm(probs.view(heads, 1, -1), values[i].reshape(heads, -1, head_dim))
+            context = torch.bmm(probs.view(heads, 1, -1), values.reshape(heads, -1, head_dim))
             context = context.view(1, heads, 1, head_dim).permute(0, 2, 1, 3).reshape(1, 1, width)
             attended = residual + linear(attention.dense, context)
             normed = norm(block.post_attention_layernorm, attended)
