@@ -13,12 +13,13 @@ from hftool.generation.matvec import SplitMatVec
 @pytest.fixture(autouse=True)
 def _fresh_checks(monkeypatch):
     """No verdict carried over between tests; every weight large enough to split; 2 threads, as the products
-    below are built for."""
+    below are built for; autograd off, as in generation."""
     monkeypatch.setattr(matvec, "_matches", {})
     monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    yield
+    with torch.no_grad():
+        yield
     torch.set_num_threads(threads)
 
 
@@ -104,6 +105,18 @@ def test_a_thread_count_other_than_the_checked_one_gets_the_plain_product(monkey
     monkeypatch.setattr(SplitMatVec, "_split", unchecked)
     torch.set_num_threads(1)
     x = _inputs(256)[0]
+    assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
+
+
+def test_with_autograd_on_the_plain_product_is_used_and_gradients_flow():
+    weight, bias = _weights(1024, 256)
+    weight.requires_grad_(True)
+    x = _inputs(256)[0]
+    with torch.enable_grad():
+        products = SplitMatVec([(weight, bias, True)], threads=2)  # built (and checked) with autograd on
+        assert products.enabled
+        products.linear(x, weight, bias).sum().backward()
+    assert torch.equal(weight.grad, x.reshape(1, -1).expand(1024, 256))
     assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
 
 

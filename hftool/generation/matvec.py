@@ -65,7 +65,10 @@ class SplitMatVec:
         return self._split(x, weight, bias, rows_are_outputs=False)
 
     def _splits(self, weight: torch.Tensor) -> bool:
-        return id(weight) in self._split_weights and torch.get_num_threads() == self.threads
+        """Split only under the thread count it was checked with, and outside autograd (the batched product
+        writes into its output in place)."""
+        return (id(weight) in self._split_weights and torch.get_num_threads() == self.threads
+                and not torch.is_grad_enabled())
 
     def _splittable(self, weight: torch.Tensor, rows_are_outputs: bool) -> bool:
         outputs = weight.shape[0] if rows_are_outputs else weight.shape[-1]
@@ -83,8 +86,9 @@ class SplitMatVec:
         if key not in _matches:
             inputs = weight.shape[1] if rows_are_outputs else weight.shape[0]
             x = torch.randn(1, inputs, generator=torch.Generator().manual_seed(0))
-            plain = F.linear(x, weight, bias) if rows_are_outputs else torch.addmm(bias, x, weight)
-            _matches[key] = torch.equal(plain, self._split(x, weight, bias, rows_are_outputs))
+            with torch.no_grad():
+                plain = F.linear(x, weight, bias) if rows_are_outputs else torch.addmm(bias, x, weight)
+                _matches[key] = torch.equal(plain, self._split(x, weight, bias, rows_are_outputs))
         return _matches[key]
 
     def _split(self, x, weight, bias, rows_are_outputs: bool) -> torch.Tensor:
