@@ -76,30 +76,33 @@ def test_window_labels_on_real_training_questions(wordpiece, shared_data):
     assert exact / labelled > 0.98  # the rest start or end inside a word piece (e.g. "1880" of "1880s")
 
 
-def test_fixed_and_dynamic_padding_give_the_same_loss_and_answers(tiny_bert, wordpiece):
+def test_fixed_dynamic_and_rounded_padding_give_the_same_loss_and_answers(tiny_bert, wordpiece):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     torch.manual_seed(0)
     model = BertForQuestionAnswering.from_pretrained(tiny_bert).eval()
     examples = hand_examples()[:6]
     settings = WindowSettings(64, 16)
     windows = encode_windows(examples, tokenizer, settings)
-    dynamic = SquadTask(settings, windows.pad_token_id)
+    dynamic = SquadTask(settings, windows.pad_token_id, pad_to_multiple_of=1)
+    rounded = SquadTask(settings, windows.pad_token_id, pad_to_multiple_of=24)
     fixed = SquadTask(settings, windows.pad_token_id, pad_to_max_length=True)
     short = [i for i in range(len(windows)) if windows.lengths[i] < 64]  # the last window of each context
     assert len({windows.lengths[i] for i in short}) > 2
     items = [windows[i] for i in short]
-    trimmed, padded = dynamic.collate(items, 0), fixed.collate(items, 0)
-    assert trimmed["input_ids"].shape[1] == windows.lengths[short].max() < 64 == padded["input_ids"].shape[1]
+    tasks = (dynamic, rounded, fixed)
+    batches = [task.collate(items, 0) for task in tasks]
+    longest = windows.lengths[short].max()
+    widths = [batch["input_ids"].shape[1] for batch in batches]
+    assert widths == [longest, min(-(-longest // 24) * 24, 64), 64] and longest < 64
     with torch.no_grad():
-        assert dynamic.loss_sum(model, trimmed).item() == pytest.approx(fixed.loss_sum(model, padded).item(),
-                                                                         rel=1e-5)
-        found_trimmed = dynamic.window_candidates(model, [trimmed], windows)
-        found_padded = fixed.window_candidates(model, [padded], windows)
-    assert found_trimmed.keys() == found_padded.keys() == {windows.example_index[i] for i in short}
-    for index in found_trimmed:
+        losses = [task.loss_sum(model, batch).item() for task, batch in zip(tasks, batches, strict=True)]
+        found = [task.window_candidates(model, [batch], windows) for task, batch in zip(tasks, batches, strict=True)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    assert found[0].keys() == found[1].keys() == found[2].keys() == {windows.example_index[i] for i in short}
+    for index in found[0]:
         context = examples[index].context
-        best = [rank_answers(found[index], context, 5) for found in (found_trimmed, found_padded)]
-        assert [a.text for a in best[0]] == [a.text for a in best[1]] and best[0]
+        best = [rank_answers(candidates[index], context, 5) for candidates in found]
+        assert [a.text for a in best[0]] == [a.text for a in best[1]] == [a.text for a in best[2]] and best[0]
 
 
 def test_span_search_follows_the_reference_rules():

@@ -102,6 +102,12 @@ def test_doc_stride_too_large_for_max_length_before_tokenizing(fixture_files, tm
                       "data.doc_stride=400 is too large for data.max_length=384")
 
 
+def test_pad_to_multiple_of_below_one(fixture_files, tmp_path):
+    assert_user_error(finetune(fixture_files["official"], fixture_files["official"], tmp_path / "out",
+                               "data.pad_to_multiple_of=0"),
+                      "data.pad_to_multiple_of=0 must be at least 1")
+
+
 def test_doc_stride_too_large_for_the_room_a_question_leaves(fixture_files, tmp_path):
     assert_user_error(finetune(fixture_files["official"], fixture_files["official"], tmp_path / "out",
                                "data.max_length=32", "data.doc_stride=20"),

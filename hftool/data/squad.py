@@ -51,6 +51,7 @@ class SquadDataConfig:
     max_length: int = 384  # tokens per window: question + context + special tokens
     doc_stride: int = 128  # context tokens shared by consecutive windows of one long context
     pad_to_max_length: bool = False  # static shapes for XLA/TPU; otherwise pad each batch to its longest
+    pad_to_multiple_of: int = 32  # round each batch's length up (fewer distinct shapes: less heap fragmentation)
     group_by_length: bool = True  # batch windows of similar length together (less padding)
     strict: bool = False  # fail on answers not found at answer_start (default: skip them with a warning)
     max_train_examples: int | None = None  # first N training questions (quick experiments)
@@ -61,6 +62,8 @@ class SquadDataConfig:
     def validate(self) -> None:
         windows = WindowSettings(self.max_length, self.doc_stride, self.max_answer_length, self.n_best)
         windows.validate()
+        if self.pad_to_multiple_of < 1:
+            raise HftoolError(f"data.pad_to_multiple_of={self.pad_to_multiple_of} must be at least 1")
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -117,10 +117,12 @@ class SquadTask:
     """Batches of windows, the start/end loss, and SQuAD evaluation (exact match and F1)."""
 
     def __init__(self, settings: WindowSettings, pad_token_id: int, eval_examples: list[QAExample] = (),
-                 eval_windows: Windows | None = None, metric=None, pad_to_max_length: bool = False):
+                 eval_windows: Windows | None = None, metric=None, pad_to_max_length: bool = False,
+                 pad_to_multiple_of: int = 32):
         self.settings = settings
         self.pad_token_id = pad_token_id
         self.pad_to = settings.max_length if pad_to_max_length else None
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.eval_examples = list(eval_examples)
         self.eval_windows = eval_windows
         self.metric = metric
@@ -131,7 +133,9 @@ class SquadTask:
     def collate(self, items: list[dict], epoch: int):
         import torch
 
-        length = self.pad_to or max(len(item["input_ids"]) for item in items)
+        longest = max(len(item["input_ids"]) for item in items)
+        rounded = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        length = self.pad_to or max(longest, min(rounded, self.settings.max_length))
         input_ids = np.full((len(items), length), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(items), length), dtype=np.int64)
         with_types = "token_type_ids" in items[0]
@@ -318,7 +322,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     set_seed(recipe.train.seed)
     model = load_qa_model(ref, recipe.model.trust_remote_code)
     task = SquadTask(settings, train_windows.pad_token_id, eval_examples, eval_windows, metric,
-                     data.pad_to_max_length)
+                     data.pad_to_max_length, data.pad_to_multiple_of)
     steps_per_epoch = engine.steps_per_epoch(len(train_windows))
     if recipe.eval_each_epoch and engine.config.eval_every == 0:
         engine.config.eval_every = steps_per_epoch
