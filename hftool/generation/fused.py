@@ -43,7 +43,6 @@ class PreallocatedCache:
 
     def __init__(self, cache, capacity: int):
         self.cache = cache
-        self.length = cache.layers[0].keys.shape[-2]
         self.buffers = [(self._buffer(layer.keys, capacity), self._buffer(layer.values, capacity))
                         for layer in cache.layers]
 
@@ -54,16 +53,15 @@ class PreallocatedCache:
 
     def append(self, layer: int, key, value):
         """Write one position's ``key`` and ``value`` (batch, heads, 1, head_dim); the layer's keys and values."""
-        keys, values = self.buffers[layer]
-        if self.length == keys.shape[-2]:
-            keys, values = self._buffer(keys, 2 * self.length), self._buffer(values, 2 * self.length)
-            self.buffers[layer] = keys, values
-        keys[..., self.length, :] = key[..., 0, :]
-        values[..., self.length, :] = value[..., 0, :]
         cached = self.cache.layers[layer]
-        cached.keys, cached.values = keys[..., : self.length + 1, :], values[..., : self.length + 1, :]
-        if layer == len(self.buffers) - 1:
-            self.length += 1
+        length = cached.keys.shape[-2]
+        keys, values = self.buffers[layer]
+        if length == keys.shape[-2]:
+            keys, values = self._buffer(keys, 2 * length), self._buffer(values, 2 * length)
+            self.buffers[layer] = keys, values
+        keys[..., length, :] = key[..., 0, :]
+        values[..., length, :] = value[..., 0, :]
+        cached.keys, cached.values = keys[..., : length + 1, :], values[..., : length + 1, :]
         return cached.keys, cached.values
 
 
