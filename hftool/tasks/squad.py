@@ -22,6 +22,7 @@ import numpy as np
 
 from hftool import config as cfgmod
 from hftool.data.squad import (
+    PAD_TO_MULTIPLE_OF,
     QAExample,
     SquadDataConfig,
     Windows,
@@ -118,7 +119,7 @@ class SquadTask:
 
     def __init__(self, settings: WindowSettings, pad_token_id: int, eval_examples: list[QAExample] = (),
                  eval_windows: Windows | None = None, metric=None, pad_to_max_length: bool = False,
-                 pad_to_multiple_of: int = 32):
+                 pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF):
         self.settings = settings
         self.pad_token_id = pad_token_id
         self.pad_to = settings.max_length if pad_to_max_length else None
