@@ -6,17 +6,17 @@ weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with n
 logits are bit-identical to ``model(...)``'s; the tests check the logits bit for bit and the tokens against
 ``model.generate``. Two things differ in how, not in what, is computed: the keys and values go into buffers
 allocated once (:class:`PreallocatedCache`) rather than being concatenated onto the whole cache every step, and
-large float32 weights are multiplied in row blocks on several threads where that is verified to give the same
-bits (:mod:`hftool.generation.matvec`). Anything it does not mirror exactly (other architectures or attention
-backends, cross-attention, BLOOM's ``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights,
-training mode) gets ``None`` and the caller uses the model's own forward.
+large float32 weights are multiplied by hftool's own kernel or in row blocks on several threads, where that is
+verified to give the same bits (:mod:`hftool.generation.matvec`). Anything it does not mirror exactly (other
+architectures or attention backends, cross-attention, BLOOM's ``slow_but_exact`` tensor-parallel split,
+Accelerate-dispatched weights, training mode) gets ``None`` and the caller uses the model's own forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from hftool.generation.matvec import SplitMatVec
+from hftool.generation.matvec import MatVec
 
 
 def fused_decode_step(model, cache, capacity: int = 0) -> Callable | None:
@@ -84,7 +84,7 @@ def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable | None:
     blocks = [(b.ln_1, b.attn, b.ln_2, b.mlp) for b in transformer.h]
     wte, wpe, ln_f, lm_head = transformer.wte.weight, transformer.wpe.weight, transformer.ln_f, model.lm_head
     convs = [conv for _, attn, _, mlp in blocks for conv in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)]
-    matvec = SplitMatVec([(c.weight, c.bias, False) for c in convs] + [(lm_head.weight, lm_head.bias, True)])
+    matvec = MatVec([(c.weight, c.bias, False) for c in convs] + [(lm_head.weight, lm_head.bias, True)])
 
     def conv1d(layer, x):
         return matvec.addmm(layer.bias, x.view(-1, x.size(-1)), layer.weight).view(1, 1, -1)
@@ -131,7 +131,7 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> Callable | None:
     ln_f, lm_head = transformer.ln_f, model.lm_head
     linears = [layer for block in transformer.h for layer in (block.self_attention.query_key_value,
                block.self_attention.dense, block.mlp.dense_h_to_4h, block.mlp.dense_4h_to_h)]
-    matvec = SplitMatVec([(layer.weight, layer.bias, True) for layer in linears + [lm_head]])
+    matvec = MatVec([(layer.weight, layer.bias, True) for layer in linears + [lm_head]])
 
     def norm(layer, x):
         return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)

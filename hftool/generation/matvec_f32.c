@@ -1,0 +1,65 @@
+/* One-row float32 products y = W x (+ b) that add in the order of MKL's one-row kernel on AMD CPUs.
+ *
+ * With p_k = W[r, k] * x[k] (each rounded to float32; no fused multiply-add) and a the offset of the row's start
+ * from a 16-byte boundary in floats, MKL's 4-lane SSE kernel sums the first 4 - a products in turn into lane 0,
+ * then lane q (q = 0..3) adds p_k for the following k with k - (4 - a) = q mod 4 in turn, combines the lanes
+ * as (l0 + l2) + (l1 + l3), adds the products left over at the end in turn, and adds the bias last. That holds
+ * for rows in groups of four; MKL multiplies the last rows % 4 rows with another kernel, and hftool leaves them
+ * to MKL. MKL runs this on one core at about 16 GB/s. This kernel makes the very same additions, so it gives
+ * the same bits, but keeps eight rows in flight and splits the rows over the threads of PyTorch's own OpenMP
+ * runtime. hftool checks every matrix it uses it for against F.linear, bit for bit, before using it
+ * (hftool/generation/matvec.py): on a machine where MKL sums differently it is not used.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+#define ROWS_IN_FLIGHT 8
+
+static inline __m128 start(const float *w, const float *x, int64_t head) {
+    float sum = w[0] * x[0];
+    for (int64_t k = 1; k < head; k++) sum = sum + w[k] * x[k];
+    return _mm_set_ps(0.0f, 0.0f, 0.0f, sum);
+}
+
+static inline float finish(__m128 lanes, const float *w, const float *x, int64_t from, int64_t inputs) {
+    float l[4];
+    _mm_storeu_ps(l, lanes);
+    float sum = (l[0] + l[2]) + (l[1] + l[3]);
+    for (int64_t k = from; k < inputs; k++) sum = sum + w[k] * x[k];
+    return sum;
+}
+
+/* y[r] = sum_k W[r * row_stride + k] * x[k] (+ bias[r]) for r < rows; row_stride is a multiple of 4 (every row
+ * starts at the same offset from a 16-byte boundary) and inputs is at least 8. */
+void hftool_matvec_f32(const float *W, int64_t row_stride, const float *x, const float *bias, float *y,
+                       int64_t rows, int64_t inputs) {
+    int64_t head = 4 - (int64_t)(((uintptr_t)W / sizeof(float)) % 4);
+    int64_t end = head + (inputs - head) / 4 * 4;
+    int64_t blocks = (rows + ROWS_IN_FLIGHT - 1) / ROWS_IN_FLIGHT;
+#pragma omp parallel for schedule(static)
+    for (int64_t block = 0; block < blocks; block++) {
+        int64_t first = block * ROWS_IN_FLIGHT;
+        int64_t count = rows - first < ROWS_IN_FLIGHT ? rows - first : ROWS_IN_FLIGHT;
+        const float *w = W + first * row_stride;
+        __m128 lanes[ROWS_IN_FLIGHT];
+        if (count == ROWS_IN_FLIGHT) {
+            for (int r = 0; r < ROWS_IN_FLIGHT; r++) lanes[r] = start(w + r * row_stride, x, head);
+            for (int64_t k = head; k < end; k += 4) {
+                __m128 xk = _mm_loadu_ps(x + k);
+                for (int r = 0; r < ROWS_IN_FLIGHT; r++)
+                    lanes[r] = _mm_add_ps(lanes[r], _mm_mul_ps(_mm_loadu_ps(w + r * row_stride + k), xk));
+            }
+        } else {
+            for (int r = 0; r < count; r++) {
+                lanes[r] = start(w + r * row_stride, x, head);
+                for (int64_t k = head; k < end; k += 4)
+                    lanes[r] = _mm_add_ps(lanes[r], _mm_mul_ps(_mm_loadu_ps(w + r * row_stride + k),
+                                                               _mm_loadu_ps(x + k)));
+            }
+        }
+        for (int r = 0; r < count; r++) {
+            float sum = finish(lanes[r], w + r * row_stride, x, end, inputs);
+            y[first + r] = bias ? sum + bias[first + r] : sum;
+        }
+    }
+}
