@@ -6,14 +6,22 @@
  * as (l0 + l2) + (l1 + l3), adds the products left over at the end in turn, and adds the bias last. That holds
  * for rows in groups of four; MKL multiplies the last rows % 4 rows with another kernel, and hftool leaves them
  * to MKL. MKL runs this on one core at about 16 GB/s. This kernel makes the very same additions, so it gives
- * the same bits, but keeps eight rows in flight and splits the rows over the threads of PyTorch's own OpenMP
- * runtime. hftool checks every matrix it uses it for against F.linear, bit for bit, before using it
- * (hftool/generation/matvec.py): on a machine where MKL sums differently it is not used.
+ * the same bits, but keeps eight rows in flight, prefetches ahead, and splits the rows over the threads of
+ * PyTorch's own OpenMP runtime. hftool checks every matrix it uses it for against F.linear, bit for bit, before
+ * using it (hftool/generation/matvec.py): on a machine where MKL sums differently it is not used.
+ *
+ * Eight rows read side by side are eight memory streams, which the hardware prefetcher serves much worse than
+ * the one stream of a plain read (measured on a 2-core EPYC: 16 against 25 GB/s on one core). So while a block
+ * of rows is multiplied, the memory after it is prefetched into L2 in address order, twice as fast as the block
+ * is read: the next block is in cache before it is needed. Over BLOOM-560m's weights this took the kernel from
+ * about 0.8 to about 0.97 of the bandwidth of reading each matrix with a plain sum.
  */
 #include <immintrin.h>
 #include <stdint.h>
 
 #define ROWS_IN_FLIGHT 8
+/* Bytes of a block read per step of 4 inputs: ROWS_IN_FLIGHT rows x 4 floats; prefetched twice as fast. */
+#define PREFETCH_BYTES_PER_STEP (2 * ROWS_IN_FLIGHT * 4 * (int64_t)sizeof(float))
 
 static inline __m128 start(const float *w, const float *x, int64_t head) {
     float sum = w[0] * x[0];
@@ -43,8 +51,12 @@ void hftool_matvec_f32(const float *W, int64_t row_stride, const float *x, const
         const float *w = W + first * row_stride;
         __m128 lanes[ROWS_IN_FLIGHT];
         if (count == ROWS_IN_FLIGHT) {
+            uintptr_t next_block = (uintptr_t)(w + ROWS_IN_FLIGHT * row_stride);
             for (int r = 0; r < ROWS_IN_FLIGHT; r++) lanes[r] = start(w + r * row_stride, x, head);
             for (int64_t k = head; k < end; k += 4) {
+                uintptr_t ahead = next_block + (uintptr_t)((k - head) / 4 * PREFETCH_BYTES_PER_STEP);
+                for (int line = 0; line < PREFETCH_BYTES_PER_STEP; line += 64)
+                    _mm_prefetch((const char *)(ahead + line), _MM_HINT_T2);
                 __m128 xk = _mm_loadu_ps(x + k);
                 for (int r = 0; r < ROWS_IN_FLIGHT; r++)
                     lanes[r] = _mm_add_ps(lanes[r], _mm_mul_ps(_mm_loadu_ps(w + r * row_stride + k), xk));
