@@ -3,6 +3,8 @@ product itself."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,6 +116,73 @@ def test_kernel_is_compiled_once_into_the_cache_and_a_failed_build_falls_back(mo
         compiled_kernel.cache_clear()
 
 
+@contextmanager
+def _onednn(enabled: bool):
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+@pytest.fixture
+def onednn_off():
+    """As in a bfloat16 decode step (``single_row_matmuls``): the plain product is ATen's own kernel."""
+    with _onednn(False):
+        yield
+
+
+needs_bf16_kernel = pytest.mark.skipif(compiled_kernel() is None or not compiled_kernel().hftool_has_avx2_fma(),
+                                       reason="hftool's bfloat16 kernel needs a CPU with AVX2 and FMA")
+
+
+@needs_bf16_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("rows", "columns"), [(4096, 1024), (1024, 4096), (3001, 768), (20_000, 64)])
+def test_bfloat16_kernel_gives_atens_bits(rows, columns, threads, onednn_off):
+    torch.set_num_threads(threads)
+    weight, bias = (t.to(torch.bfloat16) for t in _weights(rows, columns))
+    products = MatVec([(weight, bias, True), (weight, None, True)])
+    assert products.ways == {id(weight): "kernel"}
+    for x in _inputs(columns):
+        x = x.to(torch.bfloat16)
+        assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
+        assert torch.equal(products.linear(x, weight, None), F.linear(x, weight, None))
+
+
+@needs_bf16_kernel
+def test_bfloat16_kernel_is_checked_on_probes_that_show_the_order(monkeypatch, onednn_off):
+    """A product summed in float64 and rounded once matches ATen's on random rows almost always (the float32
+    sum is rounded to bfloat16's 8 bits), but not on the probe rows, where float64 loses none of the ones."""
+    weight, bias = (t.to(torch.bfloat16) for t in _weights(64, 1024))
+    x = torch.randn(1, 1024, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+
+    def float64_sum(x, weight, bias):
+        out = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+        return out.to(torch.bfloat16)
+
+    assert torch.equal(float64_sum(x, weight, bias), F.linear(x, weight, bias))  # the random check alone passes
+    monkeypatch.setattr(MatVec, "_kernel", staticmethod(float64_sum))
+    assert not MatVec([(weight, bias, True)], threads=2).enabled
+
+
+@needs_bf16_kernel
+def test_bfloat16_kernel_only_under_the_onednn_setting_it_was_checked_with(monkeypatch):
+    weight, bias = (t.to(torch.bfloat16) for t in _weights(1024, 256))
+    with _onednn(False):
+        products = MatVec([(weight, bias, True)], threads=2)
+    assert products.ways == {id(weight): "kernel"}
+
+    def unchecked(*args):
+        raise AssertionError("the kernel under a oneDNN setting it was not checked with")
+
+    monkeypatch.setattr(MatVec, "_product", unchecked)
+    x = _inputs(256)[0].to(torch.bfloat16)
+    with _onednn(True):
+        assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
+
+
 @pytest.mark.parametrize(("rows", "columns"), [(4096, 1024), (1024, 4096), (50_000, 128), (4099, 1000)])
 def test_linear_layout_split_gives_the_plain_products_bits(rows, columns, no_kernel):
     weight, bias = _weights(rows, columns)
@@ -208,9 +277,9 @@ def test_with_autograd_on_the_plain_product_is_used_and_gradients_flow():
     assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
 
 
-def test_bfloat16_small_or_narrow_weights_stay_plain(monkeypatch, no_kernel):
+def test_without_the_kernels_bfloat16_small_or_narrow_weights_stay_plain(monkeypatch, no_kernel):
     weight, bias = _weights(1024, 256)
-    assert not MatVec([(weight.to(torch.bfloat16), None, True)], threads=2).enabled
+    assert not MatVec([(weight.to(torch.bfloat16), None, True)], threads=2).enabled  # no bfloat16 split
     assert not MatVec([(weight, bias, True)], threads=1).enabled  # one thread: nothing to split over
     assert not MatVec([(weight[:100], bias[:100], True)], threads=2).enabled  # fewer rows than 2 blocks
     monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", weight.numel() * 4 + 1)

@@ -56,7 +56,8 @@ def trim_at_stop(text: str, stops: list[str]) -> str:
 def single_row_matmuls(model):
     """Decode steps multiply one row by each weight matrix. On a CPU in bfloat16/float16, oneDNN does that
     at about half the memory bandwidth of ATen's own matrix-vector kernel (which accumulates in float32), so
-    oneDNN is switched off while the steps run. float32 (exact equality with transformers) is left alone."""
+    oneDNN is switched off while the steps run (the fused steps then use hftool's copy of ATen's kernel, see
+    :mod:`hftool.generation.matvec`). float32 (exact equality with transformers) is left alone."""
     import torch
 
     device = next(model.parameters()).device
@@ -208,10 +209,10 @@ class Generator:
             streamer.put(input_ids.cpu())
         logits = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
                        logits_to_keep=1).logits
-        fused_step = fused_decode_step(model, cache, len(ids) + self.settings.max_new_tokens)
         one = attention_mask.new_ones((1, 1))
         new_ids: list[int] = []
-        with single_row_matmuls(model):
+        with single_row_matmuls(model):  # the step is built, and its products checked, as it will run
+            fused_step = fused_decode_step(model, cache, len(ids) + self.settings.max_new_tokens)
             while True:
                 next_token = logits[:, -1].to(dtype=torch.float32).argmax(dim=-1, keepdim=True)
                 token = int(next_token)
