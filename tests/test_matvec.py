@@ -191,12 +191,29 @@ def test_linear_layout_split_gives_the_plain_products_bits(rows, columns, no_ker
     _check_linear(products, weight, bias, columns)
 
 
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize(("inputs", "outputs"), [(768, 3072), (3072, 768), (1001, 4099), (256, 40)])
+def test_conv1d_layout_kernel_gives_the_plain_products_bits(inputs, outputs, offset, threads):
+    """Widths that do and do not divide among the threads in 16s, input counts that are not a multiple of the
+    eight added per pass, rows at any alignment."""
+    torch.set_num_threads(threads)
+    weight, _ = _weights(inputs, outputs)
+    weight = _at_offset(weight, offset)
+    bias = torch.randn(outputs)
+    products = MatVec([(weight, bias, False)])
+    assert products.ways == {id(weight): "kernel"}
+    for x in _inputs(inputs):
+        assert torch.equal(products.addmm(bias, x[0], weight), torch.addmm(bias, x[0], weight))
+
+
 @pytest.mark.parametrize(("inputs", "outputs"), [(768, 3072), (3072, 768), (1000, 4099)])
-def test_conv1d_layout_split_gives_the_plain_products_bits(inputs, outputs):
+def test_conv1d_layout_split_gives_the_plain_products_bits(inputs, outputs, no_kernel):
     weight, _ = _weights(inputs, outputs)
     bias = torch.randn(outputs)
     products = MatVec([(weight, bias, False)], threads=2)
-    assert products.ways == {id(weight): "split"}  # the kernel is for the nn.Linear layout only
+    assert products.ways == {id(weight): "split"}
     for x in _inputs(inputs):
         split = products.addmm(bias, x[0], weight)
         assert torch.equal(split, torch.addmm(bias, x[0], weight))

@@ -7,9 +7,10 @@ AMD CPUs runs a one-row product on one core with a 4-lane SSE kernel (pytorch/py
 this was measured on, BLOOM-560m's weights streamed at about 16 GB/s against 30 GB/s for a plain read. Two ways
 around it, tried in this order for every matrix:
 
-- **hftool's kernels** (``matvec_kernels.c``, nn.Linear layout only), compiled once with the system's C
-  compiler, on the threads of PyTorch's own OpenMP runtime. In float32 it makes MKL's additions in MKL's order
-  with eight rows in flight, and streams the weights about as fast as a plain read. In bfloat16 (where the
+- **hftool's kernels** (``matvec_kernels.c``), compiled once with the system's C compiler, on the threads of
+  PyTorch's own OpenMP runtime. In float32 they make MKL's additions in MKL's order: for the nn.Linear layout
+  with eight rows in flight, streaming the weights about as fast as a plain read; for GPT-2's Conv1D layout
+  adding eight inputs' rows at a time to outputs held in registers. In bfloat16 (where the
   decode step runs ATen's matrix-vector kernel, oneDNN being off) it makes ATen's additions in ATen's order, at
   0.96 of a plain read's bandwidth against ATen's own 0.84.
 - **a batched product** (float32): the weight viewed as equal blocks of output rows, and one
@@ -86,7 +87,7 @@ def compiled_kernel() -> ctypes.CDLL | None:
         return None
     finally:
         partial.unlink(missing_ok=True)
-    for kernel in (kernels.hftool_matvec_f32, kernels.hftool_matvec_bf16):
+    for kernel in (kernels.hftool_matvec_f32, kernels.hftool_matvec_f32_columns, kernels.hftool_matvec_bf16):
         kernel.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_int64, ctypes.c_int64]
         kernel.restype = None
@@ -146,12 +147,13 @@ class MatVec:
             return False
         if way == "split":
             return weight.dtype == torch.float32 and self.threads >= 2 and outputs >= self.threads * ROW_ALIGN
-        if not (rows_are_outputs and weight.stride(1) == 1 and (bias is None or (bias.dtype == weight.dtype
-                                                                               and bias.is_contiguous()))):
+        if not (weight.stride(1) == 1 and (bias is None or (bias.dtype == weight.dtype and bias.is_contiguous()))):
             return False
         kernels = compiled_kernel()
         if kernels is None:
             return False
+        if not rows_are_outputs:
+            return weight.dtype == torch.float32
         if weight.dtype == torch.float32:
             return weight.stride(0) % 4 == 0 and weight.shape[1] >= 8 and weight.shape[0] >= 4
         return weight.dtype == torch.bfloat16 and weight.shape[1] % 64 == 0 and bool(kernels.hftool_has_avx2_fma())
@@ -186,14 +188,25 @@ class MatVec:
             return torch.equal(F.linear(ones, rows), self._product(way, ones, rows, None, rows_are_outputs=True))
 
     def _product(self, way: str, x, weight, bias, rows_are_outputs: bool) -> torch.Tensor:
-        if way == "kernel":
-            return self._kernel(x, weight, bias)
-        return self._split(x, weight, bias, rows_are_outputs)
+        if way == "split":
+            return self._split(x, weight, bias, rows_are_outputs)
+        if not rows_are_outputs:
+            return self._columns_kernel(x, weight, bias)
+        return self._kernel(x, weight, bias)
+
+    @staticmethod
+    def _columns_kernel(x, weight, bias) -> torch.Tensor:
+        x = x.contiguous()
+        out = x.new_empty((1, weight.shape[1]))
+        compiled_kernel().hftool_matvec_f32_columns(weight.data_ptr(), weight.stride(0), x.data_ptr(),
+                                                    None if bias is None else bias.data_ptr(), out.data_ptr(),
+                                                    weight.shape[0], weight.shape[1])
+        return out
 
     @staticmethod
     def _kernel(x, weight, bias) -> torch.Tensor:
-        """In float32 the rows in groups of four: MKL multiplies the last ``rows % 4`` rows with another kernel,
-        so they go to the plain product."""
+        """nn.Linear layout. In float32 the rows in groups of four: MKL multiplies the last ``rows % 4`` rows
+        with another kernel, so they go to the plain product."""
         x = x.contiguous()
         out = x.new_empty((1, weight.shape[0]))
         kernels = compiled_kernel()
