@@ -18,7 +18,7 @@ def _fresh_checks(monkeypatch):
     """No verdict carried over between tests; every weight large enough to split; 2 threads, as the products
     below are built for; autograd off, as in generation."""
     monkeypatch.setattr(matvec, "_matches", {})
-    monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(matvec, "MIN_FAST_BYTES", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     with torch.no_grad():
@@ -299,7 +299,7 @@ def test_without_the_kernels_bfloat16_small_or_narrow_weights_stay_plain(monkeyp
     assert not MatVec([(weight.to(torch.bfloat16), None, True)], threads=2).enabled  # no bfloat16 split
     assert not MatVec([(weight, bias, True)], threads=1).enabled  # one thread: nothing to split over
     assert not MatVec([(weight[:100], bias[:100], True)], threads=2).enabled  # fewer rows than 2 blocks
-    monkeypatch.setattr(matvec, "MIN_SPLIT_BYTES", weight.numel() * 4 + 1)
+    monkeypatch.setattr(matvec, "MIN_FAST_BYTES", weight.numel() * 4 + 1)
     assert not MatVec([(weight, bias, True)], threads=2).enabled
 
 

@@ -10,9 +10,9 @@ around it, tried in this order for every matrix:
 - **hftool's kernels** (``matvec_kernels.c``), compiled once with the system's C compiler, on the threads of
   PyTorch's own OpenMP runtime. In float32 they make MKL's additions in MKL's order: for the nn.Linear layout
   with eight rows in flight, streaming the weights about as fast as a plain read; for GPT-2's Conv1D layout
-  adding eight inputs' rows at a time to outputs held in registers. In bfloat16 (where the
-  decode step runs ATen's matrix-vector kernel, oneDNN being off) it makes ATen's additions in ATen's order, at
-  0.96 of a plain read's bandwidth against ATen's own 0.84.
+  adding eight inputs' rows at a time to outputs held in registers. In bfloat16 (where the decode step runs
+  ATen's matrix-vector kernel, oneDNN being off) they make ATen's additions in ATen's order, at 0.96 of a plain
+  read's bandwidth against ATen's own 0.84.
 - **a batched product** (float32): the weight viewed as equal blocks of output rows, and one
   ``torch.bmm``/``baddbmm`` of the same input against every block, so that ATen gives each block its own thread
   inside one operator.
@@ -44,10 +44,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# Matrices below this stay with the plain product: handing blocks to the threads is a fixed cost per call. In the
+# Matrices below this stay with the plain product: handing work to the threads is a fixed cost per call. In the
 # benchmark's tiny GPT-2, splitting every matrix of 1 MiB or more took it from 329 to 415 tokens/s; going down to
 # 256 KiB neither helped nor hurt (415).
-MIN_SPLIT_BYTES = 256 << 10
+MIN_FAST_BYTES = 256 << 10
 # Block boundaries fall on multiples of this many rows, keeping every block's rows aligned like the whole's.
 ROW_ALIGN = 64
 
@@ -143,7 +143,7 @@ class MatVec:
     def _fits(self, way: str, weight: torch.Tensor, bias: torch.Tensor | None, rows_are_outputs: bool) -> bool:
         outputs = weight.shape[0] if rows_are_outputs else weight.shape[-1]
         if not (weight.device.type == "cpu" and weight.dim() == 2
-                and weight.numel() * weight.element_size() >= MIN_SPLIT_BYTES):
+                and weight.numel() * weight.element_size() >= MIN_FAST_BYTES):
             return False
         if way == "split":
             return weight.dtype == torch.float32 and self.threads >= 2 and outputs >= self.threads * ROW_ALIGN
@@ -177,9 +177,9 @@ class MatVec:
 
     def _same_order(self, way: str, inputs: int, dtype: torch.dtype, probes: int = 4096) -> bool:
         """Whether ``way`` sums in the plain product's order, on probe rows that show it: in each, +2^40 and
-        -2^40 at two random places and ones at up to 200 others (at most 200 so that their count is exact in
-        bfloat16), times an input of ones. Every one summed with
-        either big entry before they cancel is lost, so the result counts the ones that were not, exactly."""
+        -2^40 at two random places and ones at up to 200 others (few enough for their count to be exact in
+        bfloat16), times an input of ones. Every one summed with either big entry before they cancel is lost,
+        so the result counts the ones that were not."""
         places = torch.randint(inputs, (probes, 202), generator=torch.Generator().manual_seed(1))
         rows = torch.zeros(probes, inputs).scatter_(1, places[:, 2:], 1.0)  # the big entries overwrite any clash
         rows.scatter_(1, places[:, :1], 2.0**40).scatter_(1, places[:, 1:2], -(2.0**40))
