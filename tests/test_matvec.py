@@ -1,5 +1,5 @@
-"""Float32 one-row products by hftool's kernel or split into row blocks: the plain product's bits, or the plain
-product itself."""
+"""One-row products by hftool's kernels (float32, bfloat16) or split into row blocks (float32): the plain
+product's bits, or the plain product itself."""
 
 from __future__ import annotations
 

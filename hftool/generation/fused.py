@@ -6,10 +6,11 @@ weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with n
 logits are bit-identical to ``model(...)``'s; the tests check the logits bit for bit and the tokens against
 ``model.generate``. Two things differ in how, not in what, is computed: the keys and values go into buffers
 allocated once (:class:`PreallocatedCache`) rather than being concatenated onto the whole cache every step, and
-large float32 weights are multiplied by hftool's own kernel or in row blocks on several threads, where that is
-verified to give the same bits (:mod:`hftool.generation.matvec`). Anything it does not mirror exactly (other
-architectures or attention backends, cross-attention, BLOOM's ``slow_but_exact`` tensor-parallel split,
-Accelerate-dispatched weights, training mode) gets ``None`` and the caller uses the model's own forward.
+large float32 and bfloat16 weights are multiplied by hftool's own kernels (or, in float32, in row blocks on
+several threads), where that is verified to give the same bits (:mod:`hftool.generation.matvec`). Anything it
+does not mirror exactly (other architectures or attention backends, cross-attention, BLOOM's ``slow_but_exact``
+tensor-parallel split, Accelerate-dispatched weights, training mode) gets ``None`` and the caller uses the
+model's own forward.
 """
 
 from __future__ import annotations

@@ -122,8 +122,8 @@ void hftool_matvec_f32_columns(const float *W, int64_t row_stride, const float *
     }
 }
 
-/* bfloat16: ATen's matrix-vector kernel with float32 arithmetic (the one F.linear runs with oneDNN off), as
- * dispatched on AVX2 and AVX-512 CPUs: eight 8-lane float32 accumulators, accumulator a lane l taking the fused
+/* bfloat16: ATen's matrix-vector kernel with float32 arithmetic (the one F.linear runs with oneDNN off), in the
+ * AVX2 build that ATen dispatched on the AVX-512 EPYC this was read on: eight 8-lane float32 accumulators, accumulator a lane l taking the fused
  * multiply-add of elements 64i + 8a + l for i = 0, 1, ... in turn; then a[i] += a[i + 4], a[i] += a[i + 2],
  * a[0] += a[1]; then the lanes as l ^ 4, l ^ 2, l ^ 1; rounded to bfloat16 (to nearest even), or, with a bias,
  * rounded once after adding it. Only for inputs a multiple of 64 (ATen sums a remainder in other ways). The same
