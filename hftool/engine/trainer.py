@@ -42,13 +42,12 @@ from typing import Any, Protocol
 
 import torch
 
+from hftool.engine import checkpoints as ckpt
+from hftool.engine.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, STATE_FILE, TMP_PREFIX, complete_checkpoints
 from hftool.engine.config import TrainConfig
 from hftool.engine.cpu_dropout import use_fast_cpu_dropout
 from hftool.errors import HftoolError, TrainingDivergedError
 
-CHECKPOINT_PREFIX = "step-"
-COMPLETE_MARKER = "COMPLETE"
-STATE_FILE = "trainer_state.json"
 LENGTH_GROUP_STEPS = 50
 
 
@@ -262,23 +261,26 @@ class Engine:
         # prepare() wraps forward in autocast and casts every output to fp32; the engine already runs each loss
         # under autocast, and the cast would copy the largest tensor of the step (the logits) once more.
         self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        self.accelerator.register_for_checkpointing(scheduler)
 
         start_step, resumed_from = 0, None
         if resume:
-            checkpoint = latest_checkpoint(self.checkpoint_dir)
+            checkpoint = self._choose_checkpoint(strict_resume)
             if checkpoint is None:
                 self.print(f"no complete checkpoint in {self.checkpoint_dir}; starting from step 0")
             else:
-                state = json.loads((checkpoint / STATE_FILE).read_text())
+                state = ckpt.read_json(checkpoint / STATE_FILE)
                 self._check_resume_compatible(state, strict_resume)
-                self.accelerator.load_state(str(checkpoint))
+                self._load_checkpoint(checkpoint, model, optimizer, scheduler)
                 start_step = resumed_from = state["global_step"]
                 self.print(f"resumed from {checkpoint} (step {start_step})")
 
         if self._trackers and self.is_main:
             self.accelerator.init_trackers("hftool", config=_scalar_items(tracker_config or {}))
-        metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main, append=resume)
+        metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main,
+                                 keep_through=start_step if resume else None)
+        if metrics_log.dropped:
+            self.print(f"{metrics_log.path}: removed {metrics_log.dropped} record(s) logged after step "
+                       f"{start_step}, the step this run resumes from; they are logged again as it retrains them")
 
         fast_dropout = cfg.fast_cpu_dropout and self.device.type == "cpu"
         with use_fast_cpu_dropout(self.unwrap(model)) if fast_dropout else contextlib.nullcontext():
@@ -342,7 +344,7 @@ class Engine:
                 if (cfg.save_every and step % cfg.save_every == 0) or (stop and step < total_steps):
                     last_loss = self._check_finite(pending) if pending else last_loss
                     pending.clear()
-                    self.save_checkpoint(step, epoch)
+                    self.save_checkpoint(step, epoch, model, optimizer, scheduler)
                 if stop and step < total_steps:
                     name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
                     self.print(f"\nstopped by {name} after step {step}; resume with --resume")
@@ -472,29 +474,95 @@ class Engine:
         return metrics
 
     # ---- checkpoints -----------------------------------------------------------------------------------
-    def save_checkpoint(self, step: int, epoch: int) -> Path:
-        """Write a checkpoint atomically: temporary folder, marker last, rename, then rotate old ones."""
+    def save_checkpoint(self, step: int, epoch: int, model, optimizer, scheduler) -> Path:
+        """Write a checkpoint atomically: temporary folder, manifest, marker last, rename, then rotate old ones.
+
+        A full disk (on any process) removes the temporary folder, keeps every earlier checkpoint and ends the
+        run with one line naming the device and the file.
+        """
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-        tmp = self.checkpoint_dir / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
+        tmp = self.checkpoint_dir / f"{TMP_PREFIX}{step:08d}"
+        error = None
+        try:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                with ckpt.writing(tmp):
+                    tmp.mkdir(parents=True)
+        except HftoolError as exc:
+            error = exc
+        self._raise_if_any_failed(error, tmp)
+        try:
+            self._write_training_state(tmp, model, optimizer, scheduler)
+        except HftoolError as exc:
+            error = exc
+        self._raise_if_any_failed(error, tmp)
+        try:
+            if self.is_main:
+                cfg = self.config
+                state = {"global_step": step, "epoch": epoch, "num_processes": self.num_processes,
+                         "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed}
+                ckpt.write_json(tmp / STATE_FILE, state)
+                ckpt.write_manifest(tmp)
+                ckpt.write_synced(tmp / COMPLETE_MARKER, f"step {step}\n")
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                for old in complete_checkpoints(self.checkpoint_dir)[:-cfg.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+        except HftoolError as exc:
+            error = exc
+        self._raise_if_any_failed(error, tmp)
+        return final
+
+    def _write_training_state(self, folder: Path, model, optimizer, scheduler) -> None:
+        """Model, optimizer and scheduler (main process), and every process's random states."""
+        if self.shards_parameters:  # the shards are the libraries' own format; Accelerate writes them
+            self.accelerator.save_state(str(folder))
+        elif self.is_main:
+            ckpt.save_model(self.unwrap(model), folder)
+            ckpt.save_optimizer(optimizer, folder)
+        if self.is_main:
+            ckpt.save_scheduler(scheduler, folder)
+            if self.accelerator.scaler is not None:
+                ckpt.save_scaler(self.accelerator.scaler, folder)
+        ckpt.save_rng(folder, self.accelerator.process_index)
+
+    def _raise_if_any_failed(self, error: HftoolError | None, tmp: Path) -> None:
+        """Every process learns whether any failed, so none waits forever for one that stopped."""
+        failed = self.reduce_sum(torch.tensor(0.0 if error is None else 1.0)).item() > 0
+        if not failed:
+            return
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+        raise error or HftoolError(f"checkpoint {tmp.name} not saved: another process failed writing it")
+
+    def _choose_checkpoint(self, strict: bool) -> Path | None:
+        """The newest checkpoint that verifies (see :func:`checkpoints.choose_checkpoint`); skipped ones are
+        moved aside by the main process once every process has made the same choice."""
+        if self.is_main:
+            for partial in ckpt.remove_partial_checkpoints(self.checkpoint_dir):
+                self.print(f"removed {partial}, a checkpoint whose writing never finished")
         self.wait()
-        self.accelerator.save_state(str(tmp))
+        chosen = ckpt.choose_checkpoint(self.checkpoint_dir, strict, self.print)
         self.wait()
         if self.is_main:
-            cfg = self.config
-            state = {"global_step": step, "epoch": epoch, "num_processes": self.num_processes,
-                     "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-            _write_synced(tmp / COMPLETE_MARKER, f"step {step}\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in complete_checkpoints(self.checkpoint_dir)[:-cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            newer = [p for p in complete_checkpoints(self.checkpoint_dir)
+                     if chosen is None or ckpt.checkpoint_step(p) > ckpt.checkpoint_step(chosen)]
+            for checkpoint in newer:
+                self.print(f"moved the skipped checkpoint to {ckpt.set_aside(checkpoint)}")
         self.wait()
-        return final
+        return chosen
+
+    def _load_checkpoint(self, folder: Path, model, optimizer, scheduler) -> None:
+        if self.shards_parameters:
+            self.accelerator.load_state(str(folder))
+        else:
+            ckpt.load_model(self.unwrap(model), folder)
+            ckpt.load_optimizer(optimizer, folder)
+        ckpt.load_scheduler(scheduler, folder)
+        if self.accelerator.scaler is not None:
+            ckpt.load_scaler(self.accelerator.scaler, folder)
+        ckpt.load_rng(folder, self.accelerator.process_index)
 
     def _check_resume_compatible(self, state: dict, strict: bool) -> None:
         now = {"num_processes": self.num_processes, "batch_size": self.config.batch_size,
@@ -565,33 +633,45 @@ def per_process_batch_size(config: TrainConfig, num_processes: int) -> int:
 
 
 class MetricsLog:
-    """Metrics as JSON lines, written by the main process only."""
+    """Metrics as JSON lines, written by the main process only.
 
-    def __init__(self, path: Path, enabled: bool, append: bool):
+    ``keep_through`` (on resume) keeps the records up to the step the run resumes from and drops the later
+    ones (and a line cut short by a crash), so each step appears exactly once once the run is retrained.
+    """
+
+    def __init__(self, path: Path, enabled: bool, keep_through: int | None):
         self.path = path
         self.enabled = enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not append:
-                path.write_text("")
+        self.dropped = 0
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[str] = []
+        if keep_through is not None and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                step = _logged_step(line)
+                if step is not None and step <= keep_through:
+                    kept.append(line)
+                elif line.strip():
+                    self.dropped += 1
+        tmp = path.with_name(path.name + ".tmp")
+        with ckpt.writing(tmp):
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, path)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with self.path.open("a", encoding="utf-8") as fh:
+            with ckpt.writing(self.path), self.path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
 
 
-def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Checkpoints whose marker was written, oldest first."""
-    if not checkpoint_dir.is_dir():
-        return []
-    found = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    found = complete_checkpoints(checkpoint_dir)
-    return found[-1] if found else None
+def _logged_step(line: str) -> int | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def _glibc_malloc_trim():
@@ -641,13 +721,6 @@ def _scalar_items(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, int | float | str | bool):
             flat[name] = value
     return flat
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _has_tensorboard() -> bool:
