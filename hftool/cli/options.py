@@ -8,6 +8,7 @@ RECIPE_HELP = "Recipe name (see 'hftool recipes ls') or path to a YAML recipe."
 RESUME = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
 STRICT_RESUME = typer.Option(False, "--strict-resume",
-                             help="Refuse to resume when batch size, seed or world size changed.")
+                             help="Refuse to resume when batch size, seed or world size changed, or when the "
+                                  "newest checkpoint fails verification (instead of falling back to an older one).")
 NUM_PROCESSES = typer.Option(1, "--num-processes", "-n",
                              help="Data-parallel processes: one per GPU, or on the CPU over gloo.")

@@ -308,7 +308,7 @@ class Engine:
         bar = tqdm(total=total_steps, initial=start_step, disable=not self.is_main, desc="train",
                    dynamic_ncols=True)
         batches = self._step_examples(train_data, start_step)
-        with self._catch_stop_signals():
+        with self._catch_stop_signals(), contextlib.closing(bar):  # closed on errors too: they start a new line
             while step < total_steps:
                 epoch, examples = next(batches)
                 micro_batches = [task.collate(micro, epoch) for micro in examples]
@@ -350,7 +350,6 @@ class Engine:
                     self.print(f"\nstopped by {name} after step {step}; resume with --resume")
                     interrupted = True
                     break
-        bar.close()
         if pending:
             last_loss = self._check_finite(pending)
         return TrainResult(

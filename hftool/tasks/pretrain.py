@@ -165,13 +165,20 @@ def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str,
 
     ``state_dict`` is the full (gathered) state when training was sharded (FSDP, DeepSpeed ZeRO-3).
     """
+    from hftool.engine.checkpoints import writing
+
     tmp = out / ".final-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (tmp / "README.md").write_text(card, encoding="utf-8")
+    try:
+        with writing(tmp):
+            tmp.mkdir(parents=True)
+            model.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+    except HftoolError:  # a full disk: leave no half-written model folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for item in tmp.iterdir():
         os.replace(item, out / item.name)
     tmp.rmdir()

@@ -1,0 +1,228 @@
+"""Checkpoints: nothing in one can run code, a damaged one is skipped (or refused), a full disk is one line,
+and metrics.jsonl holds each step exactly once across kills and resumes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, run_cli, tiny_pretrain_args, wait_for_step
+
+from hftool.engine.checkpoints import CheckpointError, verify_checkpoint
+
+COMMON = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=2", "train.lr=3e-3",
+          "train.warmup_steps=2", "model.config.resid_pdrop=0.1")
+
+
+def _pretrain(corpus, out, *extra):
+    return run_cli(["pretrain", *tiny_pretrain_args(corpus, out, *COMMON, *extra)])
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def _assert_one_error_line(code, err, *needles):
+    assert code != 0
+    assert "Traceback" not in err, err
+    progress = re.compile(r"^[\w ]+: +\d+%\|")  # progress bars share stderr
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not progress.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _train_steps(metrics):
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [r["step"] for r in records if "loss" in r], [r["step"] for r in records if "loss" not in r]
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_corpus, tmp_path_factory):
+    """A finished 4-step run with checkpoints at steps 2 and 4, and its final weights."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    code, _, err = _pretrain(small_corpus, out)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    return out
+
+
+class Payload:
+    """Writes a marker file when unpickled: what a crafted checkpoint would do with os.system."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_no_checkpoint_file_can_run_code(finished_run, small_corpus, tmp_path):
+    """Each file of a checkpoint replaced by a live malicious pickle (the manifest updated to match, so that
+    verification alone cannot catch it): resuming never runs it and names the file in one line."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Payload(marker)}, evil)
+    torch.load(evil, weights_only=False)  # the payload is live: unpickling it the old way runs it
+    assert marker.exists()
+    marker.unlink()
+
+    out = tmp_path / "out"
+    newest = out / "checkpoints" / "step-00000004"
+    names = sorted(p.name for p in (finished_run / "checkpoints" / "step-00000004").iterdir())
+    assert not [n for n in names if n.endswith((".pkl", ".bin", ".pt"))], names
+    for name in names:
+        shutil.copytree(finished_run, out)
+        shutil.copy(evil, newest / name)
+        if name != "manifest.json":
+            manifest = json.loads((newest / "manifest.json").read_text())
+            if name in manifest["files"]:
+                manifest["files"][name] = {"size": evil.stat().st_size,
+                                           "sha256": _sha256(evil)}
+                (newest / "manifest.json").write_text(json.dumps(manifest))
+        code, _, err = _pretrain(small_corpus, out, "--resume", "--strict-resume")
+        assert not marker.exists(), name
+        if name == "COMPLETE":  # only its presence matters; nothing reads it
+            assert code == 0, err
+        else:
+            _assert_one_error_line(code, err, str(newest / name))
+        shutil.rmtree(out)
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_truncated_model_is_refused_with_strict_resume_and_skipped_without(finished_run, small_corpus, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    newest = out / "checkpoints" / "step-00000004"
+    model = newest / "model.safetensors"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    expected = _weights(finished_run)
+
+    code, _, err = _pretrain(small_corpus, out, "--resume", "--strict-resume")
+    _assert_one_error_line(code, err, str(model), "truncated", "--strict-resume")
+    assert newest.is_dir() and torch.equal(_weights(out)["transformer.wte.weight"], expected["transformer.wte.weight"])
+
+    code, stdout, err = _pretrain(small_corpus, out, "--resume")
+    assert code == 0, err
+    assert f"skipped checkpoint step-00000004: {model} is" in stdout + err
+    assert "(step 2)" in stdout + err and (out / "checkpoints" / "rejected-step-00000004").is_dir()
+    resumed = _weights(out)
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)  # the fallback resume is exact too
+    verify_checkpoint(out / "checkpoints" / "step-00000004")
+    train, evals = _train_steps(out / "metrics.jsonl")
+    assert train == [1, 2, 3, 4] and evals == [4]
+
+
+def test_no_checkpoint_that_verifies_is_refused(finished_run, small_corpus, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    for checkpoint in (out / "checkpoints").iterdir():
+        (checkpoint / "optimizer.json").write_text("{}")
+    code, _, err = _pretrain(small_corpus, out, "--resume")
+    _assert_one_error_line(code, err, "no checkpoint in", "optimizer.json")
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_corpus, tmp_path, monkeypatch):
+    """ENOSPC while writing the second checkpoint: one line naming the device and the file, the first
+    checkpoint intact, no temporary folder left; --resume then finishes, logging each step once."""
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+
+    def fill_disk(tensors, filename, *args, **kwargs):
+        if ".tmp-step-00000004" in str(filename) and str(filename).endswith("optimizer.safetensors"):
+            with open(filename, "wb") as fh:
+                fh.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(tensors, filename, *args, **kwargs)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(safetensors.torch, "save_file", fill_disk)
+    code, _, err = _pretrain(small_corpus, out, "train.max_steps=6")
+    _assert_one_error_line(code, err, "no space left on ", "writing "
+                           f"{out / 'checkpoints' / '.tmp-step-00000004' / 'optimizer.safetensors'}")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+    verify_checkpoint(out / "checkpoints" / "step-00000002")
+    monkeypatch.undo()
+
+    partial = out / "checkpoints" / ".tmp-step-00000004"  # what a kill -9 in the middle of a save leaves
+    shutil.copytree(out / "checkpoints" / "step-00000002", partial)
+    (partial / "COMPLETE").unlink()
+    code, stdout, err = _pretrain(small_corpus, out, "train.max_steps=6", "--resume")
+    assert code == 0, err
+    assert f"removed {partial}" in stdout + err and "(step 2)" in stdout + err and not partial.exists()
+    train, evals = _train_steps(out / "metrics.jsonl")
+    assert train == [1, 2, 3, 4, 5, 6] and evals == [6]
+
+
+def test_disk_full_during_the_final_save_leaves_no_partial_model(small_corpus, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    real_write = Path.write_text
+
+    def fill_disk(self, *args, **kwargs):
+        if self.parent.name == ".final-tmp" and self.name == "metrics.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write(self, *args, **kwargs)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(Path, "write_text", fill_disk)
+    code, _, err = _pretrain(small_corpus, out)
+    _assert_one_error_line(code, err, "no space left on ", f"writing {out / '.final-tmp' / 'metrics.json'}")
+    assert not (out / ".final-tmp").exists() and not (out / "model.safetensors").exists()
+    verify_checkpoint(out / "checkpoints" / "step-00000004")
+
+
+def test_kill_9_then_resume_is_exact_and_logs_each_step_once(small_corpus, tmp_path):
+    common = ["train.max_steps=12", "train.save_every=3", "train.lr=3e-3", "train.warmup_steps=4",
+              "model.config.resid_pdrop=0.1"]
+    reference = tmp_path / "reference"
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, reference, *common)])
+    assert code == 0, err
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hftool", "pretrain", *tiny_pretrain_args(small_corpus, killed, *common)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_step(killed / "metrics.jsonl", 7, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    logged, _ = _train_steps(killed / "metrics.jsonl")
+    assert logged[:7] == list(range(1, 8))
+
+    code, stdout, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, killed, *common), "--resume"])
+    assert code == 0, err
+    assert "(step 6)" in stdout + err or "(step 9)" in stdout + err
+    expected, resumed = _weights(reference), _weights(killed)
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    train, evals = _train_steps(killed / "metrics.jsonl")
+    assert train == list(range(1, 13)) and evals == [12]
+    ref_train = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    res_train = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("loss") for r in ref_train] == [r.get("loss") for r in res_train]
+
+
+def test_a_forged_manifest_entry_cannot_escape_the_checkpoint(finished_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    checkpoint = out / "checkpoints" / "step-00000004"
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"]["../../metrics.jsonl"] = {"size": 1, "sha256": "0"}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="invalid entry"):
+        verify_checkpoint(checkpoint)
