@@ -114,8 +114,9 @@ def test_sigterm_to_one_rank_stops_all_and_resume_is_exact(small_corpus, tmp_pat
     assert len(checkpoints) == 1
     saved = json.loads((checkpoints[0] / "trainer_state.json").read_text())
     assert saved["num_processes"] == 2 and 4 <= saved["global_step"] < 30
-    assert {p.name for p in checkpoints[0].glob("random_states_*.pkl")} == {"random_states_0.pkl",
-                                                                             "random_states_1.pkl"}
+    assert {p.name for p in checkpoints[0].glob("rng-*")} == {"rng-0.safetensors", "rng-0.json",
+                                                              "rng-1.safetensors", "rng-1.json"}
+    assert not list(checkpoints[0].glob("*.pkl")) and not list(checkpoints[0].glob("*.bin"))
     assert not (stopped / "model.safetensors").exists()
 
     _finish(_two_processes([*tiny_pretrain_args(small_corpus, stopped, *args), "--resume"]))
