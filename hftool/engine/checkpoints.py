@@ -139,6 +139,9 @@ def write_manifest(folder: Path) -> None:
 
 def verify_checkpoint(folder: Path) -> None:
     """Check every file against the manifest and that each safetensors and JSON file parses."""
+    if not (folder / MANIFEST_FILE).is_file():
+        raise CheckpointError(f"{folder / MANIFEST_FILE} is missing (written before hftool kept manifests, "
+                              "or altered)")
     manifest = read_json(folder / MANIFEST_FILE)
     entries = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(entries, dict) or not entries:
