@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from squad_fixtures import hand_examples, write_jsonl
 
+QA_WINDOW = ["--max-length", "64", "--doc-stride", "16"]  # the tiny GPT-2 has 128 positions
 PRETRAIN = ["pretrain", "data.block_size=32", "tokenizer.vocab_size=400", "train.max_steps=2",
             "train.report_to=none", "train.mixed_precision=no",
             "model.config={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}"]
@@ -22,18 +22,18 @@ PRETRAIN = ["pretrain", "data.block_size=32", "tokenizer.vocab_size=400", "train
 # (id, command line, text the error line must contain)
 CASES = [
     # model folders that cannot be loaded, or lack the head the command needs
-    ("generate-pickle-only", ["generate", "-m", "{pickle_only}", "-p", "hi", "-n", "2"], "cannot load"),
+    ("generate-pickle-only", ["generate", "-m", "{pickle_only}", "-p", "hi", "-n", "2"], "only pickle weights (pytorch_model.bin)"),
     ("generate-truncated", ["generate", "-m", "{truncated}", "-p", "hi", "-n", "2"], "cannot load"),
     ("generate-bad-config", ["generate", "-m", "{bad_config}", "-p", "hi", "-n", "2"], "bad-config"),
-    ("answer-truncated", ["answer", "-m", "{truncated}", "-q", "Who?", "-c", "Bob did."], "cannot load"),
+    ("answer-truncated", ["answer", "-m", "{truncated}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW], "cannot load"),
     ("answer-pickle-only", ["answer", "-m", "{pickle_only}", "-q", "Who?", "-c", "Bob did."], "pickle-only"),
     ("explain-truncated", ["explain", "next-token", "-m", "{truncated}", "-t", "hi", "-o", "{tmp}/x.png"],
      "cannot load"),
-    ("answer-gpt2-no-qa-head", ["answer", "-m", "{gpt2}", "-q", "Who?", "-c", "Bob did."],
+    ("answer-gpt2-no-qa-head", ["answer", "-m", "{gpt2}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW],
      "question-answering head"),
     ("answer-minilm-no-qa-head", ["answer", "-m", "{minilm}", "-q", "Who?", "-c", "Bob did."],
      "BertModel checkpoint has no trained question-answering head"),
-    ("evaluate-gpt2-no-qa-head", ["evaluate", "squad", "-m", "{gpt2}", "-f", "{squad}", "-o", "{tmp}/ev"],
+    ("evaluate-gpt2-no-qa-head", ["evaluate", "squad", "-m", "{gpt2}", "-f", "{squad}", "-o", "{tmp}/ev", *QA_WINDOW],
      "GPT2LMHeadModel checkpoint has no trained question-answering head"),
     ("evaluate-minilm-no-qa-head", ["evaluate", "squad", "-m", "{minilm}", "-f", "{squad}", "-o", "{tmp}/ev"],
      "BertModel checkpoint has no trained question-answering head"),
@@ -47,7 +47,7 @@ CASES = [
     # output paths
     ("pretrain-output-is-file", [*PRETRAIN, "train.output_dir={a_file}"], "is an existing file"),
     ("pretrain-output-is-cwd", [*PRETRAIN, "train.output_dir=."], "current directory"),
-    ("pretrain-output-is-home", [*PRETRAIN, "train.output_dir=~"], "home or root"),
+    ("pretrain-output-is-home", [*PRETRAIN, "train.output_dir={home}"], "home or root"),
     ("pretrain-output-is-root", [*PRETRAIN, "train.output_dir=/"], "current directory"),
     ("tokenizer-output-is-file", ["tokenizer", "train", "-o", "{a_file}"], "is an existing file"),
     ("evaluate-output-is-file", ["evaluate", "squad", "-m", "{gpt2}", "-f", "{squad}", "-o", "{a_file}"],
@@ -96,13 +96,19 @@ def inputs(tmp_path_factory, tiny_gpt2, minilm) -> dict[str, str]:
     return {"gpt2": str(tiny_gpt2), "minilm": str(minilm), "pickle_only": str(pickle_only),
             "truncated": str(truncated), "bad_config": str(bad_config), "text_int": str(text_int),
             "bad_line": str(bad_line), "a_file": str(a_file), "a_png": str(a_png), "squad": str(squad),
-            "root": str(root)}
+            "root": str(root), "home": str(Path.home())}
+
+
+def _fill(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg
 
 
 @pytest.mark.parametrize(("args", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_bad_input_is_one_error_line(args, expected, inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    filled = [arg.format(tmp=tmp_path, **inputs) for arg in args]
+    filled = [_fill(arg, {"tmp": str(tmp_path), **inputs}) for arg in args]
     before = {p: p.read_bytes() for p in (Path(inputs["a_file"]), Path(inputs["a_png"]))}
     code, out, err = run_cli(filled)
     assert code != 0, f"exit 0 for {filled}: {out[-500:]}"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import pytest
 
+import pytest
 from conftest import REPO
 
 SOURCES = [REPO / "README.md", REPO / "hftool" / "tasks" / "causal_lm.py", REPO / "hftool" / "tasks" / "squad.py"]

@@ -177,11 +177,12 @@ def _read_files(paths: list[str], cfg: DataConfig, streaming: bool) -> Iterable[
 def _hub_split(cfg: DataConfig, split: str, streaming: bool) -> Iterable[str]:
     from datasets import load_dataset
 
-    from hftool.hub import hub_reachable, offline_mode
+    from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
 
     name = cfg.hub_dataset + (f" ({cfg.hub_config})" if cfg.hub_config else "")
     try:
-        dataset = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, streaming=streaming)
+        with datasets_offline_unless_reachable():
+            dataset = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, streaming=streaming)
     except Exception as exc:
         if offline_mode() or not hub_reachable():
             raise HftoolError(f"data.hub_dataset={name}: not cached and the Hub cannot be reached; "
