@@ -22,7 +22,8 @@ PRETRAIN = ["pretrain", "data.block_size=32", "tokenizer.vocab_size=400", "train
 # (id, command line, text the error line must contain)
 CASES = [
     # model folders that cannot be loaded, or lack the head the command needs
-    ("generate-pickle-only", ["generate", "-m", "{pickle_only}", "-p", "hi", "-n", "2"], "only pickle weights (pytorch_model.bin)"),
+    ("generate-pickle-only", ["generate", "-m", "{pickle_only}", "-p", "hi", "-n", "2"],
+     "only pickle weights (pytorch_model.bin)"),
     ("generate-truncated", ["generate", "-m", "{truncated}", "-p", "hi", "-n", "2"], "cannot load"),
     ("generate-bad-config", ["generate", "-m", "{bad_config}", "-p", "hi", "-n", "2"], "bad-config"),
     ("answer-truncated", ["answer", "-m", "{truncated}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW], "cannot load"),

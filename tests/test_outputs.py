@@ -3,6 +3,8 @@ and a run is quiet by default."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import run_cli, tiny_pretrain_args
 
@@ -60,7 +62,8 @@ def test_pretrain_overwrite_keeps_user_files_and_replaces_its_own(small_corpus, 
     (out / "notes.txt").unlink()
     code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.max_steps=3"), "--overwrite"])
     assert code == 0, err[-2000:]
-    assert [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"train_loss"' in line][-1]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3 and steps.count(1) == 1  # the old run's log was replaced, not appended to
     assert "max_steps: 3" in (out / "hftool_recipe.yaml").read_text()
 
 
