@@ -120,7 +120,7 @@ def read_jsonl_texts(path: Path, column: str) -> Iterator[str]:
                     raise HftoolError(f"{path}:{number}: expected a JSON object with a '{column}' field, got "
                                       f"{type(record).__name__}")
                 if column not in record:
-                    raise HftoolError(f"{path}:{number}: no field '{column}' (fields: {', '.join(record)}); "
+                    raise HftoolError(f"{path}:{number}: no column '{column}' (fields: {', '.join(record)}); "
                                       "set data.text_column")
                 text = record[column]
                 if text is None or (isinstance(text, str) and not text.strip()):
