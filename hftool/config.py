@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -70,13 +71,18 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads 3e-4 as a string
+                number = float(value)  # YAML reads 3e-4 as a string
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise HftoolError(f"{source}: {where}={value!r} must be a finite number")
+            return number
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -106,6 +107,20 @@ def package_model_dir(name: str, flag: str = "--model") -> Path:
                       f"{root} or {root / 'model'})")
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_safetensors(folder: Path, name: str, flag: str) -> None:
+    """Refuse a folder whose weights are pickles only: loading a pickle can run code."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise HftoolError(f"{flag} {name}: holds only pickle weights ({', '.join(pickles[:3])}), which can run "
+                          "code when loaded; hftool loads safetensors only: convert it (load it where you trust "
+                          "it and save_pretrained it again) or pass another folder")
+
+
 def resolve_model(name: str, flag: str = "--model", marker: str = "config.json") -> ModelRef:
     """Turn a folder, Hub id, alias or ``package:<module>`` into a :class:`ModelRef`, failing fast when it
     cannot be loaded.
@@ -123,6 +138,8 @@ def resolve_model(name: str, flag: str = "--model", marker: str = "config.json")
         if not (path / marker).is_file():
             raise HftoolError(f"{flag} {name}: folder has no {marker}; pass a folder written by "
                               "save_pretrained (or hftool)")
+        if marker == "config.json":
+            check_safetensors(path, name, flag)
         return ModelRef(str(path))
     if _looks_like_path(name):
         raise HftoolError(f"{flag} {name}: no such folder; check the path")
@@ -140,3 +157,21 @@ def resolve_model(name: str, flag: str = "--model", marker: str = "config.json")
         raise HftoolError(f"{flag} {shown} is not cached and the Hugging Face Hub cannot be reached; "
                           f"pass a local model folder instead, e.g. {flag} ./my-model")
     return ModelRef(repo_id)
+
+
+@contextmanager
+def datasets_offline_unless_reachable():
+    """When the Hub cannot be reached, load datasets from the local cache only: a missing dataset then fails
+    at once instead of after half a minute of retries."""
+    if offline_mode() or hub_reachable():
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved

@@ -22,6 +22,16 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                          help="Show the libraries' own warnings and load reports too.")) -> None:
+    """hftool shows its own progress and summaries; transformers', datasets' and accelerate's chatter only
+    with --verbose."""
+    from hftool.verbosity import configure
+
+    configure(verbose)
+
+
 def _register() -> None:
     from hftool.cli import answer, env, evaluate, explain, finetune, generate, memory, pretrain, recipes, tokenizer
 

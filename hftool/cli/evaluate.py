@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from hftool.cli.options import OVERWRITE
+
 app = typer.Typer(help="Score a trained model (SQuAD exact match and F1).", no_args_is_help=True)
 
 
@@ -28,6 +30,7 @@ def squad(
     strict: bool = typer.Option(False, "--strict",
                                 help="Fail on answers whose text is not at answer_start "
                                      "(default: skip them)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Score any question-answering model folder on SQuAD v1.1: exact match and F1.
 
@@ -48,7 +51,7 @@ def squad(
         raise HftoolError(f"--mixed-precision={mixed_precision} is not one of: no, fp16, bf16, auto")
     settings = WindowSettings(max_length, doc_stride, max_answer_length, n_best, prefix="--")
     metrics = run_evaluate_squad(model, file, output_dir, settings, batch_size, mixed_precision, strict,
-                                 max_examples)
+                                 max_examples, overwrite)
     typer.echo(f"exact_match {metrics['exact_match']:.2f}  f1 {metrics['f1']:.2f}  "
                f"({metrics['examples']} questions, {metrics['examples_per_s']:.1f}/s); wrote {output_dir}/"
                "predictions.json and metrics.json")

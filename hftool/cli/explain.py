@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hftool.cli.options import OVERWRITE_FILE
+
 app = typer.Typer(
     help="See what a transformer does: positional encodings, attention, contextual embeddings and "
          "predictions, as PNG pictures plus a table in the terminal.",
@@ -45,6 +47,7 @@ def positional_encoding(
     model: str = typer.Option(None, "--model", "-m",
                               help="Also draw this model's learned position embeddings (GPT-2, BERT)."),
     output: Path = typer.Option(Path("explain-positional-encoding.png"), "--output", "-o", help=OUTPUT_HELP),
+    overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Draw the sinusoidal positional encoding: how a transformer without recurrence knows word order.
@@ -57,7 +60,7 @@ def positional_encoding(
     """
     from hftool.explain import plots, positional, tables
 
-    plots.check_output(output)
+    plots.check_output(output, overwrite)
     positional.check_encoding_size(positions, d_model or positional.DEFAULT_D_MODEL)
     if d_model is not None and dims:
         positional.check_dimensions(dims, d_model)
@@ -91,6 +94,7 @@ def attention(
         None, "--head", help="Head to show, 1 to H or -1 for the last (repeatable); all if unset."
     ),
     output: Path = typer.Option(Path("explain-attention.png"), "--output", "-o", help=OUTPUT_HELP),
+    overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Draw attention weights per layer and head: which tokens each token reads to build its next vector.
@@ -104,7 +108,7 @@ def attention(
     from hftool.explain import plots, tables
     from hftool.explain.loading import load_model
 
-    plots.check_output(output)
+    plots.check_output(output, overwrite)
     loaded = load_model(model, "base", trust_remote_code, eager_attention=True)
     maps = attention_lib.attention_maps(loaded, text, layers, heads)
     kind = "causal" if maps.causal else "bidirectional"
@@ -123,6 +127,7 @@ def embeddings(
     layer: int = typer.Option(-1, "--layer", "-l",
                               help="Hidden state to use: 0 is the embedding layer, N block N, -1 the last."),
     output: Path = typer.Option(Path("explain-embeddings.png"), "--output", "-o", help=OUTPUT_HELP),
+    overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Compare a word's contextual embedding across sentences with its static (input) embedding.
@@ -136,7 +141,7 @@ def embeddings(
     from hftool.explain import plots, tables
     from hftool.explain.loading import load_model
 
-    plots.check_output(output)
+    plots.check_output(output, overwrite)
     embeddings_lib.word_spans(word, sentences)
     loaded = load_model(model, "base", trust_remote_code)
     result = embeddings_lib.word_embeddings(loaded, word, sentences, layer)
@@ -150,6 +155,7 @@ def fill_mask(
     text: str = typer.Option(..., "--text", "-t", help="Text with the tokenizer's mask token, e.g. [MASK]."),
     top_k: int = typer.Option(10, "--top-k", "-k", help="How many candidates to show per mask."),
     output: Path = typer.Option(Path("explain-fill-mask.png"), "--output", "-o", help=OUTPUT_HELP),
+    overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Show the words a masked language model would put in place of each mask, with their probabilities.
@@ -161,7 +167,7 @@ def fill_mask(
     from hftool.explain import plots, predictions, tables
     from hftool.explain.loading import load_model
 
-    plots.check_output(output)
+    plots.check_output(output, overwrite)
     predictions.check_top_k(top_k)
     loaded = load_model(model, "masked-lm", trust_remote_code)
     masks = predictions.fill_mask(loaded, text, top_k)
@@ -177,6 +183,7 @@ def next_token(
     text: str = typer.Option(..., "--text", "-t", help="The text to continue."),
     top_k: int = typer.Option(10, "--top-k", "-k", help="How many candidates to show."),
     output: Path = typer.Option(Path("explain-next-token.png"), "--output", "-o", help=OUTPUT_HELP),
+    overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Show the tokens a causal language model would write next, with their probabilities.
@@ -188,7 +195,7 @@ def next_token(
     from hftool.explain import plots, predictions, tables
     from hftool.explain.loading import load_model
 
-    plots.check_output(output)
+    plots.check_output(output, overwrite)
     predictions.check_top_k(top_k)
     loaded = load_model(model, "causal-lm", trust_remote_code)
     prediction = predictions.next_token(loaded, text, top_k)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from hftool.cli.options import OVERWRITE_FILE
 from hftool.errors import HftoolError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -165,6 +166,10 @@ def _recipe(base, flags: dict):
         **{name: flags[name] for name in DECODING_FLAGS if name in flags},
     )
     recipe.validate()
+    if flags.get("output"):
+        from hftool.outputs import check_output_file
+
+        check_output_file(flags["output"], "--output", flags["overwrite"])
     return recipe
 
 
@@ -187,6 +192,7 @@ def generate(
         help="Prompts file: .txt (one per line) or .jsonl (see --column).",
     ),
     output: str = OUTPUT,
+    overwrite: bool = OVERWRITE_FILE,
     column: str = typer.Option("prompt", "--column", help="JSONL field holding the prompt."),
     recipe: str = typer.Option(
         None,
@@ -258,6 +264,7 @@ def summarize(
         3, "--sentences", help="Keep this many sentences of the generated summary."
     ),
     output: str = OUTPUT,
+    overwrite: bool = OVERWRITE_FILE,
     max_context: int = MAX_CONTEXT,
     model: str = MODEL,
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="Tokens to generate per summary."),
@@ -323,6 +330,7 @@ def translate(
         help="Use only the first N example pairs (default: all that fit).",
     ),
     output: str = OUTPUT,
+    overwrite: bool = OVERWRITE_FILE,
     max_context: int = MAX_CONTEXT,
     model: str = MODEL,
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Tokens to generate, at most."),

@@ -6,7 +6,10 @@ import typer
 
 RECIPE_HELP = "Recipe name (see 'hftool recipes ls') or path to a YAML recipe."
 RESUME = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
+OVERWRITE = typer.Option(False, "--overwrite",
+                         help="Replace the files an earlier hftool run wrote in the output folder (others are "
+                              "never touched: hftool refuses, naming them).")
+OVERWRITE_FILE = typer.Option(False, "--overwrite", help="Replace the output file when it already exists.")
 STRICT_RESUME = typer.Option(False, "--strict-resume",
                              help="Refuse to resume when batch size, seed or world size changed, or when the "
                                   "newest checkpoint fails verification (instead of falling back to an older one).")

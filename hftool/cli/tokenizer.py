@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hftool.cli.options import OVERWRITE
+
 app = typer.Typer(help="Train tokenizers (byte-level BPE or WordPiece).", no_args_is_help=True)
 
 
@@ -20,6 +22,7 @@ def train(
     hub_dataset: str = typer.Option(None, "--hub-dataset", help="Hub dataset name instead of files."),
     hub_config: str = typer.Option(None, "--hub-config", help="Hub dataset configuration."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text (JSONL, Parquet, Hub)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Train a tokenizer and save it as a transformers fast-tokenizer folder.
 
@@ -32,13 +35,20 @@ def train(
     from hftool.data.text import DataConfig, load_documents
     from hftool.data.tokenizer_training import train_tokenizer
     from hftool.errors import HftoolError
+    from hftool.outputs import check_output_dir, claim_output_dir, move_into
 
     if kind not in ("byte-bpe", "wordpiece"):
         raise HftoolError(f"--kind {kind}: use byte-bpe or wordpiece")
+    output = check_output_dir(output, "--output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise HftoolError(f"--output={output} already holds files; pass --overwrite to replace hftool's own "
+                          "files there, or choose another folder")
     data = DataConfig(files=[str(f) for f in files or []], hub_dataset=hub_dataset, hub_config=hub_config,
                       text_column=text_column, validation_fraction=0.0)
     docs = load_documents(data, seed=0)
     tokenizer = train_tokenizer(docs.train, kind, vocab_size, lowercase, min_frequency)
-    output.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(output)
+    claim_output_dir(output, "--output", overwrite, names=(".tokenizer-tmp",))
+    tmp = output / ".tokenizer-tmp"
+    tokenizer.save_pretrained(tmp)
+    move_into(tmp, output)
     typer.echo(f"trained a {kind} tokenizer with {len(tokenizer):,} tokens on {docs.source}; saved to {output}")

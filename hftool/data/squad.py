@@ -315,11 +315,12 @@ def read_hub_split(name: str, config: str | None, split: str, strict: bool = Fal
     """A split of a SQuAD-style Hub dataset, checked like a file."""
     from datasets import load_dataset
 
-    from hftool.hub import hub_reachable, offline_mode
+    from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
 
     shown = name + (f" ({config})" if config else "") + f" [{split}]"
     try:
-        dataset = load_dataset(name, config, split=split)
+        with datasets_offline_unless_reachable():
+            dataset = load_dataset(name, config, split=split)
     except Exception as exc:  # datasets raises many types for unreachable or malformed datasets
         if offline_mode() or not hub_reachable():
             raise HftoolError(f"data.hub_dataset={shown}: not cached and the Hub cannot be reached; pass "

@@ -96,8 +96,51 @@ def _dataset_column(dataset, column: str, where: str) -> Iterable[str]:
     return (row[column] for row in dataset)
 
 
+def read_jsonl_texts(path: Path, column: str) -> Iterator[str]:
+    """The ``column`` text of each JSON Lines record; a bad line is an error naming ``file:line``, and
+    records with empty text are skipped and counted on stderr."""
+    import json
+    import sys
+
+    skipped = 0
+    try:
+        handle = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise HftoolError(f"{path}: no such file; check data.files") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise HftoolError(f"{path}:{number}: not valid JSON ({exc}); fix or remove the line") from None
+                if not isinstance(record, dict):
+                    raise HftoolError(f"{path}:{number}: expected a JSON object with a '{column}' field, got "
+                                      f"{type(record).__name__}")
+                if column not in record:
+                    raise HftoolError(f"{path}:{number}: no column '{column}' (fields: {', '.join(record)}); "
+                                      "set data.text_column")
+                text = record[column]
+                if text is None or (isinstance(text, str) and not text.strip()):
+                    skipped += 1
+                    continue
+                if not isinstance(text, str):
+                    raise HftoolError(f"{path}:{number}: field '{column}' is {type(text).__name__} "
+                                      f"({json.dumps(text)[:40]}), not a string")
+                yield text.strip()
+        except UnicodeDecodeError as exc:
+            raise HftoolError(f"{path}: not UTF-8 ({exc.reason}); re-encode the file as UTF-8") from None
+    if skipped:
+        print(f"{path}: skipped {skipped:,} record(s) with empty '{column}'", file=sys.stderr)
+
+
 def _read_file(path: Path, cfg: DataConfig, streaming: bool) -> Iterable[str]:
     suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        texts = read_jsonl_texts(path, cfg.text_column)
+        return texts if streaming else list(texts)
     if suffix in JSON_SUFFIXES or suffix == ".parquet":
         from datasets import load_dataset
 
@@ -109,10 +152,19 @@ def _read_file(path: Path, cfg: DataConfig, streaming: bool) -> Iterable[str]:
         except Exception as exc:  # datasets raises many types for malformed files
             raise HftoolError(f"{path}: could not read as {builder} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from None
-        return (t.strip() for t in _dataset_column(dataset, cfg.text_column, str(path)) if t and t.strip())
+        return _texts(_dataset_column(dataset, cfg.text_column, str(path)), str(path), cfg.text_column)
     if suffix in TEXT_SUFFIXES:
         return read_text_documents(path, cfg.encoding_errors)
     raise HftoolError(f"{path}: unknown file type '{suffix}'; use .txt, .jsonl or .parquet")
+
+
+def _texts(values: Iterable, where: str, column: str) -> Iterator[str]:
+    """Stripped non-empty texts; a value that is not a string is an error naming its row."""
+    for row, text in enumerate(values, start=1):
+        if text is not None and not isinstance(text, str):
+            raise HftoolError(f"{where}: row {row}: '{column}' is {type(text).__name__}, not a string")
+        if text and text.strip():
+            yield text.strip()
 
 
 def _read_files(paths: list[str], cfg: DataConfig, streaming: bool) -> Iterable[str]:
@@ -125,11 +177,12 @@ def _read_files(paths: list[str], cfg: DataConfig, streaming: bool) -> Iterable[
 def _hub_split(cfg: DataConfig, split: str, streaming: bool) -> Iterable[str]:
     from datasets import load_dataset
 
-    from hftool.hub import hub_reachable, offline_mode
+    from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
 
     name = cfg.hub_dataset + (f" ({cfg.hub_config})" if cfg.hub_config else "")
     try:
-        dataset = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, streaming=streaming)
+        with datasets_offline_unless_reachable():
+            dataset = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, streaming=streaming)
     except Exception as exc:
         if offline_mode() or not hub_reachable():
             raise HftoolError(f"data.hub_dataset={name}: not cached and the Hub cannot be reached; "

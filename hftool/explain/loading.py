@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
 from hftool.errors import HftoolError
 from hftool.hub import resolve_model
+from hftool.model_loading import architecture_name, first_line, load_pretrained, load_with_head, quiet_transformers
 
 Head = Literal["base", "masked-lm", "causal-lm"]
 
-HEAD_DESCRIPTIONS = {"masked-lm": "masked-language-model (MLM)", "causal-lm": "language-model (LM)"}
 HEAD_AUTO_CLASSES = {
     "base": "AutoModel",
     "masked-lm": "AutoModelForMaskedLM",
@@ -27,12 +26,6 @@ class LoadedModel:
     tokenizer: object
     architecture: str
     name: str
-
-
-def architecture_name(config) -> str:
-    """The class the checkpoint was saved from (``BertModel``), or its model type when the config lacks it."""
-    architectures = getattr(config, "architectures", None)
-    return architectures[0] if architectures else config.model_type
 
 
 def is_encoder_decoder(config) -> bool:
@@ -60,28 +53,6 @@ def _supports(config, head: Head) -> bool:
     return head == "base" or config.model_type in mapping[head]
 
 
-@contextlib.contextmanager
-def quiet_transformers():
-    """Hide transformers' progress bars and load reports: explain checks what was loaded itself."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_config(name: str, trust_remote_code: bool = False, flag: str = "--model"):
     """The model's config alone: enough to refuse an unsuitable model before reading its weights."""
     from transformers import AutoConfig
@@ -92,7 +63,7 @@ def load_config(name: str, trust_remote_code: bool = False, flag: str = "--model
             return AutoConfig.from_pretrained(ref.name_or_path, trust_remote_code=trust_remote_code,
                                               **ref.load_kwargs())
     except (OSError, ValueError) as exc:
-        raise HftoolError(f"{flag} {name}: cannot read its config: {_first_line(exc)}") from exc
+        raise HftoolError(f"{flag} {name}: cannot read its config: {first_line(exc)}") from exc
 
 
 def check_head(config, head: Head, name: str, flag: str = "--model") -> None:
@@ -127,23 +98,15 @@ def load_model(name: str, head: Head = "base", trust_remote_code: bool = False, 
     architecture = architecture_name(config)
     ref = resolve_model(name, flag)
     auto_class = getattr(transformers, HEAD_AUTO_CLASSES[head])
-    options = {"trust_remote_code": trust_remote_code, "output_loading_info": True, **ref.load_kwargs()}
+    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
     if eager_attention:
         options["attn_implementation"] = "eager"
-    try:
-        with quiet_transformers():
-            model, loading_info = auto_class.from_pretrained(ref.name_or_path, **options)
-            tokenizer = AutoTokenizer.from_pretrained(ref.name_or_path, trust_remote_code=trust_remote_code,
-                                                      **ref.load_kwargs())
-    except (OSError, ValueError) as exc:
-        raise HftoolError(f"{flag} {name}: cannot load it: {_first_line(exc)}") from exc
-    missing = sorted(loading_info["missing_keys"])
-    if head != "base" and missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        example = ", e.g. BertForMaskedLM or BertForPreTraining" if head == "masked-lm" else ""
-        raise HftoolError(f"{flag} {name}: the {architecture} checkpoint has no trained "
-                          f"{HEAD_DESCRIPTIONS[head]} head (missing {missing[0]}{more}), so its predictions "
-                          f"would be random; pass a model saved with that head{example}")
+    if head == "base":
+        model = load_pretrained(lambda: auto_class.from_pretrained(ref.name_or_path, **options), name, flag)
+    else:
+        model = load_with_head(auto_class, ref.name_or_path, head, name, flag, config=config, **options)
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(
+        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs()), name, flag, "its tokenizer")
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, architecture=architecture, name=name)
 

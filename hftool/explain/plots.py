@@ -23,13 +23,16 @@ def new_figure(width: float, height: float):
                   layout="constrained")
 
 
-def check_output(path: Path) -> Path:
-    """Refuse an output that is a folder or not a .png name before any model is loaded."""
+def check_output(path: Path, overwrite: bool = True) -> Path:
+    """Refuse an output that is a folder, not a .png name, or (without ``overwrite``) an existing file,
+    before any model is loaded."""
+    from hftool.outputs import check_output_file
+
     if path.is_dir():
         raise HftoolError(f"--output {path} is a folder; pass a file name such as {path / 'explain.png'}")
     if path.suffix.lower() != ".png":
         raise HftoolError(f"--output {path}: explain writes PNG images; use a name ending in .png")
-    return path
+    return check_output_file(path, "--output", overwrite)
 
 
 def save_png(figure, path: Path) -> Path:

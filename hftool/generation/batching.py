@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,8 +98,11 @@ def result_record(result: PromptResult, settings: dict, model: str, index: int) 
 
 
 def write_jsonl(path: str, records: list[dict]) -> None:
+    """Write to a temporary file beside ``path``, then rename: no half-written output."""
     file = Path(path).expanduser()
     file.parent.mkdir(parents=True, exist_ok=True)
-    with file.open("w", encoding="utf-8") as fh:
+    tmp = file.with_name(f".{file.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, file)

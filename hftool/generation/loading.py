@@ -56,10 +56,14 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model"):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from hftool.model_loading import load_pretrained, load_with_head
+
     remote = {"trust_remote_code": True} if settings.trust_remote_code else {}
-    config = AutoConfig.from_pretrained(ref.name_or_path, **ref.load_kwargs(), **remote)
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(ref.name_or_path, **ref.load_kwargs(), **remote),
+                             settings.name, flag, "its config")
     check_causal_lm(config, flag, settings.name)
-    tokenizer = AutoTokenizer.from_pretrained(ref.name_or_path, **ref.load_kwargs(), **remote)
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(
+        ref.name_or_path, **ref.load_kwargs(), **remote), settings.name, flag, "its tokenizer")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -76,14 +80,9 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model"):
         if settings.max_memory:
             budget = settings.max_memory.items()
             placement["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in budget}
-    model = AutoModelForCausalLM.from_pretrained(
-        ref.name_or_path,
-        config=config,
-        dtype=torch_dtype(settings.dtype),
-        **ref.load_kwargs(),
-        **remote,
-        **placement,
-    )
+    model = load_with_head(AutoModelForCausalLM, ref.name_or_path, "causal-lm", settings.name, flag,
+                           config=config, dtype=torch_dtype(settings.dtype), **ref.load_kwargs(), **remote,
+                           **placement)
     if settings.device_map is None and torch.cuda.is_available():
         model.to("cuda")
     model.eval()

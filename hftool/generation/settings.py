@@ -8,6 +8,7 @@ overrides (``decoding.top_p=0.9``), then the explicit command-line flags (``--to
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,6 +51,10 @@ class DecodingSettings:
 
     def validate(self) -> None:
         """Reject settings transformers would refuse late, or silently misread, naming the flag to fix."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                _bad(item.name, value, "must be a finite number")
         if self.max_new_tokens <= 0:
             _bad("max_new_tokens", self.max_new_tokens, "must be at least 1")
         if self.num_beams < 1:

@@ -84,23 +84,40 @@ class PretrainRecipe:
         return 30522 if self.tokenizer_kind == "wordpiece" else 8000
 
 
-def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs in one folder; ``--resume`` continues, ``--overwrite`` starts afresh."""
+# What a training run writes into its folder besides the model files (named in its manifest up front).
+RUN_FILES = (RECIPE_FILE, f"{RECIPE_FILE}.tmp", "checkpoints", "metrics.jsonl", "tensorboard", "loss_curve.png",
+             "loss_curve.tmp.png", ".final-tmp", ".tokenizer-tmp", "metrics.json", "predictions.json",
+             ".predictions.json.tmp")
+# Recipe sections that decide the model's shape: a checkpoint cannot be resumed when they change.
+SHAPE_FIELDS = ("objective", "model.", "tokenizer.")
+
+
+def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool,
+                       shape_fields: tuple[str, ...] = SHAPE_FIELDS) -> None:
+    """Refuse to mix runs in one folder; ``--resume`` continues, ``--overwrite`` replaces hftool's files.
+
+    A resume whose recipe changes the model's shape is refused before anything is written.
+    """
+    from hftool.outputs import check_output_dir, claim_output_dir
+
+    flag = "train.output_dir"
+    out = check_output_dir(out, flag)
     saved = out / RECIPE_FILE
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif resume:
-            if saved.is_file() and saved.read_text(encoding="utf-8") != recipe_yaml:
-                changed = _changed_fields(cfgmod.read_yaml(saved), _yaml_dict(recipe_yaml))
-                print(f"warning: resuming {out} with a changed recipe: {', '.join(changed)}")
-        else:
-            what = ("a run with a different recipe" if saved.is_file()
-                    and saved.read_text(encoding="utf-8") != recipe_yaml else "an earlier run")
-            raise HftoolError(f"train.output_dir={out} already holds {what}; pass --resume to continue it, "
-                              "--overwrite to replace it, or choose another train.output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
+    changed: list[str] = []
+    if resume and saved.is_file() and saved.read_text(encoding="utf-8") != recipe_yaml:
+        changed = _changed_fields(cfgmod.read_yaml(saved), _yaml_dict(recipe_yaml))
+        shape = [c for c in changed if c.startswith(shape_fields) or c.split(":")[0] in shape_fields]
+        if shape:
+            raise HftoolError(f"--resume {out}: the recipe changes the model's shape ({'; '.join(shape)}); "
+                              "its checkpoints cannot be loaded into that model. Resume with the saved "
+                              f"recipe ({saved}) or start a new train.output_dir")
+    what = ("a run with a different recipe" if saved.is_file()
+            and saved.read_text(encoding="utf-8") != recipe_yaml else "an earlier run")
+    claim_output_dir(out, flag, overwrite, resume=resume and out.is_dir() and any(out.iterdir()),
+                     names=RUN_FILES, what=what, hint="pass --resume to continue it, ")
+    if changed:
+        print(f"warning: resuming {out} with a changed recipe: {', '.join(changed)}")
+    tmp = saved.with_suffix(".yaml.tmp")
     tmp.write_text(recipe_yaml, encoding="utf-8")
     os.replace(tmp, saved)
 
@@ -166,8 +183,10 @@ def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str,
     ``state_dict`` is the full (gathered) state when training was sharded (FSDP, DeepSpeed ZeRO-3).
     """
     from hftool.engine.checkpoints import writing
+    from hftool.outputs import move_into, record
 
     tmp = out / ".final-tmp"
+    record(out, tmp.name)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with writing(tmp):
@@ -179,9 +198,7 @@ def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str,
     except HftoolError:  # a full disk: leave no half-written model folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for item in tmp.iterdir():
-        os.replace(item, out / item.name)
-    tmp.rmdir()
+    move_into(tmp, out)
 
 
 @dataclass
@@ -231,12 +248,13 @@ def obtain_tokenizer(recipe: PretrainRecipe, engine, out: Path, resume: bool, tr
                      f"on {len(docs):,} documents")
         tokenizer = train_tokenizer(docs, recipe.tokenizer_kind, recipe.tokenizer_vocab_size, tok_cfg.lowercase,
                                     tok_cfg.min_frequency)
+        from hftool.outputs import move_into, record
+
         tmp = out / ".tokenizer-tmp"
+        record(out, tmp.name)
         shutil.rmtree(tmp, ignore_errors=True)
         tokenizer.save_pretrained(tmp)
-        for item in tmp.iterdir():
-            os.replace(item, out / item.name)
-        tmp.rmdir()
+        move_into(tmp, out)
     engine.wait()
     return AutoTokenizer.from_pretrained(out)
 

@@ -264,23 +264,32 @@ def check_positions(ref, settings: WindowSettings, flag: str, trust_remote_code:
     """A window longer than the model's position table would index past it."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(ref.name_or_path, trust_remote_code=trust_remote_code,
-                                        **ref.load_kwargs())
+    from hftool.model_loading import load_pretrained
+
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(
+        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs()), ref.name_or_path, flag,
+        "its config")
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and settings.max_length > positions:
         raise HftoolError(f"{settings.name('max_length')}={settings.max_length} is longer than the "
                           f"{positions} positions of {flag} {ref.name_or_path}; lower it")
 
 
-def load_qa_model(ref, trust_remote_code: bool = False):
+def load_qa_model(ref, trust_remote_code: bool = False, name: str | None = None, flag: str = "--model",
+                  trained_head: bool = True):
+    """The question-answering model; ``trained_head`` refuses a checkpoint whose head would be random
+    (evaluate, answer), while fine-tuning puts a fresh head on an encoder on purpose."""
     from transformers import AutoModelForQuestionAnswering
 
-    try:
-        return AutoModelForQuestionAnswering.from_pretrained(
-            ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs())
-    except ValueError as exc:
-        raise HftoolError(f"{ref.name_or_path}: no question-answering head for this architecture "
-                          f"({str(exc).splitlines()[0][:200]})") from None
+    from hftool.model_loading import load_pretrained, load_with_head
+
+    name = name or ref.name_or_path
+    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
+    if trained_head:
+        return load_with_head(AutoModelForQuestionAnswering, ref.name_or_path, "question-answering", name, flag,
+                              **options)
+    return load_pretrained(lambda: AutoModelForQuestionAnswering.from_pretrained(ref.name_or_path, **options),
+                           name, flag)
 
 
 # ---- hftool finetune squad --------------------------------------------------------------------------------
@@ -310,7 +319,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     out = Path(recipe.train.output_dir).expanduser()
     engine = Engine(replace(recipe.train), out)
     if engine.is_main:
-        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite)
+        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite, shape_fields=("model.",))
     engine.wait()
     with engine.accelerator.main_process_first():
         train_windows = cached_windows(train_examples, tokenizer, settings, cache_dir() / "squad")
@@ -321,7 +330,8 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
                  f"questions -> {len(eval_windows):,} windows")
 
     set_seed(recipe.train.seed)
-    model = load_qa_model(ref, recipe.model.trust_remote_code)
+    model = load_qa_model(ref, recipe.model.trust_remote_code, recipe.model.name_or_path, flag,
+                          trained_head=False)
     task = SquadTask(settings, train_windows.pad_token_id, eval_examples, eval_windows, metric,
                      data.pad_to_max_length, data.pad_to_multiple_of)
     steps_per_epoch = engine.steps_per_epoch(len(train_windows))
@@ -358,7 +368,10 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
 
 
 def write_json(path: Path, value) -> None:
+    from hftool.outputs import record
+
     tmp = path.with_name(f".{path.name}.tmp")
+    record(path.parent, path.name, tmp.name)
     tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -404,12 +417,18 @@ hftool answer --model path/to/this/folder --question "..." --context "..."
 
 def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path, settings: WindowSettings,
                        batch_size: int = 64, mixed_precision: str = "auto", strict: bool = False,
-                       max_examples: int | None = None) -> dict:
+                       max_examples: int | None = None, overwrite: bool = False) -> dict:
     """Score a question-answering model on a SQuAD file (or the Hub validation split); writes
     ``predictions.json`` and ``metrics.json`` to ``output_dir`` and returns the metrics."""
+    from hftool.outputs import check_output_dir, claim_output_dir
+
     settings.validate()
     if batch_size < 1:
         raise HftoolError(f"--batch-size={batch_size} must be at least 1")
+    out = check_output_dir(output_dir, "--output-dir")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
+                          "own files there, or choose another folder")
     if file:
         examples = read_squad_file(file, "--file", strict=strict, warn=warn_once)
     else:
@@ -427,14 +446,14 @@ def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path
     ref = resolve_model(model_name, "--model")
     tokenizer = load_tokenizer(ref, "--model")
     check_positions(ref, settings, "--model")
+    model = load_qa_model(ref, name=model_name)
     check_windows_fit(examples, tokenizer, settings)
-    out = Path(output_dir).expanduser()
     engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision,
                                 eval_batch_size=batch_size, report_to="none"), out)
     with engine.accelerator.main_process_first():
         windows = cached_windows(examples, tokenizer, settings, cache_dir() / "squad")
         metric = load_metric()
-    model = load_qa_model(ref).to(engine.device)
+    model = model.to(engine.device)
     model.eval()
     task = SquadTask(settings, windows.pad_token_id, examples, windows, metric)
     with torch.no_grad(), engine.autocast():
@@ -442,7 +461,7 @@ def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path
     summary = {"model": str(ref.name_or_path), "file": file or "the Hub squad validation split",
                **metrics, "windows": len(windows)}
     if engine.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
         write_json(out / "predictions.json", task.last_predictions)
         write_json(out / "metrics.json", summary)
     engine.wait()
@@ -467,11 +486,12 @@ def answer_questions(model_name: str, examples: list[QAExample], settings: Windo
     ref = resolve_model(model_name, "--model")
     tokenizer = load_tokenizer(ref, "--model")
     check_positions(ref, settings, "--model")
+    transformers_logging.disable_progress_bar()  # answers are the only output
+    model = load_qa_model(ref, name=model_name)
     check_windows_fit(examples, tokenizer, settings)
     windows = encode_windows(examples, tokenizer, settings)
-    transformers_logging.disable_progress_bar()  # answers are the only output
     device = PartialState().device
-    model = load_qa_model(ref).to(device)
+    model = model.to(device)
     model.eval()
     task = SquadTask(replace(settings, n_best=max(settings.n_best, top_k)), windows.pad_token_id)
     with torch.no_grad():

@@ -1,0 +1,141 @@
+"""Every command, fed bad input, ends in one ``error:`` line naming the problem: non-zero exit, no traceback.
+
+The table is the contract for new commands: add a row (command line + what the error must mention). Rows
+use placeholders filled from the ``inputs`` fixture: ``{gpt2}``, ``{minilm}``, ``{tmp}`` and the bad files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from squad_fixtures import hand_examples, write_jsonl
+
+QA_WINDOW = ["--max-length", "64", "--doc-stride", "16"]  # the tiny GPT-2 has 128 positions
+PRETRAIN = ["pretrain", "data.block_size=32", "tokenizer.vocab_size=400", "train.max_steps=2",
+            "train.report_to=none", "train.mixed_precision=no",
+            "model.config={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}"]
+
+# (id, command line, text the error line must contain)
+CASES = [
+    # model folders that cannot be loaded, or lack the head the command needs
+    ("generate-pickle-only", ["generate", "-m", "{pickle_only}", "-p", "hi", "-n", "2"],
+     "only pickle weights (pytorch_model.bin)"),
+    ("generate-truncated", ["generate", "-m", "{truncated}", "-p", "hi", "-n", "2"], "cannot load"),
+    ("generate-bad-config", ["generate", "-m", "{bad_config}", "-p", "hi", "-n", "2"], "bad-config"),
+    ("answer-truncated", ["answer", "-m", "{truncated}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW], "cannot load"),
+    ("answer-pickle-only", ["answer", "-m", "{pickle_only}", "-q", "Who?", "-c", "Bob did."], "pickle-only"),
+    ("explain-truncated", ["explain", "next-token", "-m", "{truncated}", "-t", "hi", "-o", "{tmp}/x.png"],
+     "cannot load"),
+    ("answer-gpt2-no-qa-head", ["answer", "-m", "{gpt2}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW],
+     "question-answering head"),
+    ("answer-minilm-no-qa-head", ["answer", "-m", "{minilm}", "-q", "Who?", "-c", "Bob did."],
+     "BertModel checkpoint has no trained question-answering head"),
+    ("evaluate-gpt2-no-qa-head", ["evaluate", "squad", "-m", "{gpt2}", "-f", "{squad}", "-o", "{tmp}/ev", *QA_WINDOW],
+     "GPT2LMHeadModel checkpoint has no trained question-answering head"),
+    ("evaluate-minilm-no-qa-head", ["evaluate", "squad", "-m", "{minilm}", "-f", "{squad}", "-o", "{tmp}/ev"],
+     "BertModel checkpoint has no trained question-answering head"),
+    # data files
+    ("pretrain-jsonl-not-string", [*PRETRAIN, "data.files=[{text_int}]", "train.output_dir={tmp}/run"],
+     "text_int.jsonl:2: field 'text' is int"),
+    ("pretrain-jsonl-malformed", [*PRETRAIN, "data.files=[{bad_line}]", "train.output_dir={tmp}/run"],
+     "bad_line.jsonl:3: not valid JSON"),
+    ("tokenizer-jsonl-malformed", ["tokenizer", "train", "{bad_line}", "-o", "{tmp}/tok"],
+     "bad_line.jsonl:3"),
+    # output paths
+    ("pretrain-output-is-file", [*PRETRAIN, "train.output_dir={a_file}"], "is an existing file"),
+    ("pretrain-output-is-cwd", [*PRETRAIN, "train.output_dir=."], "current directory"),
+    ("pretrain-output-is-home", [*PRETRAIN, "train.output_dir={home}"], "home or root"),
+    ("pretrain-output-is-root", [*PRETRAIN, "train.output_dir=/"], "current directory"),
+    ("tokenizer-output-is-file", ["tokenizer", "train", "-o", "{a_file}"], "is an existing file"),
+    ("evaluate-output-is-file", ["evaluate", "squad", "-m", "{gpt2}", "-f", "{squad}", "-o", "{a_file}"],
+     "is an existing file"),
+    ("generate-output-exists", ["generate", "-m", "{gpt2}", "-p", "hi", "-n", "2", "-o", "{a_file}"],
+     "already exists"),
+    ("explain-output-exists", ["explain", "next-token", "-m", "{gpt2}", "-t", "hi", "-o", "{a_png}"],
+     "already exists"),
+    # numbers that are not numbers
+    ("generate-temperature-nan", ["generate", "-m", "{gpt2}", "-p", "hi", "--sample", "--temperature", "nan"],
+     "--temperature nan: must be a finite number"),
+    ("generate-repetition-penalty-nan", ["generate", "-m", "{gpt2}", "-p", "hi", "--repetition-penalty", "nan"],
+     "--repetition-penalty nan: must be a finite number"),
+    ("pretrain-lr-nan", [*PRETRAIN, "train.lr=.nan", "train.output_dir={tmp}/run"], "train.lr=nan"),
+    ("pretrain-lr-inf", [*PRETRAIN, "train.lr=.inf", "train.output_dir={tmp}/run"], "must be a finite number"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_gpt2, minilm) -> dict[str, str]:
+    """The bad inputs the table refers to, built once."""
+    import torch
+    from safetensors.torch import load_file
+
+    root = tmp_path_factory.mktemp("bad-input")
+    pickle_only = root / "pickle-only"
+    shutil.copytree(tiny_gpt2, pickle_only)
+    torch.save(load_file(str(pickle_only / "model.safetensors")), pickle_only / "pytorch_model.bin")
+    (pickle_only / "model.safetensors").unlink()
+    truncated = root / "truncated"
+    shutil.copytree(tiny_gpt2, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    bad_config = root / "bad-config"
+    shutil.copytree(tiny_gpt2, bad_config)
+    (bad_config / "config.json").write_text("{not json")
+    text_int = root / "text_int.jsonl"
+    text_int.write_text('{"text": "fine"}\n{"text": 5}\n')
+    bad_line = root / "bad_line.jsonl"
+    bad_line.write_text('{"text": "one"}\n{"text": "two"}\n{"text": "thr\n')
+    a_file = root / "a-file.txt"
+    a_file.write_text("a user's file\n")
+    a_png = root / "mine.png"
+    a_png.write_bytes(b"not really a png")
+    squad = write_jsonl(root / "squad.jsonl", hand_examples())
+    return {"gpt2": str(tiny_gpt2), "minilm": str(minilm), "pickle_only": str(pickle_only),
+            "truncated": str(truncated), "bad_config": str(bad_config), "text_int": str(text_int),
+            "bad_line": str(bad_line), "a_file": str(a_file), "a_png": str(a_png), "squad": str(squad),
+            "root": str(root), "home": str(Path.home())}
+
+
+def _fill(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg
+
+
+@pytest.mark.parametrize(("args", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_one_error_line(args, expected, inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    filled = [_fill(arg, {"tmp": str(tmp_path), **inputs}) for arg in args]
+    before = {p: p.read_bytes() for p in (Path(inputs["a_file"]), Path(inputs["a_png"]))}
+    code, out, err = run_cli(filled)
+    assert code != 0, f"exit 0 for {filled}: {out[-500:]}"
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-2000:]
+    assert expected in errors[0], errors[0]
+    assert {p: p.read_bytes() for p in before} == before  # the user's files are untouched
+
+
+def test_table_covers_every_command_that_loads_or_writes():
+    """A new command that loads a model or writes output gets a row (or this list is updated on purpose)."""
+    covered = {case[1][0] if case[1][0] not in ("evaluate", "explain", "tokenizer", "finetune")
+               else " ".join(case[1][:2]) for case in CASES}
+    assert {"generate", "answer", "pretrain", "evaluate squad", "explain next-token", "tokenizer train"} <= covered
+
+
+def test_jsonl_empty_records_are_counted(tmp_path):
+    from hftool.data.text import read_jsonl_texts
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in ["a", "", "  ", None, "b"]) + "\n")
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert list(read_jsonl_texts(path, "text")) == ["a", "b"]
+    assert "skipped 3 record(s) with empty 'text'" in err.getvalue()
