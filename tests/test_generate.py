@@ -108,10 +108,12 @@ def reference_greedy(model, ids: list[int], max_new_tokens: int, **kwargs) -> li
 def test_greedy_equals_model_generate_alone_and_in_batches(name, request):
     model, tokenizer = request.getfixturevalue(name)
     generator = Generator(model, tokenizer, DecodingSettings(max_new_tokens=24))
-    assert generator.uses_lean_loop
+    assert generator.uses_fast_path
     expected = [reference_greedy(model, generator.encode(p), 24) for p in PROMPTS]
     alone = [generator.generate([generator.encode(p)])[0][0].token_ids for p in PROMPTS]
+    assert generator.paths == {"fast decode"}
     batched = run_prompts(generator, PROMPTS, batch_size=4, context=128)
+    assert generator.paths == {"fast decode", "model.generate"}
     assert alone == expected
     # In one batch the short prompts are left-padded to the longest one: same tokens.
     assert [r.sequences[0].token_ids for r in batched] == expected
@@ -123,7 +125,7 @@ def test_greedy_equals_model_generate_for_a_pretrained_folder(pretrained_folder)
     model, tokenizer = load_for_generation(ModelSettings(name=str(pretrained_folder)))
     assert model.generation_config.do_sample  # pretrain saves sampling defaults; --greedy must override them
     generator = Generator(model, tokenizer, DecodingSettings(max_new_tokens=30))
-    assert generator.uses_lean_loop
+    assert generator.uses_fast_path
     for prompt in PROMPTS[:2]:
         ids = generator.encode(prompt)
         assert generator.generate([ids])[0][0].token_ids == reference_greedy(model, ids, 30)
@@ -135,7 +137,7 @@ def test_beam_search_and_penalties_go_through_model_generate(gpt2):
         max_new_tokens=20, num_beams=3, num_return_sequences=2, no_repeat_ngram_size=2, repetition_penalty=1.3
     )
     generator = Generator(model, tokenizer, settings)
-    assert not generator.uses_lean_loop
+    assert not generator.uses_fast_path
     ids = generator.encode(PROMPTS[0])
     with torch.no_grad():
         rows = model.generate(
@@ -305,7 +307,7 @@ def test_single_prompt_streams_and_reports_tokens_per_second(tiny_bloom, bloom):
     new_ids = reference_greedy(model, tokenizer(PROMPTS[0])["input_ids"], 10)
     assert out.getvalue() == tokenizer.decode(new_ids, skip_special_tokens=True) + "\n"
     assert f"{len(new_ids)} tokens generated" in err.getvalue()
-    assert "tokens/s (lean greedy loop)" in err.getvalue()
+    assert "tokens/s (fast decode)" in err.getvalue()
 
 
 def test_recipe_then_overrides_then_flags(tiny_gpt2, tmp_path):
@@ -464,39 +466,6 @@ def test_a_model_that_is_not_a_causal_lm_is_named(tiny_bert):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
-def test_fused_step_gives_bit_identical_logits_to_the_forward(name, request):
-    from transformers import DynamicCache
-
-    from hftool.generation.fused import fused_decode_step
-
-    model, tokenizer = request.getfixturevalue(name)
-    ids = torch.tensor([tokenizer(PROMPTS[1])["input_ids"]])
-    with torch.inference_mode():
-        fused_cache, model_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
-        model(input_ids=ids, cache=fused_cache, use_cache=True)
-        model(input_ids=ids, cache=model_cache, use_cache=True)
-        step = fused_decode_step(model, fused_cache)
-        assert step is not None
-        mask = torch.ones_like(ids)
-        for position, token in enumerate([5, 17, 230, 5], start=ids.shape[1]):
-            token_ids = torch.tensor([[token]])
-            mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=-1)
-            expected = model(
-                input_ids=token_ids, attention_mask=mask, cache=model_cache, use_cache=True, logits_to_keep=1
-            ).logits
-            assert torch.equal(step(token_ids, position), expected)
-        # The step's preallocated keys and values (grown from room for one more position) are the cache's.
-        for fused_layer, model_layer in zip(fused_cache.layers, model_cache.layers, strict=True):
-            assert torch.equal(fused_layer.keys, model_layer.keys)
-            assert torch.equal(fused_layer.values, model_layer.values)
-    model.train()
-    try:
-        assert fused_decode_step(model, fused_cache) is None  # dropout would be active: use the forward
-    finally:
-        model.eval()
-
-
-@pytest.mark.parametrize("name", ["gpt2", "bloom"])
 def test_bfloat16_greedy_equals_model_generate_and_restores_the_onednn_switch(name, request):
     """In bfloat16 the decode steps use ATen's matrix-vector kernel where the forward uses oneDNN's: the logits
     may differ in their last bit, so the tokens are compared with model.generate's on every prompt."""
@@ -510,6 +479,7 @@ def test_bfloat16_greedy_equals_model_generate_and_restores_the_onednn_switch(na
         ids = generator.encode(prompt)
         assert generator.generate([ids])[0][0].token_ids == reference_greedy(model, ids, 24)
         assert torch.backends.mkldnn.enabled == before
+    assert generator.paths == {"fast decode"}  # the first-step check passes in bfloat16 too
 
 
 def test_a_recipe_name_shared_with_another_command_resolves_to_the_commands_own(tmp_path, monkeypatch):

@@ -137,7 +137,8 @@ REFERENCE_COLUMN = typer.Option(
 
 
 DECODING_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_beams",
-                  "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size", "stop", "seed")
+                  "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size", "stop", "seed",
+                  "fast_decode")
 
 
 def _recipe(base, flags: dict):
@@ -222,6 +223,13 @@ def generate(
     offload_folder: str = OFFLOAD,
     max_memory: str = MAX_MEMORY,
     trust_remote_code: bool = REMOTE,
+    fast_decode: bool = typer.Option(
+        None,
+        "--fast-decode/--no-fast-decode",
+        show_default=False,
+        help="Greedy search of one prompt through hftool's fused GPT-2/BLOOM step (on by default; same tokens "
+        "as model.generate). --no-fast-decode always uses model.generate.",
+    ),
 ) -> None:
     """Continue a prompt with a causal LM (GPT-2, BLOOM, or a model from 'hftool pretrain').
 

@@ -45,7 +45,7 @@ def _prepare(recipe: GenerateRecipe):
 
 
 def _report(generator, count: int, what: str, err: TextIO) -> None:
-    path = "lean greedy loop" if generator.uses_lean_loop and count == 1 else "model.generate"
+    path = " and ".join(sorted(generator.paths)) or "nothing generated"
     err.write(
         f"{count} {what}, {generator.generated_tokens} tokens generated in {generator.seconds:.2f} s: "
         f"{generator.tokens_per_second:.1f} tokens/s ({path})\n"

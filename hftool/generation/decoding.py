@@ -1,21 +1,20 @@
 """Decoding: every strategy goes through ``model.generate`` with a ``GenerationConfig``, except plain greedy
-search of a single prompt, which runs a lean loop over the model's own forward and KV cache.
+search of a single prompt on GPT-2 or BLOOM, which goes through the decode fast path
+(:mod:`hftool.generation.fastpath`, switched off by ``decoding.fast_decode: false`` / ``--no-fast-decode``).
 
-The lean loop makes exactly the calls ``generate`` makes (same inputs, same cache class, ``logits_to_keep=1``,
-argmax over float32 logits), so it returns the same tokens; it skips ``generate``'s per-token bookkeeping
-(logits processors, stopping criteria objects, input preparation), which dominates for small models on a CPU.
+The fast path returns the tokens ``generate`` returns: its first step is checked bit for bit against the model's
+forward on every call, and where it cannot run it says so and ``generate`` is used instead.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from hftool.errors import HftoolError
 from hftool.generation.settings import DecodingSettings
 
-# generation_config.json keys that do not change which token greedy search picks, so the lean loop may run:
+# generation_config.json keys that do not change which token greedy search picks, so the fast path may run:
 # token ids and bookkeeping, plus the strategy and sampling knobs that our GenerationConfig always overrides
 # (``hftool pretrain`` saves sampling defaults; greedy search ignores them).
 NEUTRAL_GENERATION_KEYS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
@@ -52,26 +51,6 @@ def trim_at_stop(text: str, stops: list[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-@contextmanager
-def single_row_matmuls(model):
-    """Decode steps multiply one row by each weight matrix. On a CPU in bfloat16/float16, oneDNN does that
-    at about half the memory bandwidth of ATen's own matrix-vector kernel (which accumulates in float32), so
-    oneDNN is switched off while the steps run (the fused steps then use hftool's copy of ATen's kernel, see
-    :mod:`hftool.generation.matvec`). float32 (exact equality with transformers) is left alone."""
-    import torch
-
-    device = next(model.parameters()).device
-    if device.type != "cpu" or model.dtype not in (torch.bfloat16, torch.float16):
-        yield
-        return
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled
-
-
 class Generator:
     """Turns prompts into continuations with one model, tokenizer and set of decoding settings."""
 
@@ -89,6 +68,7 @@ class Generator:
         self.config = self._generation_config()
         self.generated_tokens = 0
         self.seconds = 0.0
+        self.paths: set[str] = set()  # how the prompts were decoded: "fast decode" and/or "model.generate"
 
     def _generation_config(self):
         from transformers import GenerationConfig
@@ -112,13 +92,18 @@ class Generator:
         return GenerationConfig(**fields)
 
     @property
-    def uses_lean_loop(self) -> bool:
+    def uses_fast_path(self) -> bool:
+        """Whether a single prompt goes to the fast path first (it may still fall back to ``generate``)."""
+        from hftool.generation import fastpath  # imports torch; kept off the CLI's start-up path
+
+        if not (self.settings.fast_decode and self.settings.is_plain_greedy and fastpath.applies(self.model)):
+            return False
         model_defaults = self.model.generation_config.to_diff_dict()
         neutral = all(
             key in NEUTRAL_GENERATION_KEYS or (key in SWITCHED_OFF_KEYS and not value)
             for key, value in model_defaults.items()
         )
-        return self.settings.is_plain_greedy and neutral
+        return neutral
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of ``prompt``; an empty prompt is the begin-of-text token alone (unconditional text)."""
@@ -147,12 +132,20 @@ class Generator:
         """Continuations for a batch of token-id prompts (left-padded together), in the batch's order."""
         import torch
 
+        from hftool.generation import fastpath
+
         started = time.perf_counter()
-        with torch.inference_mode():
-            if len(batch) == 1 and self.uses_lean_loop:
-                new_rows = [self._lean_greedy(batch[0], streamer)]
-            else:
+        new_rows = None
+        if len(batch) == 1 and self.uses_fast_path:
+            tokens = fastpath.greedy_tokens(self.model, batch[0], self.settings.max_new_tokens, self.eos_ids,
+                                            self.device, streamer)
+            if tokens is not None:
+                new_rows = [tokens]
+                self.paths.add("fast decode")
+        if new_rows is None:
+            with torch.inference_mode():
                 new_rows = self._generate(batch, streamer)
+            self.paths.add("model.generate")
         self.seconds += time.perf_counter() - started
         per_prompt = self.settings.num_return_sequences
         results = []
@@ -189,47 +182,6 @@ class Generator:
             **extra,
         )
         return output[:, width:].tolist()
-
-    def _lean_greedy(self, ids: list[int], streamer) -> list[int]:
-        """Greedy search over the model's KV cache: ``generate``'s forward calls, without its overhead.
-
-        The prompt goes through the model's forward; each new token then goes through the fused GPT-2/BLOOM
-        step where it applies (:mod:`hftool.generation.fused`), else through the forward again.
-        """
-        import torch
-        from transformers import DynamicCache
-
-        from hftool.generation.fused import fused_decode_step
-
-        model = self.model
-        input_ids = torch.tensor([ids], device=self.device)
-        attention_mask = torch.ones_like(input_ids)
-        cache = DynamicCache(config=model.config)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
-                       logits_to_keep=1).logits
-        one = attention_mask.new_ones((1, 1))
-        new_ids: list[int] = []
-        with single_row_matmuls(model):  # the step is built, and its products checked, as it will run
-            fused_step = fused_decode_step(model, cache, len(ids) + self.settings.max_new_tokens)
-            while True:
-                next_token = logits[:, -1].to(dtype=torch.float32).argmax(dim=-1, keepdim=True)
-                token = int(next_token)
-                new_ids.append(token)
-                if streamer is not None:
-                    streamer.put(next_token.cpu())
-                if token in self.eos_ids or len(new_ids) == self.settings.max_new_tokens:
-                    break
-                if fused_step is not None:
-                    logits = fused_step(next_token, len(ids) + len(new_ids) - 1)
-                else:
-                    attention_mask = torch.cat([attention_mask, one], dim=-1)
-                    logits = model(input_ids=next_token, attention_mask=attention_mask, cache=cache,
-                                   use_cache=True, logits_to_keep=1).logits
-        if streamer is not None:
-            streamer.end()
-        return new_ids
 
     @property
     def tokens_per_second(self) -> float:

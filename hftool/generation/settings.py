@@ -30,6 +30,7 @@ FLAGS = {
     "stop": "--stop",
     "seed": "--seed",
     "batch_size": "--batch-size",
+    "fast_decode": "--fast-decode/--no-fast-decode",
 }
 
 
@@ -48,6 +49,7 @@ class DecodingSettings:
     no_repeat_ngram_size: int = 0  # 0 = off; n forbids repeating any n-gram
     stop: list[str] = field(default_factory=list)  # generation ends at the first of these; it is trimmed off
     seed: int | None = None  # None: a fresh seed, recorded in the output so the run can be repeated
+    fast_decode: bool = True  # greedy search of one prompt through hftool's fused GPT-2/BLOOM step (same tokens)
 
     def validate(self) -> None:
         """Reject settings transformers would refuse late, or silently misread, naming the flag to fix."""
@@ -87,7 +89,7 @@ class DecodingSettings:
 
     @property
     def is_plain_greedy(self) -> bool:
-        """Greedy search with no logits processors: the case the lean decode loop handles exactly."""
+        """Greedy search with no logits processors: the case the decode fast path handles exactly."""
         return (
             not self.do_sample
             and self.num_beams == 1

@@ -4,80 +4,57 @@ For small models on a CPU most of a decode step is Python: module calls, mask bu
 output dataclasses around a few small matrix products. This step calls the same kernels on the same
 weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with no mask for one query), so its
 logits are bit-identical to ``model(...)``'s; the tests check the logits bit for bit and the tokens against
-``model.generate``. Two things differ in how, not in what, is computed: the keys and values go into buffers
-allocated once (:class:`PreallocatedCache`) rather than being concatenated onto the whole cache every step, and
-large float32 and bfloat16 weights are multiplied by hftool's own kernels (or, in float32, in row blocks on
-several threads), where that is verified to give the same bits (:mod:`hftool.generation.matvec`). Anything it
-does not mirror exactly (other architectures or attention backends, cross-attention, BLOOM's ``slow_but_exact``
-tensor-parallel split, Accelerate-dispatched weights, training mode) gets ``None`` and the caller uses the
-model's own forward.
+``model.generate``, and the fast path checks the first step against the forward on every run. Two things
+differ in how, not in what, is computed: the keys and values go into buffers allocated once
+(:class:`~hftool.generation.fastpath.cache.PreallocatedCache`), and large float32 weights may be multiplied in
+row blocks on several threads where that gives the same bits (:mod:`hftool.generation.fastpath.matvec`).
+Anything it does not mirror (other architectures or attention backends, cross-attention, BLOOM's
+``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights, training mode) is not for the fast path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from hftool.generation.matvec import MatVec
+from hftool.generation.fastpath.cache import PreallocatedCache
+from hftool.generation.fastpath.matvec import MatVec
 
 
-def fused_decode_step(model, cache, capacity: int = 0) -> Callable | None:
-    """A function ``step(token_ids, position) -> logits`` continuing ``cache``, or None if unsupported.
+class StepMismatch(Exception):
+    """The model's cache or modules are not laid out as the step expects (a transformers change)."""
 
-    ``cache`` is the ``DynamicCache`` a prefill through ``model(...)`` filled; the step extends it in place.
-    ``capacity``: the positions the cache will reach (prompt plus new tokens), to allocate them once.
+
+def step_builder(model) -> Callable | None:
+    """The builder of ``model``'s fused step, or None where the model is not one the steps mirror.
+
+    Reads transformers' config attributes directly: one that is missing raises ``AttributeError``, which the
+    fast path turns into a warning and a fall-back to ``model.generate``.
     """
     if model.training or getattr(model, "hf_device_map", None):
         return None
-    builders = {"gpt2": gpt2_decode_step, "bloom": bloom_decode_step}
-    build = builders.get(model.config.model_type)
-    return build(model, cache, capacity) if build is not None else None
+    config = model.config
+    if config.model_type == "gpt2":
+        supported = config._attn_implementation == "sdpa" and not config.add_cross_attention
+        return gpt2_decode_step if supported else None
+    if config.model_type == "bloom":
+        return None if config.pretraining_tp > 1 and config.slow_but_exact else bloom_decode_step
+    return None
 
 
-class PreallocatedCache:
-    """The keys and values of a ``DynamicCache``, moved into buffers with room for ``capacity`` positions.
-
-    ``DynamicCache`` concatenates each new position onto the whole cache, copying every layer's keys and values
-    on every step; here a step writes one position and hands out views of the filled part. The views hold the
-    same values with the same layout within each head, and the ``DynamicCache`` layers are kept pointing at
-    them. A buffer that fills up is reallocated twice as large.
-    """
-
-    def __init__(self, cache, capacity: int):
-        self.cache = cache
-        self.buffers = [(self._buffer(layer.keys, capacity), self._buffer(layer.values, capacity))
-                        for layer in cache.layers]
-
-    def _buffer(self, filled, capacity: int):
-        buffer = filled.new_empty((*filled.shape[:-2], max(capacity, filled.shape[-2] + 1), filled.shape[-1]))
-        buffer[..., : filled.shape[-2], :] = filled
-        return buffer
-
-    def append(self, layer: int, key, value):
-        """Write one position's ``key`` and ``value`` (batch, heads, 1, head_dim); the layer's keys and values."""
-        cached = self.cache.layers[layer]
-        length = cached.keys.shape[-2]
-        keys, values = self.buffers[layer]
-        if length == keys.shape[-2]:
-            keys, values = self._buffer(keys, 2 * length), self._buffer(values, 2 * length)
-            self.buffers[layer] = keys, values
-        keys[..., length, :] = key[..., 0, :]
-        values[..., length, :] = value[..., 0, :]
-        cached.keys, cached.values = keys[..., : length + 1, :], values[..., : length + 1, :]
-        return cached.keys, cached.values
+def _check_layers(cache, layers: int) -> None:
+    if len(cache.layers) != layers:
+        raise StepMismatch(f"the cache has {len(cache.layers)} layers, the model {layers}")
 
 
-def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable | None:
-    """GPT-2's step: Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions."""
+def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable:
+    """GPT-2's step ``step(token_ids, position) -> logits``, continuing ``cache`` (a filled ``DynamicCache``,
+    extended in place): Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions.
+    ``capacity``: the positions the cache will reach, to allocate them once."""
     import torch
     import torch.nn.functional as F
 
     config = model.config
-    if (
-        config._attn_implementation != "sdpa"
-        or config.add_cross_attention
-        or len(cache.layers) != config.n_layer
-    ):
-        return None
+    _check_layers(cache, config.n_layer)
     transformer = model.transformer
     width, heads = config.n_embd, config.n_head
     head_dim = width // heads
@@ -110,7 +87,7 @@ def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable | None:
     return step
 
 
-def bloom_decode_step(model, cache, capacity: int = 0) -> Callable | None:
+def bloom_decode_step(model, cache, capacity: int = 0) -> Callable:
     """BLOOM's step: fused QKV, ALiBi bias added by ``baddbmm``, float32 softmax, BLOOM's tanh GELU.
 
     For one new token and no padding the causal mask is all zeros, and adding zeros changes nothing, so the
@@ -121,8 +98,7 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> Callable | None:
     from transformers.models.bloom.modeling_bloom import bloom_gelu_forward
 
     config = model.config
-    if (config.pretraining_tp > 1 and config.slow_but_exact) or len(cache.layers) != config.n_layer:
-        return None
+    _check_layers(cache, config.n_layer)
     transformer = model.transformer
     width, heads = config.hidden_size, config.n_head
     head_dim = width // heads
