@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,9 @@ from transformers import (  # noqa: E402
 from hftool.generation.batching import run_prompts  # noqa: E402
 from hftool.generation.decoding import Generator  # noqa: E402
 from hftool.generation.settings import DecodingSettings  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe, machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
 PROMPTS = [
@@ -242,9 +244,9 @@ def main() -> None:
     print_table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {"quick": args.quick, "new_tokens": new_tokens, "repeats": repeats,
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "machine": machine("bfloat16 and float32 (per row)"), "threads": torch.get_num_threads(),
             "load_average": os.getloadavg(), "wall_s": round(time.time() - started, 1)}
+    print("\n" + describe(meta["machine"]))
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {RESULTS} ({meta['wall_s']} s, {meta['threads']} threads, "
           f"load average {meta['load_average']})")

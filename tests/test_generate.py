@@ -496,6 +496,7 @@ def test_fused_step_gives_bit_identical_logits_to_the_forward(name, request):
         model.eval()
 
 
+@pytest.mark.cpu_features
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
 def test_bfloat16_greedy_equals_model_generate_and_restores_the_onednn_switch(name, request):
     """In bfloat16 the decode steps use ATen's matrix-vector kernel where the forward uses oneDNN's: the logits
