@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 
 # The tests that depend on the CPU's features, as on an AVX2-only CPU without native bf16 (e.g. AMD Zen 3).
 test-cpu-features: $(STAMP)
-	HFTOOL_SIMULATE_CPU=avx2 $(PY) -m pytest -m "cpu_features and not slow"
+	HFTOOL_SIMULATE_CPU=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -m "cpu_features and not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pretrain.py
