@@ -24,7 +24,6 @@ from hftool.errors import HftoolError
 T = TypeVar("T")
 
 
-
 def _packaged_recipes() -> Path:
     """The recipes shipped in the package (``hftool.recipe_files``, mapped onto the top-level ``recipes/`` folder).
 
@@ -208,12 +207,16 @@ def copy_new_file(source: Path, target: Path) -> None:
         raise HftoolError(f"{target}: already exists; choose another destination (nothing was overwritten)")
     if not target.parent.is_dir():
         raise HftoolError(f"{target}: folder {target.parent} does not exist; create it first")
+    data = source.read_bytes()
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        temp.write_bytes(source.read_bytes())
+        temp.write_bytes(data)
         os.link(temp, target)  # atomic and refuses an existing file, unlike a rename
     except FileExistsError:
         raise HftoolError(f"{target}: already exists; choose another destination (nothing was overwritten)") from None
+    except OSError:  # a file system without hard links: exclusive create, so still never an overwrite
+        with open(target, "xb") as fh:
+            fh.write(data)
     finally:
         temp.unlink(missing_ok=True)
 

@@ -16,7 +16,7 @@ SIMULATE_CPU_VAR = "HFTOOL_SIMULATE_CPU"
 # What each simulated CPU keeps of the real one's flags: "avx2" is an AVX2 + FMA machine without AVX-512 or
 # native bf16 (as AMD Zen 3). Set it before torch is imported to make the kernels match too (hftool/__init__.py).
 SIMULATED_CPUS = {"avx2": ("avx2", "fma", "avx", "sse4_2")}
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # bf16: Arm (Graviton 3, Neoverse V1+) in /proc/cpuinfo
 
 # How much slower bf16 runs than float32 where the CPU emulates it: benchmarks/bench_bf16.py on a 2-core AMD EPYC
 # (avx512_bf16) restricted to the kernels an AVX2-only CPU gets (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2):
@@ -49,7 +49,7 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """bf16 matrix products run natively (AVX512-BF16 or AMX on x86, Apple silicon); elsewhere they are emulated."""
+    """bf16 matrix products run natively (AVX512-BF16 or AMX on x86, Arm's BF16, Apple silicon); else emulated."""
     if simulated_cpu():
         return False
     if not os.path.exists("/proc/cpuinfo"):
