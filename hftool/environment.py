@@ -80,17 +80,21 @@ def bf16_supported() -> bool:
     return cpu_has_native_bf16()
 
 
-def check_bf16_pays(requested: str, allow_slow: bool) -> None:
-    """Refuse an explicit ``bf16`` on a CPU that would emulate it, unless the user insists (allow_slow)."""
+def check_bf16_pays(requested: str, allow_slow: bool, setting: str = "train.mixed_precision",
+                    insist: str | None = "train.allow_slow_bf16=true") -> None:
+    """Refuse an explicit ``bf16`` on a CPU that would emulate it, unless the user insists (allow_slow).
+
+    ``setting`` and ``insist`` name the flag as the user gave it (a recipe key or a command-line option).
+    """
     if requested != "bf16" or allow_slow or not on_cpu_only() or cpu_has_native_bf16():
         return
     from hftool.errors import HftoolError
 
     slow = EMULATED_BF16_SLOWDOWN
-    raise HftoolError(f"train.mixed_precision=bf16: this CPU lacks {missing_bf16_feature()}, so bf16 is emulated "
+    raise HftoolError(f"{setting}=bf16: this CPU lacks {missing_bf16_feature()}, so bf16 is emulated "
                       f"(matrix products {slow['matmul']:.0f}x, a small GPT-2 training step {slow['training step']}x "
-                      "slower than float32, measured); use train.mixed_precision=auto (or no), or "
-                      "train.allow_slow_bf16=true to insist")
+                      f"slower than float32, measured); use {setting}=auto (or no)"
+                      + (f", or {insist} to insist" if insist else ""))
 
 
 def bf16_inference_warning(dtype: str) -> str | None:

@@ -60,6 +60,13 @@ def test_explicit_bf16_is_refused_in_one_line_naming_setting_feature_and_fix(avx
     assert not out.exists()
 
 
+def test_evaluate_names_its_own_flag(avx2_cpu, tmp_path):
+    code, _, err = run_cli(["evaluate", "squad", "--model", str(tmp_path), "--file", str(tmp_path / "dev.json"),
+                            "--mixed-precision", "bf16"])
+    assert code != 0 and err.startswith("error: --mixed-precision=bf16: this CPU lacks native bf16"), err
+    assert "use --mixed-precision=auto (or no)" in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_engine_refuses_too_unless_the_user_insists(avx2_cpu, tmp_path, fresh_accelerator):
     with pytest.raises(HftoolError, match="allow_slow_bf16"):
         Engine(TrainConfig(mixed_precision="bf16", report_to="none"), tmp_path)
