@@ -1,6 +1,6 @@
 """A five-minute check of hftool on a CUDA machine: pretraining, SQuAD fine-tuning, decoding and DDP.
 
-    pip install -e . && python benchmarks/gpu_check.py        # on a GPU machine, from the repository root
+    pip install -e ".[dev]" && python benchmarks/gpu_check.py  # on a GPU machine, from the repository root
     python benchmarks/gpu_check.py --dry-run                     # anywhere: the same steps on the CPU, tiny shapes
 
 1. Pretrains GPT-2 small's shape (124M, 1024 tokens, micro-batch 8) for 50 steps in bf16 through hftool's engine

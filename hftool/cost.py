@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 WARN_ABOVE_S = 3600.0
+SLOW_CPU_FLOPS = 20e9  # below any multi-core CPU of the last decade: a run short at this speed needs no timing
 
 
 def matmul_flops_per_s(width: int, dtype) -> float:
@@ -63,10 +64,12 @@ def long_cpu_run_warning(recipe, name: str) -> str | None:
         if config is None:
             return None  # the run itself reports what is missing
     parameters = sum(p.numel() for p in meta_model(config, torch.float32).parameters())
+    tokens = train.max_steps * train.batch_size * train.grad_accum * recipe.data.block_size
+    if estimated_seconds(parameters, tokens, SLOW_CPU_FLOPS) <= WARN_ABOVE_S:
+        return None
     width = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 256)
     bf16 = resolve_mixed_precision(train.mixed_precision) == "bf16"
     flops = matmul_flops_per_s(width, torch.bfloat16 if bf16 else torch.float32)
-    tokens = train.max_steps * train.batch_size * train.grad_accum * recipe.data.block_size
     seconds = estimated_seconds(parameters, tokens, flops)
     if seconds <= WARN_ABOVE_S:
         return None
