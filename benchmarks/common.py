@@ -85,7 +85,8 @@ def machine(precision: str) -> dict:
     flags = cpu_flags()
     info = {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "isa": {flag: flag in flags for flag in ISA_FLAGS}, "precision": precision,
-            "torch": torch.__version__, "transformers": importlib.metadata.version("transformers")}
+            "torch": torch.__version__, "transformers": importlib.metadata.version("transformers"),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}  # others' jobs on a shared machine skew speed
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     emulation = {k: os.environ[k] for k in ("HFTOOL_SIMULATE_CPU", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
@@ -99,7 +100,8 @@ def describe(info: dict) -> str:
     """One printed line for :func:`machine`'s record."""
     isa = " ".join(flag for flag, present in info["isa"].items() if present) or "none of " + " ".join(ISA_FLAGS)
     text = (f"machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), ISA: {isa}; "
-            f"precision {info['precision']}; torch {info['torch']}, transformers {info['transformers']}")
+            f"precision {info['precision']}; torch {info['torch']}, transformers {info['transformers']}; "
+            f"load average {info['load_average'][0]}")
     if info.get("gpu"):
         text += f"; GPU {info['gpu']}"
     if info.get("emulation"):
