@@ -9,7 +9,7 @@ STAMP := $(VENV)/.hftool-installed
 TORCH_CPU ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow test-cpu-features bench gpu-check lint clean
 
 install: $(STAMP)
 
@@ -30,9 +30,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# The tests that depend on the CPU's features, as on an AVX2-only CPU without native bf16 (e.g. AMD Zen 3).
+test-cpu-features: $(STAMP)
+	HFTOOL_SIMULATE_CPU=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -m "cpu_features and not slow"
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pretrain.py
 	$(PY) benchmarks/bench_bert.py
+
+# On a CUDA machine, under 5 minutes: pretrain, SQuAD, decode and (2+ GPUs) DDP; one table and a JSON.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hftool tests benchmarks

@@ -20,7 +20,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, RESULTS, WIKITEXT_VALID, child_env, hftool_steps, require, run, trainer_steps, window_median
+from common import (
+    REPO,
+    RESULTS,
+    WIKITEXT_VALID,
+    child_env,
+    describe,
+    hftool_steps,
+    machine,
+    require,
+    run,
+    trainer_steps,
+    window_median,
+)
 
 DATA = WIKITEXT_VALID
 MODEL = ("{num_hidden_layers: 4, hidden_size: 256, num_attention_heads: 4, intermediate_size: 1024, "
@@ -147,6 +159,7 @@ def main() -> None:
         }
     ratio = summary["hftool"]["tokens_per_s"] / summary["trainer"]["tokens_per_s"]
     checkpoints = list(range(10, steps + 1, 10))
+    print(describe(machine(precision)))
     print(f"precision {precision}, batch {BATCH} x {BLOCK}, {num_pairs} training pairs, steps {first}-{steps}, "
           f"repeats {args.repeats}; accuracy on {len(held_out)} held-out pairs after {steps} steps")
     print(f"{'':10s} {'tokens/s':>10s} {'peak MB':>9s} {'MLM acc':>8s} {'NSP acc':>8s}   loss at steps {checkpoints}")
@@ -157,7 +170,7 @@ def main() -> None:
               f"{s['nsp_accuracy']:8.3f}   {losses}")
     print(f"ratio hftool / Trainer: {ratio:.2f}x")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bert.json").write_text(json.dumps({"precision": precision, "steps": steps, "ratio": ratio,
+    (RESULTS / "bert.json").write_text(json.dumps({"machine": machine(precision), "steps": steps, "ratio": ratio,
                                                     "training_pairs": num_pairs, "held_out_pairs": len(held_out),
                                                     **summary}, indent=2))
 

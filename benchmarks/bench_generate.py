@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +41,9 @@ from transformers import BloomConfig, BloomForCausalLM, GenerationConfig, GPT2Co
 from hftool.generation.decoding import Generator  # noqa: E402
 from hftool.generation.fastpath import matvec  # noqa: E402
 from hftool.generation.settings import DecodingSettings  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe, machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
 PROMPT = "The with statement is used to wrap the execution of a block"
@@ -214,10 +216,11 @@ def main() -> None:
             print_table(rows[-1:])
     print_table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"quick": args.quick, "repeats": repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    meta = {"quick": args.quick, "repeats": repeats, "threads": torch.get_num_threads(),
+            "machine": machine("float32 and bfloat16 (per row)"),
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "wall_s": round(time.time() - started, 1)}
+    print("\n" + describe(meta["machine"]))
     partial = RESULTS.with_name(RESULTS.name + ".partial")
     partial.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     os.replace(partial, RESULTS)

@@ -17,7 +17,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, RESULTS, WIKITEXT_VALID, child_env, hftool_steps, require, run, trainer_steps, window_median
+from common import (
+    REPO,
+    RESULTS,
+    WIKITEXT_VALID,
+    child_env,
+    describe,
+    hftool_steps,
+    machine,
+    require,
+    run,
+    trainer_steps,
+    window_median,
+)
 
 DATA = WIKITEXT_VALID
 HELD_OUT = DATA.with_name("wiki.test.nonblank.raw")
@@ -107,6 +119,7 @@ def main() -> None:
     baseline = max((name for name in summary if name != "hftool"), key=lambda name: summary[name]["tokens_per_s"])
     ratio = summary["hftool"]["tokens_per_s"] / summary[baseline]["tokens_per_s"]
     checkpoints = [s for s in range(10, steps + 1, 10)]
+    print(describe(machine(precision)))
     print(f"precision {precision}, batch 16 x 128, steps {first}-{steps}, repeats {args.repeats}")
     print(f"{'':16s} {'tokens/s':>9s} {'peak MB':>8s} {'held-out loss':>13s} {'train loss, last 20':>19s}   "
           f"train loss at steps {checkpoints}")
@@ -116,7 +129,7 @@ def main() -> None:
               f"{s['mean_loss_last_20']:19.3f}   {losses}")
     print(f"ratio hftool / {baseline}: {ratio:.2f}x")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pretrain.json").write_text(json.dumps({"precision": precision, "steps": steps, "ratio": ratio,
+    (RESULTS / "pretrain.json").write_text(json.dumps({"machine": machine(precision), "steps": steps, "ratio": ratio,
                                                         "baseline": baseline, **summary}, indent=2))
 
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, SHARED_DATA, child_env
+from common import REPO, RESULTS, SHARED_DATA, child_env, describe, machine
 
 DATA = SHARED_DATA / "squad"
 TRAIN_FILE = DATA / "train-v1.1-subset-44-articles.json"
@@ -146,12 +146,12 @@ def main() -> None:
     report = {
         "mode": "quick" if args.quick else "full" if settings == {**FULL, **SHARED} else "custom",
         "settings": settings, "precision": precision,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()},
+        "machine": {**machine(precision), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "hftool": hftool, "baseline": baseline, "ratios": ratios, "goals_met": goals,
     }
     (RESULTS / "squad.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(describe(report["machine"]))
     print(table(hftool, baseline))
     print(f"\nF1 difference {ratios['f1_minus_baseline']:+.2f}; training {ratios['train_speedup']:.2f}x, "
           f"evaluation {ratios['eval_speedup']:.2f}x; goals met: {goals}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -58,3 +59,51 @@ def trainer_steps(timing_file: Path) -> tuple[list[float], dict[int, float], flo
 def window_median(values: list[float], first: int, last: int) -> float:
     """Median of the per-step values for steps first+1..last (steps count from 1): leaves out warm-up steps."""
     return statistics.median(values[first:last])
+
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def machine(precision: str) -> dict:
+    """What a result depends on: CPU model, cores, the ISA flags that decide the kernels, precision, versions.
+
+    Every benchmark puts this in its JSON and prints it, so a figure always says which machine class it is from.
+    HFTOOL_SIMULATE_CPU / ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY are recorded when set, as they change the kernels.
+    """
+    import importlib.metadata
+
+    import torch
+
+    from hftool.environment import cpu_flags
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    flags = cpu_flags()
+    info = {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "isa": {flag: flag in flags for flag in ISA_FLAGS}, "precision": precision,
+            "torch": torch.__version__, "transformers": importlib.metadata.version("transformers"),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}  # others' jobs on a shared machine skew speed
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    emulation = {k: os.environ[k] for k in ("HFTOOL_SIMULATE_CPU", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+                 if os.environ.get(k)}
+    if emulation:
+        info["emulation"] = emulation
+    return info
+
+
+def describe(info: dict) -> str:
+    """One printed line for :func:`machine`'s record."""
+    isa = " ".join(flag for flag, present in info["isa"].items() if present) or "none of " + " ".join(ISA_FLAGS)
+    text = (f"machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), ISA: {isa}; "
+            f"precision {info['precision']}; torch {info['torch']}, transformers {info['transformers']}; "
+            f"load average {info['load_average'][0]}")
+    if info.get("gpu"):
+        text += f"; GPU {info['gpu']}"
+    if info.get("emulation"):
+        text += "; emulating " + " ".join(f"{k}={v}" for k, v in info["emulation"].items())
+    return text

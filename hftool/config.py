@@ -24,7 +24,20 @@ from hftool.errors import HftoolError
 
 T = TypeVar("T")
 
-RECIPES_DIR = Path(os.environ.get("HFTOOL_RECIPES", Path(__file__).resolve().parent.parent / "recipes"))
+
+def _packaged_recipes() -> Path:
+    """The recipes shipped in the package (``hftool.recipe_files``, mapped onto the top-level ``recipes/`` folder).
+
+    Found through ``importlib.resources`` so an editable install, ``pip install .`` and the wheel all read the
+    same files; wheels install unzipped, so the resource folder is a real directory.
+    """
+    from importlib.resources import files
+
+    return Path(str(files("hftool.recipe_files")))
+
+
+RECIPES_DIR = Path(os.environ["HFTOOL_RECIPES"]) if os.environ.get("HFTOOL_RECIPES") else _packaged_recipes()
+ACCELERATE_FOLDER = "accelerate"  # accelerate launch configs ship beside the recipes but are not recipes
 
 
 def _describe(tp: Any) -> str:
@@ -165,6 +178,8 @@ def find_recipe(name_or_path: str, prefer: str | None = None) -> Path:
     if path.is_file():
         return path
     candidates = sorted(RECIPES_DIR.glob(f"**/{name_or_path}.yaml")) if RECIPES_DIR.is_dir() else []
+    if not name_or_path.startswith(ACCELERATE_FOLDER + "/"):
+        candidates = [c for c in candidates if c.relative_to(RECIPES_DIR).parts[0] != ACCELERATE_FOLDER]
     if len(candidates) > 1 and prefer:
         own = [c for c in candidates if c.relative_to(RECIPES_DIR).parts[0] == prefer]
         candidates = own if len(own) == 1 else candidates
@@ -180,7 +195,36 @@ def find_recipe(name_or_path: str, prefer: str | None = None) -> Path:
 
 
 def list_recipes() -> list[Path]:
+    """Every recipe (not the accelerate configs), sorted."""
+    return [p for p in list_files() if p.relative_to(RECIPES_DIR).parts[0] != ACCELERATE_FOLDER]
+
+
+def list_accelerate_configs() -> list[Path]:
+    return [p for p in list_files() if p.relative_to(RECIPES_DIR).parts[0] == ACCELERATE_FOLDER]
+
+
+def list_files() -> list[Path]:
     return sorted(RECIPES_DIR.glob("**/*.yaml")) if RECIPES_DIR.is_dir() else []
+
+
+def copy_new_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary file and a link that fails if ``target`` exists."""
+    if target.exists():
+        raise HftoolError(f"{target}: already exists; choose another destination (nothing was overwritten)")
+    if not target.parent.is_dir():
+        raise HftoolError(f"{target}: folder {target.parent} does not exist; create it first")
+    data = source.read_bytes()
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        temp.write_bytes(data)
+        os.link(temp, target)  # atomic and refuses an existing file, unlike a rename
+    except FileExistsError:
+        raise HftoolError(f"{target}: already exists; choose another destination (nothing was overwritten)") from None
+    except OSError:  # a file system without hard links: exclusive create, so still never an overwrite
+        with open(target, "xb") as fh:
+            fh.write(data)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def read_yaml(path: Path) -> dict:

@@ -12,6 +12,63 @@ from hftool.hub import hub_reachable, offline_mode
 PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "accelerate", "evaluate", "safetensors")
 
 
+SIMULATE_CPU_VAR = "HFTOOL_SIMULATE_CPU"
+# What each simulated CPU keeps of the real one's flags: "avx2" is an AVX2 + FMA machine without AVX-512 or
+# native bf16 (as AMD Zen 3). Set it before torch is imported to make the kernels match too (hftool/__init__.py).
+SIMULATED_CPUS = {"avx2": ("avx2", "fma", "avx", "sse4_2")}
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # bf16: Arm (Graviton 3, Neoverse V1+) in /proc/cpuinfo
+
+# How much slower bf16 runs than float32 where the CPU emulates it: benchmarks/bench_bf16.py on a 2-core AMD EPYC
+# (avx512_bf16) restricted to the kernels an AVX2-only CPU gets (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2):
+# a 1024x1024 product and a 4-layer x 256 GPT-2 training step (benchmarks/recorded/bf16-emulation-*.json).
+EMULATED_BF16_SLOWDOWN = {"matmul": 35.0, "training step": 4.5}
+
+
+def simulated_cpu() -> str | None:
+    """The CPU named by HFTOOL_SIMULATE_CPU (tests and CI run as if on that machine), or None."""
+    name = os.environ.get(SIMULATE_CPU_VAR, "").strip().lower()
+    if not name:
+        return None
+    if name not in SIMULATED_CPUS:
+        from hftool.errors import HftoolError
+
+        raise HftoolError(f"{SIMULATE_CPU_VAR}={name}: unknown CPU; use one of {', '.join(SIMULATED_CPUS)}")
+    return name
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (/proc/cpuinfo), less those HFTOOL_SIMULATE_CPU takes away."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            line = next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        line = ""
+    flags = set(line.partition(":")[2].split())
+    simulated = simulated_cpu()
+    return flags & set(SIMULATED_CPUS[simulated]) if simulated else flags
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 matrix products run natively (AVX512-BF16 or AMX on x86, Arm's BF16, Apple silicon); else emulated."""
+    if simulated_cpu():
+        return False
+    if not os.path.exists("/proc/cpuinfo"):
+        return platform.machine() == "arm64"  # Apple silicon supports bf16 matmul
+    return bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+
+
+def missing_bf16_feature() -> str:
+    """The CPU feature whose absence makes bf16 slow, for messages and skip reasons."""
+    return "native bf16 (avx512_bf16 or amx_bf16)"
+
+
+def on_cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available() and importlib.util.find_spec("torch_xla") is None \
+        and not torch.backends.mps.is_available()
+
+
 def bf16_supported() -> bool:
     """bf16 is worth using: a CUDA card that supports it, a TPU, or a CPU with native bf16 instructions."""
     import torch
@@ -20,16 +77,33 @@ def bf16_supported() -> bool:
         return torch.cuda.is_bf16_supported()
     if importlib.util.find_spec("torch_xla") is not None:
         return True
-    return bool(getattr(torch.backends, "cpu", None)) and _cpu_has_native_bf16()
+    return cpu_has_native_bf16()
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
-    except OSError:
-        return platform.machine() == "arm64"  # Apple silicon supports bf16 matmul
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def check_bf16_pays(requested: str, allow_slow: bool, setting: str = "train.mixed_precision",
+                    insist: str | None = "train.allow_slow_bf16=true") -> None:
+    """Refuse an explicit ``bf16`` on a CPU that would emulate it, unless the user insists (allow_slow).
+
+    ``setting`` and ``insist`` name the flag as the user gave it (a recipe key or a command-line option).
+    """
+    if requested != "bf16" or allow_slow or not on_cpu_only() or cpu_has_native_bf16():
+        return
+    from hftool.errors import HftoolError
+
+    slow = EMULATED_BF16_SLOWDOWN
+    raise HftoolError(f"{setting}=bf16: this CPU lacks {missing_bf16_feature()}, so bf16 is emulated "
+                      f"(matrix products {slow['matmul']:.0f}x, a small GPT-2 training step {slow['training step']}x "
+                      f"slower than float32, measured); use {setting}=auto (or no)"
+                      + (f", or {insist} to insist" if insist else ""))
+
+
+def bf16_inference_warning(dtype: str) -> str | None:
+    """A warning for ``--dtype bfloat16`` on a CPU that emulates bf16, or None where it runs natively."""
+    if dtype != "bfloat16" or not on_cpu_only() or cpu_has_native_bf16():
+        return None
+    return (f"warning: --dtype bfloat16: this CPU lacks {missing_bf16_feature()}; bf16 matrix products are "
+            f"emulated, {EMULATED_BF16_SLOWDOWN['matmul']:.0f}x slower than float32 (measured); "
+            "--dtype float32 is faster here")
 
 
 def resolve_mixed_precision(requested: str) -> str:
@@ -71,6 +145,10 @@ def describe_environment() -> dict[str, str]:
     info["mps"] = "available" if torch.backends.mps.is_available() else "not available"
     info["xla/tpu"] = "torch_xla installed" if importlib.util.find_spec("torch_xla") else "not available"
     info["cpu threads"] = str(torch.get_num_threads())
+    flags = cpu_flags()
+    info["cpu features"] = " ".join(f for f in ("avx2", "avx512f", *NATIVE_BF16_FLAGS) if f in flags) or "none"
+    if simulated_cpu():
+        info["cpu features"] += f" (simulated by {SIMULATE_CPU_VAR}={simulated_cpu()})"
     info["bf16 usable"] = "yes" if bf16_supported() else "no"
     info["mixed_precision=auto"] = resolve_mixed_precision("auto")
     info["accelerate config"] = accelerate_config_in_force()

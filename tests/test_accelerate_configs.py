@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import REPO, tiny_pretrain_args
 
+from hftool.config import list_accelerate_configs
 from hftool.errors import HftoolError
 from hftool.launch import check_accelerate_config
 
-CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+CONFIGS = list_accelerate_configs()  # as shipped in the package
 EXPECTED = {"single-gpu": "NO", "multi-gpu": "MULTI_GPU", "multi-node": "MULTI_GPU", "fsdp": "FSDP",
             "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED", "tpu": "XLA"}
 
@@ -36,10 +37,10 @@ def test_config_loads_and_is_supported(path):
 def test_fsdp_wraps_transformer_blocks_and_deepspeed_stages():
     import yaml
 
-    fsdp = yaml.safe_load((REPO / "configs/accelerate/fsdp.yaml").read_text())["fsdp_config"]
+    fsdp = yaml.safe_load((REPO / "recipes/accelerate/fsdp.yaml").read_text())["fsdp_config"]
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
     for stage in (2, 3):
-        ds = yaml.safe_load((REPO / f"configs/accelerate/deepspeed-zero{stage}.yaml").read_text())["deepspeed_config"]
+        ds = yaml.safe_load((REPO / f"recipes/accelerate/deepspeed-zero{stage}.yaml").read_text())["deepspeed_config"]
         assert ds["zero_stage"] == stage
 
 
@@ -64,7 +65,7 @@ def test_engine_finds_the_block_class_fsdp_wraps(tiny_gpt2, tiny_bloom, tiny_ber
 
 def test_unsupported_config_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((REPO / "configs/accelerate/fsdp.yaml").read_text().replace("TRANSFORMER_BASED_WRAP", "NO_WRAP"))
+    bad.write_text((REPO / "recipes/accelerate/fsdp.yaml").read_text().replace("TRANSFORMER_BASED_WRAP", "NO_WRAP"))
     with pytest.raises(HftoolError, match="fsdp_auto_wrap_policy NO_WRAP"):
         check_accelerate_config(str(bad))
 

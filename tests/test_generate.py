@@ -465,6 +465,7 @@ def test_a_model_that_is_not_a_causal_lm_is_named(tiny_bert):
     assert "not a causal language model" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.cpu_features
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
 def test_bfloat16_greedy_equals_model_generate_and_restores_the_onednn_switch(name, request):
     """In bfloat16 the decode steps use ATen's matrix-vector kernel where the forward uses oneDNN's: the logits

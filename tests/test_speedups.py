@@ -147,6 +147,7 @@ def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(monkeypatch,
         assert torch.allclose(linear_cross_entropy_sum(hidden, weight, targets), expected, rtol=1e-6)
 
 
+@pytest.mark.cpu_features
 def test_linear_cross_entropy_under_bf16_autocast_matches_autocast_linear():
     torch.manual_seed(0)
     hidden = torch.randn(64, 32, requires_grad=True)

@@ -44,11 +44,13 @@ def squad(
       accelerate launch -m hftool evaluate squad --model runs/squad-bert-base --file dev-v1.1.json
     """
     from hftool.data.squad import WindowSettings
+    from hftool.environment import check_bf16_pays
     from hftool.errors import HftoolError
     from hftool.tasks.squad import run_evaluate_squad
 
     if mixed_precision not in ("no", "fp16", "bf16", "auto"):
         raise HftoolError(f"--mixed-precision={mixed_precision} is not one of: no, fp16, bf16, auto")
+    check_bf16_pays(mixed_precision, False, setting="--mixed-precision", insist=None)
     settings = WindowSettings(max_length, doc_stride, max_answer_length, n_best, prefix="--")
     metrics = run_evaluate_squad(model, file, output_dir, settings, batch_size, mixed_precision, strict,
                                  max_examples, overwrite)

@@ -50,6 +50,7 @@ def squad(
       accelerate launch -m hftool finetune squad -r squad-bert-base --resume
     """
     from hftool.config import load_recipe
+    from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
     from hftool.tasks.squad import SquadRecipe, run_finetune_squad
 
@@ -58,5 +59,6 @@ def squad(
     if strict:
         extra.append("data.strict=true")
     config = load_recipe(SquadRecipe, recipe, (overrides or []) + extra)
+    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
     relaunch(num_processes)
     run_finetune_squad(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
@@ -38,10 +40,17 @@ def pretrain(
       accelerate launch --multi_gpu --num_processes 8 -m hftool pretrain -r gpt2-small
     """
     from hftool.config import load_recipe
-    from hftool.launch import relaunch
+    from hftool.cost import long_cpu_run_warning
+    from hftool.environment import check_bf16_pays
+    from hftool.launch import launched_by_a_distributed_launcher, relaunch
     from hftool.tasks.pretrain import PretrainRecipe, run_pretrain
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
     config.validate()
+    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
     relaunch(num_processes)
+    if not launched_by_a_distributed_launcher() or os.environ.get("RANK", "0") == "0":
+        warning = long_cpu_run_warning(config, recipe)
+        if warning:
+            typer.echo(warning, err=True)
     run_pretrain(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

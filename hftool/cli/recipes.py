@@ -8,18 +8,22 @@ import typer
 
 from hftool import config as cfg
 
-app = typer.Typer(help="List, show and validate recipes (YAML configs in recipes/).", no_args_is_help=True)
+app = typer.Typer(help="List, show, copy and validate recipes (YAML configs shipped in the package).",
+                  no_args_is_help=True)
 
 
 @app.command("ls")
 def ls() -> None:
-    """List every recipe shipped in recipes/ with its command.
+    """List every shipped recipe with its command, then the shipped accelerate configs.
 
     Example: hftool recipes ls
     """
     for path in cfg.list_recipes():
         name = path.relative_to(cfg.RECIPES_DIR).with_suffix("")
         typer.echo(f"{str(name):40s} hftool {cfg.recipe_command(path)} --recipe {name}")
+    for path in cfg.list_accelerate_configs():
+        name = path.relative_to(cfg.RECIPES_DIR).with_suffix("")
+        typer.echo(f"{str(name):40s} accelerate launch --config_file {path} -m hftool ...")
 
 
 @app.command("show")
@@ -29,6 +33,21 @@ def show(name: str = typer.Argument(..., help="Recipe name (gpt2-tiny, pretrain/
     Example: hftool recipes show gpt2-tiny
     """
     typer.echo(cfg.find_recipe(name).read_text(encoding="utf-8"), nl=False)
+
+
+@app.command("cp")
+def cp(
+    name: str = typer.Argument(..., help="Recipe name (gpt2-tiny, pretrain/gpt2-tiny, accelerate/fsdp)."),
+    dest: Path = typer.Argument(..., help="File to write, or an existing folder to write NAME.yaml into."),
+) -> None:
+    """Copy a shipped recipe out for editing; an existing file is never overwritten.
+
+    Example: hftool recipes cp gpt2-small my-gpt2.yaml && hftool pretrain -r my-gpt2.yaml
+    """
+    source = cfg.find_recipe(name)
+    target = dest / source.name if dest.is_dir() else dest
+    cfg.copy_new_file(source, target)
+    typer.echo(f"wrote {target}")
 
 
 @app.command("validate")

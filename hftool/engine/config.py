@@ -32,6 +32,7 @@ class TrainConfig:
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
+    allow_slow_bf16: bool = False  # run an explicit bf16 even on a CPU that emulates it (refused otherwise)
     eval_every: int = 0  # optimizer steps between evaluations; 0 evaluates only at the end
     eval_max_batches: int | None = None  # cap on evaluation batches (None: the whole validation split)
     eval_batch_size: int | None = None  # defaults to batch_size

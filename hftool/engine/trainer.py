@@ -88,7 +88,7 @@ class Engine:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
-        from hftool.environment import resolve_mixed_precision
+        from hftool.environment import check_bf16_pays, resolve_mixed_precision
 
         self.config = config
         self.output_dir = Path(output_dir)
@@ -99,6 +99,7 @@ class Engine:
         from hftool.launch import check_launch_matches_hardware
 
         check_launch_matches_hardware()
+        check_bf16_pays(config.mixed_precision, config.allow_slow_bf16)
         self.mixed_precision = resolve_mixed_precision(config.mixed_precision)
         launched_world = int(os.environ.get("WORLD_SIZE", "1"))
         try:

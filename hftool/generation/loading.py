@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from hftool.errors import HftoolError
 from hftool.generation.settings import ModelSettings
 from hftool.hub import resolve_model
@@ -54,6 +56,12 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model"):
         )
     ref = resolve_model(settings.name, flag)
     import torch
+
+    from hftool.environment import bf16_inference_warning
+
+    warning = bf16_inference_warning(settings.dtype)
+    if warning:
+        print(warning, file=sys.stderr)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from hftool.model_loading import load_pretrained, load_with_head
