@@ -71,7 +71,10 @@ class TrainResult:
 
 
 class Engine(Processes):
-    """Owns the :class:`accelerate.Accelerator` and runs :meth:`fit` for any :class:`TrainingTask`."""
+    """Owns the :class:`accelerate.Accelerator` and runs :meth:`fit` for any :class:`TrainingTask`.
+
+    ``batch_size`` is each process's micro-batch: ``train.batch_size``, or the share of ``train.global_batch_size``.
+    """
 
     def __init__(self, config: TrainConfig, output_dir: str | Path):
         self.config = config
