@@ -89,7 +89,7 @@ def activation_bytes(config, batch_size: int, seq_len: int, dtype: torch.dtype) 
 
 def largest_block_parameters(model: torch.nn.Module) -> int:
     """Parameters of the biggest transformer block: what FSDP / ZeRO-3 gather at once."""
-    from hftool.engine.trainer import transformer_block_classes
+    from hftool.engine.distributed import transformer_block_classes  # imports accelerate: only when sharding
 
     names = set(transformer_block_classes(model))
     blocks = [m for m in model.modules() if type(m).__name__ in names]

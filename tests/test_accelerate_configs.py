@@ -48,7 +48,7 @@ def test_engine_finds_the_block_class_fsdp_wraps(tiny_gpt2, tiny_bloom, tiny_ber
     """TRANSFORMER_BASED_WRAP without class names: the engine gives FSDP each model's own block class."""
     from transformers import AutoModelForCausalLM, BertForPreTraining
 
-    from hftool.engine.trainer import transformer_block_classes
+    from hftool.engine.distributed import transformer_block_classes
 
     assert transformer_block_classes(AutoModelForCausalLM.from_pretrained(tiny_gpt2)) == ["GPT2Block"]
     assert transformer_block_classes(AutoModelForCausalLM.from_pretrained(tiny_bloom)) == ["BloomBlock"]

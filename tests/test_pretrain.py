@@ -63,12 +63,12 @@ def test_accumulation_equals_one_big_batch(tmp_path):
 
 def test_releasing_freed_memory_keeps_the_training_identical(tmp_path, monkeypatch):
     """train.release_memory_every=N calls glibc's malloc_trim every N steps and changes no weight."""
-    from hftool.engine import trainer
+    from hftool.engine import heap
 
-    trim = trainer._glibc_malloc_trim()
+    trim = heap.glibc_malloc_trim()
     assert trim is not None and trim(0) in (0, 1)  # glibc here: the real function answers
     calls = []
-    monkeypatch.setattr(trainer, "_glibc_malloc_trim", lambda: lambda pad: calls.append(pad) or trim(pad))
+    monkeypatch.setattr(heap, "glibc_malloc_trim", lambda: lambda pad: calls.append(pad) or trim(pad))
     data = np.random.default_rng(0).integers(0, 50, size=(64, 12)).astype(np.int32)
     plain = _train(tmp_path, "plain", data, batch_size=8, max_steps=4)
     assert calls == []

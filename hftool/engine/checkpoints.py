@@ -13,6 +13,9 @@ Resuming verifies the newest complete checkpoint against its manifest and checks
 one that fails is skipped, with the reason, and moved aside (``rejected-step-...``) so rotation never keeps it
 in place of a good one. Sharded engines (FSDP, DeepSpeed) keep their model and optimizer shards in their
 libraries' own formats, written and read by Accelerate.
+
+:class:`Checkpointer` saves and resumes a run across all its processes. The file is one cohesive thing, the
+checkpoint from its format to its use, hence its length.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import safetensors.torch
 import torch
+from safetensors import safe_open
 
 from hftool.errors import HftoolError
 
@@ -210,10 +216,8 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     with writing(path):
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
+        safetensors.torch.save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
         with path.open("rb") as fh:
             os.fsync(fh.fileno())
 
@@ -246,8 +250,6 @@ def read_json(path: Path) -> Any:
 
 
 def _tensor_names(path: Path) -> list[str]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     with reading(path), safe_open(str(path), framework="pt") as fh:
@@ -255,29 +257,23 @@ def _tensor_names(path: Path) -> list[str]:
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     with reading(path):
-        return load_file(str(path))
+        return safetensors.torch.load_file(str(path))
 
 
 # ---- the training state -------------------------------------------------------------------------------
 def save_model(model: torch.nn.Module, folder: Path) -> None:
-    from safetensors.torch import save_model as save
-
     path = folder / MODEL_FILE
     with writing(path):
-        save(model, str(path))
+        safetensors.torch.save_model(model, str(path))
 
 
 def load_model(model: torch.nn.Module, folder: Path) -> None:
-    from safetensors.torch import load_model as load
-
     path = folder / MODEL_FILE
     with reading(path):
-        load(model, str(path), strict=True, device=str(next(model.parameters()).device))
+        safetensors.torch.load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
@@ -306,8 +302,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 
 
 def save_rng(folder: Path, rank: int) -> None:
-    import numpy as np
-
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -319,8 +313,6 @@ def save_rng(folder: Path, rank: int) -> None:
 
 
 def load_rng(folder: Path, rank: int) -> None:
-    import numpy as np
-
     tensors = read_tensors(folder / f"rng-{rank}.safetensors")
     plain = read_json(folder / f"rng-{rank}.json")
     with reading(folder / f"rng-{rank}.safetensors"):
@@ -360,3 +352,128 @@ def load_scaler(scaler, folder: Path) -> None:
     state = read_json(folder / SCALER_FILE)
     with reading(folder / SCALER_FILE):
         scaler.load_state_dict(state)
+
+
+# ---- saving and resuming a run across its processes -----------------------------------------------------
+class Checkpointer:
+    """Saves and resumes a run's training state on every process, through the run's Accelerator.
+
+    ``settings`` (processes, batch size, accumulation, seed) are stored in each checkpoint; resuming with other
+    values warns, or refuses with ``strict``, because the data order and so the results differ.
+    """
+
+    def __init__(self, accelerator, folder: Path, keep: int, settings: dict[str, int], sharded: bool):
+        self.accelerator, self.folder, self.keep = accelerator, folder, keep
+        self.settings, self.sharded = settings, sharded
+        self.is_main = accelerator.is_main_process
+        self.say = accelerator.print
+
+    def save(self, step: int, epoch: int, model, optimizer, scheduler) -> Path:
+        """Write a checkpoint atomically: temporary folder, manifest, marker last, rename, then rotate old ones.
+
+        A full disk (on any process) removes the temporary folder, keeps every earlier checkpoint and ends the
+        run with one line naming the device and the file.
+        """
+        final = self.folder / f"{CHECKPOINT_PREFIX}{step:08d}"
+        tmp = self.folder / f"{TMP_PREFIX}{step:08d}"
+        error = None
+        try:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                with writing(tmp):
+                    tmp.mkdir(parents=True)
+        except HftoolError as exc:
+            error = exc
+        self._raise_if_any_failed(error, tmp)
+        try:
+            self._write_training_state(tmp, model, optimizer, scheduler)
+        except HftoolError as exc:
+            error = exc
+        self._raise_if_any_failed(error, tmp)
+        try:
+            if self.is_main:
+                write_json(tmp / STATE_FILE, {"global_step": step, "epoch": epoch, **self.settings})
+                write_manifest(tmp)
+                write_synced(tmp / COMPLETE_MARKER, f"step {step}\n")
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                for old in complete_checkpoints(self.folder)[:-self.keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+        except HftoolError as exc:
+            error = exc
+        self._raise_if_any_failed(error, tmp)
+        return final
+
+    def resume(self, model, optimizer, scheduler, strict: bool) -> int | None:
+        """Load the newest checkpoint that verifies and return its step; None when there is none."""
+        checkpoint = self._choose(strict)
+        if checkpoint is None:
+            self.say(f"no complete checkpoint in {self.folder}; starting from step 0")
+            return None
+        state = read_json(checkpoint / STATE_FILE)
+        self._check_compatible(state, strict)
+        self._load(checkpoint, model, optimizer, scheduler)
+        self.say(f"resumed from {checkpoint} (step {state['global_step']})")
+        return state["global_step"]
+
+    def _write_training_state(self, folder: Path, model, optimizer, scheduler) -> None:
+        """Model, optimizer and scheduler (main process), and every process's random states."""
+        if self.sharded:  # the shards are the libraries' own format; Accelerate writes them
+            self.accelerator.save_state(str(folder))
+        elif self.is_main:
+            save_model(self.accelerator.unwrap_model(model), folder)
+            save_optimizer(optimizer, folder)
+        if self.is_main:
+            save_scheduler(scheduler, folder)
+            if self.accelerator.scaler is not None:
+                save_scaler(self.accelerator.scaler, folder)
+        save_rng(folder, self.accelerator.process_index)
+
+    def _raise_if_any_failed(self, error: HftoolError | None, tmp: Path) -> None:
+        """Every process learns whether any failed, so none waits forever for one that stopped."""
+        flag = torch.tensor(0.0 if error is None else 1.0).to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if flag.item() <= 0:
+            return
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise error or HftoolError(f"checkpoint {tmp.name} not saved: another process failed writing it")
+
+    def _choose(self, strict: bool) -> Path | None:
+        """The newest checkpoint that verifies (see :func:`choose_checkpoint`); skipped ones are moved aside by
+        the main process once every process has made the same choice."""
+        if self.is_main:
+            for partial in remove_partial_checkpoints(self.folder):
+                self.say(f"removed {partial}, a checkpoint whose writing never finished")
+        self.accelerator.wait_for_everyone()
+        chosen = choose_checkpoint(self.folder, strict, self.say)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            newer = [p for p in complete_checkpoints(self.folder)
+                     if chosen is None or checkpoint_step(p) > checkpoint_step(chosen)]
+            for checkpoint in newer:
+                self.say(f"moved the skipped checkpoint to {set_aside(checkpoint)}")
+        self.accelerator.wait_for_everyone()
+        return chosen
+
+    def _load(self, folder: Path, model, optimizer, scheduler) -> None:
+        if self.sharded:
+            self.accelerator.load_state(str(folder))
+        else:
+            load_model(self.accelerator.unwrap_model(model), folder)
+            load_optimizer(optimizer, folder)
+        load_scheduler(scheduler, folder)
+        if self.accelerator.scaler is not None:
+            load_scaler(self.accelerator.scaler, folder)
+        load_rng(folder, self.accelerator.process_index)
+
+    def _check_compatible(self, state: dict, strict: bool) -> None:
+        changed = [f"{k}: {state.get(k)} -> {v}" for k, v in self.settings.items() if state.get(k) != v]
+        if not changed:
+            return
+        message = "resuming with changed settings (" + "; ".join(changed) + "): data order and results differ"
+        if strict:
+            raise HftoolError(message + "; drop --strict-resume to accept, or restore the settings")
+        self.say(f"warning: {message}")

@@ -8,12 +8,15 @@ from typing import Literal
 from hftool.errors import HftoolError
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train, independent of the task.
 
     Batch sizes are per process and per micro-batch: the global batch of one optimizer step is
     ``batch_size * grad_accum * num_processes`` examples.
+
+    Read-only: the engine keeps what it resolves (the per-process batch size from ``global_batch_size``) on
+    itself, and a command that needs other values builds a new config with ``dataclasses.replace``.
     """
 
     output_dir: str = "runs/out"
@@ -42,7 +45,6 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (worth it on GPUs; small gains on CPU)
     fast_cpu_dropout: bool = True  # on CPU, draw dropout masks 16 bits per element (hftool/engine/cpu_dropout.py)
     release_memory_every: int = 0  # on CPU/glibc, malloc_trim every N steps: less RSS with varying shapes, slower
-    num_workers: int = 0  # DataLoader worker processes
     report_to: Literal["tensorboard", "none"] = "tensorboard"
 
     def validate(self) -> None:
@@ -53,7 +55,7 @@ class TrainConfig:
                 raise HftoolError(f"train.{name}={value} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise HftoolError(f"train.max_steps={self.max_steps} must be at least 1 (or null to use epochs)")
-        for name in ("eval_every", "save_every", "warmup_steps", "num_workers", "release_memory_every"):
+        for name in ("eval_every", "save_every", "warmup_steps", "release_memory_every"):
             if getattr(self, name) < 0:
                 raise HftoolError(f"train.{name} must be 0 or more")
         if self.lr <= 0:

@@ -199,8 +199,8 @@ def setup_bert_pretraining(recipe, engine, out, resume: bool):
         from hftool.tasks.pretrain import write_final_artifacts
 
         standard = as_standard_model(trained)
-        write_final_artifacts(standard, tokenizer, folder, summary, model_card(recipe, summary, "fill-mask"),
-                              state_dict)
+        card = model_card(recipe, summary, "fill-mask", engine.batch_size)
+        write_final_artifacts(standard, tokenizer, folder, summary, card, state_dict)
         print_fill_mask_sample(standard, tokenizer, sample_text)
 
     return PretrainJob(model=model, train_data=train_data, task=BertPretrainingTask(tokenizer.pad_token_id,

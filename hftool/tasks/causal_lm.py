@@ -131,8 +131,8 @@ def setup_causal_lm(recipe, engine, out, resume: bool):
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             do_sample=True, top_k=50, top_p=0.95, max_new_tokens=64,
         )
-        write_final_artifacts(trained, tokenizer, folder, summary, model_card(recipe, summary, "text-generation"),
-                              state_dict)
+        card = model_card(recipe, summary, "text-generation", engine.batch_size)
+        write_final_artifacts(trained, tokenizer, folder, summary, card, state_dict)
         print_sample(trained, tokenizer, docs.validation[0] if docs.validation else "", recipe.train.seed)
 
     task = CausalLMTask(eval_blocks, fused_head=fused_head_applies(model, engine))
@@ -157,8 +157,10 @@ def print_sample(model, tokenizer, text: str, seed: int, prompt_words: int = 6, 
     return sample
 
 
-def model_card(recipe, summary: dict, pipeline_tag: str) -> str:
-    """A short model card: what was trained on what, the metrics, and how to load it without hftool."""
+def model_card(recipe, summary: dict, pipeline_tag: str, batch_size: int) -> str:
+    """A short model card: what was trained on what, the metrics, and how to load it without hftool.
+
+    ``batch_size`` is the engine's per-process batch (resolved from ``train.global_batch_size`` when set)."""
     metrics = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                         for k, v in summary.items())
     shape = recipe.model.init_from or ", ".join(f"{k}={v}" for k, v in recipe.model.config.items()) or "defaults"
@@ -172,7 +174,7 @@ tags: [hftool, {recipe.model.architecture}, {recipe.objective}]
 
 - Objective: `{recipe.objective}`; architecture `{recipe.model.architecture}` ({shape}).
 - Data: {recipe.data.describe()}; block size {recipe.data.block_size}.
-- Training: {summary.get('steps')} optimizer steps, lr {recipe.train.lr}, batch {recipe.train.batch_size} x
+- Training: {summary.get('steps')} optimizer steps, lr {recipe.train.lr}, batch {batch_size} x
   accumulation {recipe.train.grad_accum}, mixed precision `{recipe.train.mixed_precision}`.
 - The full recipe is in `hftool_recipe.yaml`; per-step metrics in `metrics.jsonl`.
 

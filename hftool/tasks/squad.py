@@ -317,7 +317,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     check_windows_fit(train_examples + eval_examples, tokenizer, settings)
 
     out = Path(recipe.train.output_dir).expanduser()
-    engine = Engine(replace(recipe.train), out)
+    engine = Engine(recipe.train, out)
     if engine.is_main:
         prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite, shape_fields=("model.",))
     engine.wait()
@@ -334,12 +334,11 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
                           trained_head=False)
     task = SquadTask(settings, train_windows.pad_token_id, eval_examples, eval_windows, metric,
                      data.pad_to_max_length, data.pad_to_multiple_of)
-    steps_per_epoch = engine.steps_per_epoch(len(train_windows))
-    if recipe.eval_each_epoch and engine.config.eval_every == 0:
-        engine.config.eval_every = steps_per_epoch
+    each_epoch = recipe.eval_each_epoch and recipe.train.eval_every == 0
     result = engine.fit(model, train_windows, task, resume=resume, strict_resume=strict_resume,
                         tracker_config=cfgmod.to_dict(recipe),
-                        lengths=train_windows.lengths if data.group_by_length else None)
+                        lengths=train_windows.lengths if data.group_by_length else None,
+                        eval_every=engine.steps_per_epoch(len(train_windows)) if each_epoch else None)
 
     trained_steps = result.steps - (result.resumed_from or 0)
     in_loop_evals = task.eval_seconds if result.interrupted else task.eval_seconds[:-1]
