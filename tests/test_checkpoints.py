@@ -226,3 +226,84 @@ def test_a_forged_manifest_entry_cannot_escape_the_checkpoint(finished_run, tmp_
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="invalid entry"):
         verify_checkpoint(checkpoint)
+
+
+# ---- sharded (FSDP / DeepSpeed) checkpoints: the libraries' own formats, read by Accelerate --------------
+def _dcp_checkpoint(folder):
+    """A real torch.distributed.checkpoint folder (``.metadata`` + ``.distcp``), as FSDP's sharded state dict is."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": {"w": torch.randn(3, 4), "b": torch.zeros(4, dtype=torch.bfloat16)}, "step": 3,
+             "optim": {"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save(state, checkpoint_id=str(folder))
+    return state
+
+
+class _ShardedAccelerator:
+    """What Accelerate's load_state does with FSDP / DeepSpeed shards: DCP's pickle.load of ``.metadata`` and
+    torch.load(weights_only=False) of the ``.bin`` / ``.pt`` files."""
+
+    is_main_process, process_index, num_processes, scaler = True, 0, 1, None
+
+    def __init__(self):
+        self.loaded = {}
+
+    def print(self, *args):
+        pass
+
+    def load_state(self, folder):
+        from pathlib import Path
+
+        from torch.distributed.checkpoint import FileSystemReader
+
+        for path in sorted(Path(folder).rglob("*")):
+            if path.name == ".metadata":
+                self.loaded[path.name] = FileSystemReader(str(path.parent)).read_metadata()
+            elif path.suffix in (".bin", ".pt"):
+                self.loaded[path.name] = torch.load(path, weights_only=False)
+
+
+def test_a_real_dcp_metadata_and_plain_torch_shards_pass(tmp_path):
+    from hftool.engine.checkpoints import check_pickles, weights_only_loads
+
+    state = _dcp_checkpoint(tmp_path / "ckpt")
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "ckpt" / "pytorch_model_fsdp.bin")
+    (tmp_path / "ckpt" / "latest").write_text("global_step4")  # DeepSpeed's text pointer: not a pickle
+    check_pickles(tmp_path / "ckpt")
+    accelerator = _ShardedAccelerator()
+    with weights_only_loads(tmp_path / "ckpt"):
+        accelerator.load_state(tmp_path / "ckpt")
+    assert sorted(accelerator.loaded[".metadata"].state_dict_metadata) == sorted(
+        ["model.w", "model.b", "step", "optim.state.0.exp_avg", "optim.param_groups.0.lr",
+         "optim.param_groups.0.params"])
+    assert torch.equal(accelerator.loaded["pytorch_model_fsdp.bin"]["w"], torch.arange(3.0))
+    assert accelerator.loaded[".metadata"].state_dict_metadata["model.b"].properties.dtype == state["model"]["b"].dtype
+
+
+@pytest.mark.parametrize("name", [".metadata", "pytorch_model_fsdp.bin"])
+def test_a_sharded_checkpoint_cannot_run_code(tmp_path, monkeypatch, name):
+    """A malicious pickle as DCP's ``.metadata`` (raw pickle, read with pickle.load) or as a torch.save shard
+    (read with weights_only=False by Accelerate / DeepSpeed): resuming refuses in one line naming the file, and the
+    payload never runs; the environment is left as it was."""
+    import pickle
+
+    from hftool.engine.checkpoints import Checkpointer
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "ckpt"
+    _dcp_checkpoint(folder)
+    if name == ".metadata":
+        (folder / name).write_bytes(pickle.dumps(Payload(marker)))
+    else:
+        torch.save({"w": torch.ones(1), "x": Payload(marker)}, folder / name)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's opt-out does not reach a resume
+    checkpointer = Checkpointer(_ShardedAccelerator(), tmp_path, keep=1, settings={}, sharded=True)
+    with pytest.raises(CheckpointError) as refused:
+        checkpointer._load(folder, model=None, optimizer=None, scheduler=None)
+    message = str(refused.value)
+    assert message.startswith(f"{folder / name} is not a valid hftool checkpoint file: ")
+    assert "\n" not in message and "open" in message
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
