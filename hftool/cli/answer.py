@@ -6,10 +6,11 @@ import json
 
 import typer
 
+from hftool.cli.options import QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH, QA_MODEL
+
 
 def answer(
-    model: str = typer.Option(..., "--model", "-m",
-                              help="Question-answering model: folder, Hub id, alias or package:<module>."),
+    model: str = QA_MODEL,
     question: str = typer.Option(None, "--question", "-q", show_default=False, help="The question."),
     context: str = typer.Option(None, "--context", "-c", show_default=False,
                                 help="The text holding the answer."),
@@ -17,9 +18,9 @@ def answer(
                              help="JSONL of {\"question\", \"context\"} (\"id\" optional) instead of "
                                   "--question/--context."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many answers to show per question."),
-    max_length: int = typer.Option(384, "--max-length", help="Tokens per window (question + context)."),
-    doc_stride: int = typer.Option(128, "--doc-stride", help="Context tokens shared by consecutive windows."),
-    max_answer_length: int = typer.Option(30, "--max-answer-length", help="Longest answer, in tokens."),
+    max_length: int = QA_MAX_LENGTH,
+    doc_stride: int = QA_DOC_STRIDE,
+    max_answer_length: int = QA_MAX_ANSWER_LENGTH,
     batch_size: int = typer.Option(32, "--batch-size", help="Windows per batch."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per question instead of text."),
 ) -> None:

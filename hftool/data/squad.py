@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hftool.data.squad_windows import DOC_STRIDE, MAX_ANSWER_LENGTH, MAX_LENGTH, N_BEST, WindowSettings
 from hftool.errors import HftoolError
 
 WINDOWS_FORMAT_VERSION = 1
@@ -51,16 +52,16 @@ class SquadDataConfig:
     hub_config: str | None = None
     hub_train_split: str = "train"
     hub_validation_split: str = "validation"
-    max_length: int = 384  # tokens per window: question + context + special tokens
-    doc_stride: int = 128  # context tokens shared by consecutive windows of one long context
+    max_length: int = MAX_LENGTH  # tokens per window: question + context + special tokens
+    doc_stride: int = DOC_STRIDE  # context tokens shared by consecutive windows of one long context
     pad_to_max_length: bool = False  # static shapes for XLA/TPU; otherwise pad each batch to its longest, rounded
     pad_to_multiple_of: int = PAD_TO_MULTIPLE_OF  # up to a multiple of this
     group_by_length: bool = True  # batch windows of similar length together (less padding)
     strict: bool = False  # fail on answers not found at answer_start (default: skip them with a warning)
     max_train_examples: int | None = None  # first N training questions (quick experiments)
     max_eval_examples: int | None = None  # first N validation questions
-    n_best: int = 20  # start/end candidates per window considered by post-processing
-    max_answer_length: int = 30  # longest answer predicted, in tokens
+    n_best: int = N_BEST  # start/end candidates per window considered by post-processing
+    max_answer_length: int = MAX_ANSWER_LENGTH  # longest answer predicted, in tokens
 
     def validate(self) -> None:
         windows = WindowSettings(self.max_length, self.doc_stride, self.max_answer_length, self.n_best)
@@ -83,37 +84,6 @@ class SquadDataConfig:
         hub_split = self.hub_train_split if split == "train" else self.hub_validation_split
         config = f" ({self.hub_config})" if self.hub_config else ""
         return f"{self.hub_dataset}{config} [{hub_split}]"
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    """How contexts are cut into windows and how answers are read back; ``prefix`` names them in errors
-    as recipe fields (``data.``) or as command-line flags (``--``)."""
-
-    max_length: int = 384
-    doc_stride: int = 128
-    max_answer_length: int = 30
-    n_best: int = 20
-    prefix: str = "data."
-
-    def name(self, field_name: str) -> str:
-        if self.prefix == "--":
-            return "--" + field_name.replace("_", "-")
-        return self.prefix + field_name
-
-    def validate(self) -> None:
-        """Checks that need no tokenizer: run before anything is read or tokenized."""
-        if self.max_length < 8:
-            raise HftoolError(f"{self.name('max_length')}={self.max_length} must be at least 8")
-        if self.doc_stride < 0:
-            raise HftoolError(f"{self.name('doc_stride')}={self.doc_stride} must be 0 or more")
-        if self.doc_stride >= self.max_length:
-            raise HftoolError(f"{self.name('doc_stride')}={self.doc_stride} is too large for "
-                              f"{self.name('max_length')}={self.max_length}: the overlap between windows "
-                              f"must be smaller than the window (128 for 384 is usual)")
-        for name in ("max_answer_length", "n_best"):
-            if getattr(self, name) < 1:
-                raise HftoolError(f"{self.name(name)}={getattr(self, name)} must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """What to generate with and how: the typed ``generate`` recipe and its checks.
 
-This module imports neither torch nor transformers, so the CLI checks every decoding flag before it loads
-anything. Precedence, lowest first: the schema defaults below, the recipe file (``--recipe``), the recipe
+Every setting is declared once, as a dataclass field whose metadata holds its command-line flag, its help and
+its bounds (``setting``). The CLI builds its options from that metadata (``hftool.cli.settings``) and
+``validate`` checks recipe values and flags alike against it, so a flag, its help and its check cannot drift
+apart. This module imports neither torch nor transformers, so the CLI checks every decoding flag before it
+loads anything. Precedence, lowest first: the schema defaults below, the recipe file (``--recipe``), the recipe
 overrides (``decoding.top_p=0.9``), then the explicit command-line flags (``--top-p 0.9``).
 """
 
@@ -9,83 +12,123 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from hftool.errors import HftoolError
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = get_args(DType)  # the one list of weight dtypes: recipe type, flag check and loader
+DeviceMap = Literal["auto"]
+BATCH_SIZE = 8
 
-# The command-line flag of each decoding field, named in every error message.
-FLAGS = {
-    "max_new_tokens": "--max-new-tokens",
-    "do_sample": "--sample/--greedy",
-    "temperature": "--temperature",
-    "top_k": "--top-k",
-    "top_p": "--top-p",
-    "num_beams": "--num-beams",
-    "num_return_sequences": "--num-return-sequences",
-    "repetition_penalty": "--repetition-penalty",
-    "no_repeat_ngram_size": "--no-repeat-ngram-size",
-    "stop": "--stop",
-    "seed": "--seed",
-    "batch_size": "--batch-size",
-    "fast_decode": "--fast-decode/--no-fast-decode",
-}
+
+@dataclass(frozen=True)
+class Bound:
+    """What values a setting accepts, and the words its error gives otherwise.
+
+    ``low``/``high`` bound a number (``low_open``: ``low`` itself is refused); ``choices`` lists the accepted
+    values; ``when`` names a boolean setting that must be on for the bound to apply (temperature only matters
+    when sampling). ``None`` (left unset) always passes.
+    """
+
+    why: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple = ()
+    when: str | None = None
+
+    def holds(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if self.choices:
+            return value in self.choices
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def setting(default: Any = dataclasses.MISSING, *, flag: str, help: str, short: str | None = None,
+            bound: Bound | None = None, param: str | None = None, parse: Callable[[str], Any] | None = None,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that also declares its command-line option: ``flag`` (``--top-p``, or a
+    ``--on/--off`` pair), ``short`` alias, ``help``, ``bound``; ``param`` names the command's parameter when
+    it differs from the field (``--model`` sets ``model.name``) and ``parse`` turns the text typed on the
+    command line into the field's value when the field is not a plain str/int/float/bool/list
+    (``--max-memory cpu=2GiB`` into a mapping)."""
+    metadata = {"flag": flag, "short": short, "help": help, "bound": bound, "param": param, "parse": parse}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def check_fields(settings: Any) -> None:
+    """Check every field of ``settings`` against its ``Bound``, and floats for finiteness, in field order."""
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            _bad(item, value, "must be a finite number")
+    for item in dataclasses.fields(settings):
+        bound = item.metadata.get("bound")
+        if bound and (bound.when is None or getattr(settings, bound.when)) and not bound.holds(
+                getattr(settings, item.name)):
+            _bad(item, getattr(settings, item.name), bound.why)
 
 
 @dataclass
 class DecodingSettings:
     """How tokens are chosen. Without ``do_sample``, temperature/top-k/top-p are unused (greedy or beam)."""
 
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
-    top_p: float = 1.0  # 1.0 = no nucleus filter
-    num_beams: int = 1
-    num_return_sequences: int = 1
-    repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages tokens already in the text
-    no_repeat_ngram_size: int = 0  # 0 = off; n forbids repeating any n-gram
-    stop: list[str] = field(default_factory=list)  # generation ends at the first of these; it is trimmed off
-    seed: int | None = None  # None: a fresh seed, recorded in the output so the run can be repeated
-    fast_decode: bool = True  # greedy search of one prompt through hftool's fused GPT-2/BLOOM step (same tokens)
+    max_new_tokens: int = setting(64, flag="--max-new-tokens", short="-n",
+                                  help="Tokens to generate per prompt, at most.",
+                                  bound=Bound("must be at least 1", low=1))
+    do_sample: bool = setting(False, flag="--sample/--greedy",
+                              help="Sample from the distribution, or always take the most likely token "
+                                   "(greedy/beam).")
+    temperature: float = setting(1.0, flag="--temperature", short="-t",
+                                 help="Sampling temperature, > 0; lower is more conservative.",
+                                 bound=Bound("must be > 0 when sampling; use --greedy for deterministic output",
+                                             low=0, low_open=True, when="do_sample"))
+    top_k: int = setting(0, flag="--top-k", help="Sample among the k most likely tokens; 0 = off.",
+                         bound=Bound("must be >= 0; 0 disables top-k filtering", low=0))
+    top_p: float = setting(1.0, flag="--top-p",
+                           help="Nucleus sampling: the smallest set of tokens with this much probability, "
+                                "in (0, 1].",
+                           bound=Bound("must be in (0, 1]; 1 disables nucleus sampling", low=0, low_open=True,
+                                       high=1))
+    num_beams: int = setting(1, flag="--num-beams", help="Beam search width; 1 = no beam search.",
+                             bound=Bound("must be at least 1 (1 = no beam search)", low=1))
+    num_return_sequences: int = setting(1, flag="--num-return-sequences",
+                                        help="Continuations per prompt (needs --sample, or --num-beams at least "
+                                             "as large).",
+                                        bound=Bound("must be at least 1", low=1))
+    repetition_penalty: float = setting(1.0, flag="--repetition-penalty",
+                                        help="> 1 makes tokens already in the text less likely; 1 = off.",
+                                        bound=Bound("must be > 0; 1 disables it", low=0, low_open=True))
+    no_repeat_ngram_size: int = setting(0, flag="--no-repeat-ngram-size",
+                                        help="Never repeat an n-gram of this size; 0 = off.",
+                                        bound=Bound("must be >= 0; 0 disables it", low=0))
+    stop: list[str] = setting(flag="--stop", default_factory=list,
+                              help="Stop at this string (repeatable); it is trimmed from the output.")
+    seed: int | None = setting(None, flag="--seed",
+                               help="Random seed for sampling; without one a fresh seed is drawn and recorded.")
+    fast_decode: bool = setting(True, flag="--fast-decode/--no-fast-decode",
+                                help="Greedy search of one prompt through hftool's fused GPT-2/BLOOM step (on by "
+                                     "default; same tokens as model.generate). --no-fast-decode always uses "
+                                     "model.generate.")
 
     def validate(self) -> None:
         """Reject settings transformers would refuse late, or silently misread, naming the flag to fix."""
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                _bad(item.name, value, "must be a finite number")
-        if self.max_new_tokens <= 0:
-            _bad("max_new_tokens", self.max_new_tokens, "must be at least 1")
-        if self.num_beams < 1:
-            _bad("num_beams", self.num_beams, "must be at least 1 (1 = no beam search)")
-        if self.num_return_sequences < 1:
-            _bad("num_return_sequences", self.num_return_sequences, "must be at least 1")
-        if self.do_sample and self.temperature <= 0:
-            _bad(
-                "temperature",
-                self.temperature,
-                "must be > 0 when sampling; use --greedy for deterministic output",
-            )
-        if not 0 < self.top_p <= 1:
-            _bad("top_p", self.top_p, "must be in (0, 1]; 1 disables nucleus sampling")
-        if self.top_k < 0:
-            _bad("top_k", self.top_k, "must be >= 0; 0 disables top-k filtering")
-        if self.repetition_penalty <= 0:
-            _bad("repetition_penalty", self.repetition_penalty, "must be > 0; 1 disables it")
-        if self.no_repeat_ngram_size < 0:
-            _bad("no_repeat_ngram_size", self.no_repeat_ngram_size, "must be >= 0; 0 disables it")
+        check_fields(self)
         if not self.do_sample and self.num_return_sequences > self.num_beams:
             _bad(
-                "num_return_sequences",
+                _field(self, "num_return_sequences"),
                 self.num_return_sequences,
                 f"greedy/beam search returns at most --num-beams ({self.num_beams}) different sequences; "
                 "raise --num-beams or pass --sample",
             )
         if any(not s for s in self.stop):
-            _bad("stop", self.stop, "stop strings must not be empty")
+            _bad(_field(self, "stop"), self.stop, "stop strings must not be empty")
 
     @property
     def is_plain_greedy(self) -> bool:
@@ -113,34 +156,6 @@ class DecodingSettings:
         return out
 
 
-@dataclass
-class ModelSettings:
-    """Which model and how to place it. ``device_map: auto`` spreads a large model over GPUs, CPU and disk."""
-
-    name: str | None = None  # folder, Hub id or alias (gpt2, bloom-560m, ...)
-    dtype: DType = "auto"  # auto = the checkpoint's own dtype
-    device_map: Literal["auto"] | None = None  # None: the whole model on one device (CUDA if present)
-    offload_folder: str | None = None  # where device_map=auto puts weights that fit nowhere else
-    max_memory: dict | None = None  # device_map=auto budget per device, e.g. {cpu: 2GiB, 0: 20GiB}
-    trust_remote_code: bool = False
-
-
-@dataclass
-class GenerateRecipe:
-    """A ``hftool generate`` run: the model, the decoding settings and the batch size for --input files."""
-
-    model: ModelSettings = field(default_factory=ModelSettings)
-    decoding: DecodingSettings = field(default_factory=DecodingSettings)
-    batch_size: int = 8
-
-    def validate(self) -> None:
-        self.decoding.validate()
-        if self.batch_size < 1:
-            _bad("batch_size", self.batch_size, "must be at least 1")
-        if (self.model.offload_folder or self.model.max_memory) and self.model.device_map != "auto":
-            raise HftoolError("--offload-folder and --max-memory only apply with --device-map auto")
-
-
 def parse_max_memory(text: str) -> dict:
     """``cpu=2GiB,0=20GiB`` → ``{"cpu": "2GiB", 0: "20GiB"}`` (GPU indices as ints, as Accelerate wants)."""
     budget: dict = {}
@@ -150,6 +165,50 @@ def parse_max_memory(text: str) -> dict:
             raise HftoolError(f"--max-memory {text}: expected device=size pairs, e.g. cpu=2GiB,0=20GiB")
         budget[int(device) if device.isdigit() else device] = size
     return budget
+
+
+@dataclass
+class ModelSettings:
+    """Which model and how to place it. ``device_map: auto`` spreads a large model over GPUs, CPU and disk."""
+
+    name: str | None = setting(None, flag="--model", short="-m", param="model",
+                               help="Causal LM: a local folder, a Hub id or an alias (gpt2, distilgpt2, "
+                                    "bloom-560m, ...).")
+    dtype: DType = setting("auto", flag="--dtype",
+                           help="Weights dtype: auto (the checkpoint's), float32, bfloat16 or float16.",
+                           bound=Bound(f"must be one of {', '.join(DTYPES)}", choices=DTYPES))
+    device_map: DeviceMap | None = setting(None, flag="--device-map",
+                                           help="'auto': spread a model too large for one device over GPUs, CPU "
+                                                "and disk (Accelerate big-model inference).",
+                                           bound=Bound("only 'auto' is supported (or leave it out)",
+                                                       choices=get_args(DeviceMap)))
+    offload_folder: str | None = setting(None, flag="--offload-folder",
+                                         help="With --device-map auto: folder for the weights that fit on no "
+                                              "device.")
+    max_memory: dict | None = setting(None, flag="--max-memory", parse=parse_max_memory,
+                                      help="With --device-map auto: memory per device, e.g. cpu=8GiB,0=20GiB; the "
+                                           "rest is offloaded to disk.")
+    trust_remote_code: bool = setting(False, flag="--trust-remote-code",
+                                      help="Allow the model's own Python code from the Hub (only for models you "
+                                           "trust).")
+
+
+@dataclass
+class GenerateRecipe:
+    """A ``hftool generate`` run: the model, the decoding settings and the batch size for --input files."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    decoding: DecodingSettings = field(default_factory=DecodingSettings)
+    batch_size: int = setting(BATCH_SIZE, flag="--batch-size", short="-b",
+                              help=f"Prompts per batch (grouped by length, left-padded). Default {BATCH_SIZE}.",
+                              bound=Bound("must be at least 1", low=1))
+
+    def validate(self) -> None:
+        check_fields(self.model)
+        self.decoding.validate()
+        check_fields(self)
+        if (self.model.offload_folder or self.model.max_memory) and self.model.device_map != "auto":
+            raise HftoolError("--offload-folder and --max-memory only apply with --device-map auto")
 
 
 def apply_flags(recipe: GenerateRecipe, **flags) -> GenerateRecipe:
@@ -170,6 +229,10 @@ FIELDS_OF_DECODING = {f.name for f in dataclasses.fields(DecodingSettings)}
 FIELDS_OF_MODEL = {f.name for f in dataclasses.fields(ModelSettings)}
 
 
-def _bad(name: str, value, why: str):
+def _field(settings: Any, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(settings) if f.name == name)
+
+
+def _bad(item: dataclasses.Field, value, why: str):
     shown = value if not isinstance(value, list) else ",".join(map(repr, value))
-    raise HftoolError(f"{FLAGS[name]} {shown}: {why}")
+    raise HftoolError(f"{item.metadata['flag']} {shown}: {why}")
