@@ -46,7 +46,7 @@ def squad(
     from hftool.data.squad import WindowSettings
     from hftool.environment import check_bf16_pays
     from hftool.errors import HftoolError
-    from hftool.tasks.squad import run_evaluate_squad
+    from hftool.runs.squad import run_evaluate_squad
 
     if mixed_precision not in ("no", "fp16", "bf16", "auto"):
         raise HftoolError(f"--mixed-precision={mixed_precision} is not one of: no, fp16, bf16, auto")

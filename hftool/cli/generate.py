@@ -249,8 +249,8 @@ def generate(
       hftool generate -m bloom-1b7 --device-map auto --offload-folder offload --dtype bfloat16 -p "Hello"
     """
     from hftool.config import load_recipe
-    from hftool.generation.commands import run_generate
     from hftool.generation.settings import GenerateRecipe
+    from hftool.runs.generate import run_generate
 
     base = load_recipe(GenerateRecipe, recipe, overrides or [])
     config = _recipe(base, locals())
@@ -305,8 +305,8 @@ def summarize(
 
       hftool summarize -m gpt2-medium -i cnn.jsonl --column article --reference-column highlights -o out.jsonl
     """
-    from hftool.generation.commands import run_summarize
     from hftool.generation.settings import DecodingSettings, GenerateRecipe
+    from hftool.runs.generate import run_summarize
 
     config = _recipe(GenerateRecipe(decoding=DecodingSettings(max_new_tokens=100, do_sample=True, top_k=2)), locals())
     run_summarize(config, input_path, column, reference_column, reference, sentences, max_context, output)
@@ -371,8 +371,8 @@ def translate(
 
       hftool translate -m gpt2 --pairs en-de.tsv "Where is the library?"
     """
-    from hftool.generation.commands import run_translate
     from hftool.generation.settings import DecodingSettings, GenerateRecipe
+    from hftool.runs.generate import run_translate
 
     config = _recipe(GenerateRecipe(decoding=DecodingSettings(max_new_tokens=64, stop=["\n"])), locals())
     run_translate(
