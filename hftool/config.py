@@ -38,6 +38,12 @@ def _packaged_recipes() -> Path:
 
 RECIPES_DIR = Path(os.environ["HFTOOL_RECIPES"]) if os.environ.get("HFTOOL_RECIPES") else _packaged_recipes()
 ACCELERATE_FOLDER = "accelerate"  # accelerate launch configs ship beside the recipes but are not recipes
+# command name -> "module:Class" of its recipe schema (imported by name, on use, by hftool.recipes.schema_for).
+SCHEMAS: dict[str, str] = {
+    "pretrain": "hftool.runs.pretrain_recipe:PretrainRecipe",
+    "finetune squad": "hftool.runs.squad:SquadRecipe",
+    "generate": "hftool.generation.settings:GenerateRecipe",
+}
 
 
 def _describe(tp: Any) -> str:
@@ -268,8 +274,6 @@ def load_recipe(cls: type[T], name_or_path: str | None, overrides: list[str] | N
 
 def _recipe_folder(schema: type) -> str | None:
     """The recipes/ folder of the command whose schema is ``schema`` (``PretrainRecipe`` → ``pretrain``)."""
-    from hftool.recipes import SCHEMAS
-
     target = f"{schema.__module__}:{schema.__qualname__}"
     return next((command.split()[0] for command, path in SCHEMAS.items() if path == target), None)
 

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from hftool.loading import load_config, load_tokenizer, resolve_model
+from hftool.models import config_class
+from hftool.tasks.causal_lm import causal_lm_loss_sum
+
 MiB = 2**20
 # Working memory of the runtime itself (allocator, kernel scratch space, autograd engine), measured on a CPU
 # with this stack: the same ~100 MiB for a 5M- and a 30M-parameter model. A GPU adds its CUDA context on top.
@@ -71,8 +75,6 @@ def meta_model(config, dtype: torch.dtype):
 
 def activation_bytes(config, batch_size: int, seq_len: int, dtype: torch.dtype) -> tuple[int, int]:
     """Saved-activation bytes (total, largest tensor) of one micro-batch, measured on the meta device."""
-    from hftool.tasks.causal_lm import causal_lm_loss_sum
-
     model = meta_model(config, dtype)
     model.train()
     with torch.device("meta"):
@@ -124,14 +126,9 @@ def estimate(config, batch_size: int, seq_len: int, num_processes: int = 1) -> l
 
 def recipe_model_config(recipe):
     """The transformers config a pretraining recipe trains, without touching data or weights."""
-    from transformers import AutoConfig
-
-    from hftool.hub import resolve_model
-    from hftool.models import config_class
-
     if recipe.model.init_from:
-        ref = resolve_model(recipe.model.init_from, "model.init_from")
-        return AutoConfig.from_pretrained(ref.name_or_path, **ref.load_kwargs())
+        name = recipe.model.init_from
+        return load_config(resolve_model(name, "model.init_from"), name, "model.init_from")
     fields = {"bos_token_id": None, "eos_token_id": None, **recipe.model.config}
     fields.setdefault("vocab_size", _recipe_vocab_size(recipe))
     return config_class(recipe.model.architecture)(**fields)
@@ -139,10 +136,7 @@ def recipe_model_config(recipe):
 
 def _recipe_vocab_size(recipe) -> int:
     if recipe.tokenizer.path:
-        from transformers import AutoTokenizer
-
-        from hftool.hub import resolve_model
-
-        ref = resolve_model(recipe.tokenizer.path, "tokenizer.path", marker="tokenizer_config.json")
-        return len(AutoTokenizer.from_pretrained(ref.name_or_path, **ref.load_kwargs()))
+        name = recipe.tokenizer.path
+        ref = resolve_model(name, "tokenizer.path", marker="tokenizer_config.json")
+        return len(load_tokenizer(ref, name, "tokenizer.path"))
     return recipe.tokenizer_vocab_size

@@ -6,15 +6,10 @@ import importlib
 from pathlib import Path
 
 from hftool import config as cfg
+from hftool.config import SCHEMAS
 from hftool.errors import HftoolError
 
-# command name -> "module:Class" of its recipe schema (imported lazily: the schemas pull in little, but
-# their modules may import torch).
-SCHEMAS: dict[str, str] = {
-    "pretrain": "hftool.tasks.pretrain:PretrainRecipe",
-    "finetune squad": "hftool.tasks.squad:SquadRecipe",
-    "generate": "hftool.generation.settings:GenerateRecipe",
-}
+__all__ = ["SCHEMAS", "schema_for", "validate_recipe"]
 
 
 def schema_for(command: str) -> type:

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from hftool.generation import fastpath
-from hftool.generation.commands import run_generate
 from hftool.generation.decoding import Generator
 from hftool.generation.fastpath import matvec, steps
 from hftool.generation.fastpath.matvec import MatVec
 from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
+from hftool.runs.generate import run_generate
 
 PROMPT = "Attention lets every token look at every other token."
 

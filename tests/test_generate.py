@@ -15,11 +15,11 @@ import torch
 
 from hftool.errors import HftoolError
 from hftool.generation.batching import run_prompts
-from hftool.generation.commands import run_generate, run_summarize, run_translate
 from hftool.generation.decoding import Generator
 from hftool.generation.loading import load_for_generation
 from hftool.generation.metrics import bleu_chrf, rouge
 from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
+from hftool.runs.generate import run_generate, run_summarize, run_translate
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -485,7 +485,7 @@ def test_bfloat16_greedy_equals_model_generate_and_restores_the_onednn_switch(na
 
 def test_a_recipe_name_shared_with_another_command_resolves_to_the_commands_own(tmp_path, monkeypatch):
     from hftool import config
-    from hftool.tasks.pretrain import PretrainRecipe
+    from hftool.runs.pretrain_recipe import PretrainRecipe
 
     for command, body in (
         ("generate", "decoding:\n  top_p: 0.5\n"),

@@ -13,7 +13,7 @@ from conftest import REPO, run_cli
 from hftool.config import load_recipe
 from hftool.environment import cpu_has_native_bf16, missing_bf16_feature
 from hftool.memory import MiB, estimate, recipe_model_config
-from hftool.tasks.pretrain import PretrainRecipe
+from hftool.runs.pretrain_recipe import PretrainRecipe
 
 # Trains the recipe's model shape and micro-batch for two steps through the engine and reports the peak resident
 # memory above what the process held just before the model was built.
@@ -26,7 +26,7 @@ from hftool.environment import cpu_has_native_bf16, missing_bf16_feature
 from hftool.engine import Engine
 from hftool.memory import recipe_model_config
 from hftool.tasks.causal_lm import CausalLMTask
-from hftool.tasks.pretrain import PretrainRecipe
+from hftool.runs.pretrain_recipe import PretrainRecipe
 
 recipe = load_recipe(PretrainRecipe, sys.argv[1], sys.argv[2:])
 config = recipe_model_config(recipe)

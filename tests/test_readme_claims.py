@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO
 
-SOURCES = [REPO / "README.md", REPO / "hftool" / "tasks" / "causal_lm.py", REPO / "hftool" / "tasks" / "squad.py"]
+SOURCES = [REPO / "README.md", REPO / "hftool" / "runs" / "artifacts.py", REPO / "hftool" / "runs" / "squad.py"]
 PIPELINE = re.compile(r"pipeline\(\s*\"([a-z-]+)\"")
 CLASS = re.compile(r"\b((?:Auto|Bert|GPT2|Bloom)[A-Za-z]*(?:Model|LM|Training|Answering|Tokenizer)[A-Za-z]*)\b")
 
@@ -28,9 +28,9 @@ def test_every_pipeline_task_named_exists():
 def test_model_card_pipeline_tags_exist():
     from transformers.pipelines import check_task
 
-    tags = {tag for name in ("causal_lm.py", "bert_pretraining.py")
-            for tag in re.findall(r"model_card\(recipe, summary, \"([a-z-]+)\"\)",
-                                  (REPO / "hftool" / "tasks" / name).read_text(encoding="utf-8"))}
+    tags = {tag for name in ("pretrain_causal_lm.py", "pretrain_bert.py")
+            for tag in re.findall(r"pretrain_card\(recipe, summary, \"([a-z-]+)\"",
+                                  (REPO / "hftool" / "runs" / name).read_text(encoding="utf-8"))}
     assert tags == {"text-generation", "fill-mask"}
     for tag in tags:
         check_task(tag)
@@ -61,9 +61,9 @@ def test_squad_card_loads_with_auto_class(head, tiny_bert, tmp_path):
 
     BertForQuestionAnswering.from_pretrained(tiny_bert).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path)
-    from hftool.tasks.squad import SquadRecipe, model_card
+    from hftool.runs.squad import SquadRecipe, squad_card
 
-    card = model_card(SquadRecipe(), {"steps": 1})
+    card = squad_card(SquadRecipe(), {"steps": 1})
     snippet = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1)
     scope: dict = {}
     exec(snippet.replace("path/to/this/folder", str(tmp_path)), scope)

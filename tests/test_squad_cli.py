@@ -206,7 +206,7 @@ def fresh_accelerator():
 
 
 def test_two_process_evaluation_equals_one_process(trained, tmp_path, fresh_accelerator):
-    from hftool.tasks.squad import run_evaluate_squad
+    from hftool.runs.squad import run_evaluate_squad
 
     settings = WindowSettings(128, 32, prefix="--")
     single = run_evaluate_squad(str(trained["out"]), str(trained["dev_file"]), tmp_path / "one", settings,

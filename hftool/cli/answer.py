@@ -37,7 +37,7 @@ def answer(
     """
     from hftool.data.squad import QAExample, WindowSettings, read_questions_file
     from hftool.errors import HftoolError
-    from hftool.tasks.squad import answer_questions
+    from hftool.runs.squad import answer_questions
 
     if file is not None:
         if question is not None or context is not None:

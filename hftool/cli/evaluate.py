@@ -49,7 +49,7 @@ def squad(
     from hftool.engine.config import TrainConfig
     from hftool.environment import check_bf16_pays
     from hftool.errors import HftoolError
-    from hftool.tasks.squad import run_evaluate_squad
+    from hftool.runs.squad import run_evaluate_squad
 
     precisions = typing.get_args(typing.get_type_hints(TrainConfig)["mixed_precision"])  # train.mixed_precision's
     if mixed_precision not in precisions:

@@ -52,7 +52,7 @@ def squad(
     from hftool.config import load_recipe
     from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
-    from hftool.tasks.squad import SquadRecipe, run_finetune_squad
+    from hftool.runs.squad import SquadRecipe, run_finetune_squad
 
     flags = {"data.train_file": train_file, "data.validation_file": validation_file}
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]

@@ -115,7 +115,7 @@ def generate(
       hftool generate -m bloom-1b7 --device-map auto --offload-folder offload --dtype bfloat16 -p "Hello"
     """
     from hftool.config import load_recipe
-    from hftool.generation.commands import run_generate
+    from hftool.runs.generate import run_generate
 
     base = load_recipe(GenerateRecipe, recipe, overrides or [])
     config = _recipe(base, flags, output, overwrite)
@@ -161,7 +161,7 @@ def summarize(
 
       hftool summarize -m gpt2-medium -i cnn.jsonl --column article --reference-column highlights -o out.jsonl
     """
-    from hftool.generation.commands import run_summarize
+    from hftool.runs.generate import run_summarize
 
     config = _recipe(GenerateRecipe(decoding=SUMMARIZE), flags, output, overwrite)
     run_summarize(config, input_path, column, reference_column, reference, sentences, max_context, output)
@@ -215,7 +215,7 @@ def translate(
 
       hftool translate -m gpt2 --pairs en-de.tsv "Where is the library?"
     """
-    from hftool.generation.commands import run_translate
+    from hftool.runs.generate import run_translate
 
     config = _recipe(GenerateRecipe(decoding=TRANSLATE), flags, output, overwrite)
     run_translate(

@@ -29,7 +29,7 @@ def estimate_memory(
 
     from hftool.config import load_recipe
     from hftool.memory import MiB, estimate, recipe_model_config
-    from hftool.tasks.pretrain import PretrainRecipe
+    from hftool.runs.pretrain_recipe import PretrainRecipe
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
     config.validate()

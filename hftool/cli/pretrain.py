@@ -43,7 +43,8 @@ def pretrain(
     from hftool.cost import long_cpu_run_warning
     from hftool.environment import check_bf16_pays
     from hftool.launch import launched_by_a_distributed_launcher, relaunch
-    from hftool.tasks.pretrain import PretrainRecipe, run_pretrain
+    from hftool.runs.pretrain import run_pretrain
+    from hftool.runs.pretrain_recipe import PretrainRecipe
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
     config.validate()

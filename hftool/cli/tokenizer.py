@@ -32,23 +32,7 @@ def train(
 
       hftool tokenizer train --kind wordpiece --lowercase -o bert-tok wiki.valid.raw
     """
-    from hftool.data.text import DataConfig, load_documents
-    from hftool.data.tokenizer_training import train_tokenizer
-    from hftool.errors import HftoolError
-    from hftool.outputs import check_output_dir, claim_output_dir, move_into
+    from hftool.runs.tokenizer import run_train_tokenizer
 
-    if kind not in ("byte-bpe", "wordpiece"):
-        raise HftoolError(f"--kind {kind}: use byte-bpe or wordpiece")
-    output = check_output_dir(output, "--output")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise HftoolError(f"--output={output} already holds files; pass --overwrite to replace hftool's own "
-                          "files there, or choose another folder")
-    data = DataConfig(files=[str(f) for f in files or []], hub_dataset=hub_dataset, hub_config=hub_config,
-                      text_column=text_column, validation_fraction=0.0)
-    docs = load_documents(data, seed=0)
-    tokenizer = train_tokenizer(docs.train, kind, vocab_size, lowercase, min_frequency)
-    claim_output_dir(output, "--output", overwrite, names=(".tokenizer-tmp",))
-    tmp = output / ".tokenizer-tmp"
-    tokenizer.save_pretrained(tmp)
-    move_into(tmp, output)
-    typer.echo(f"trained a {kind} tokenizer with {len(tokenizer):,} tokens on {docs.source}; saved to {output}")
+    typer.echo(run_train_tokenizer([str(f) for f in files or []], output, kind, vocab_size, lowercase,
+                                   min_frequency, hub_dataset, hub_config, text_column, overwrite))

@@ -14,13 +14,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from hftool.loading import cache_dir
+
 SKIPPED_PARTS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledemo", "__pycache__"}
 MIN_DOC_CHARS = 80
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("HFTOOL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hftool")
-    return Path(root)
 
 
 def _stdlib_docstrings() -> list[str]:

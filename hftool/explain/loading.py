@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from hftool import loading
 from hftool.errors import HftoolError
-from hftool.hub import resolve_model
-from hftool.model_loading import architecture_name, first_line, load_pretrained, load_with_head, quiet_transformers
+from hftool.loading import architecture_name, resolve_model
 
 Head = Literal["base", "masked-lm", "causal-lm"]
 
@@ -55,15 +55,7 @@ def _supports(config, head: Head) -> bool:
 
 def load_config(name: str, trust_remote_code: bool = False, flag: str = "--model"):
     """The model's config alone: enough to refuse an unsuitable model before reading its weights."""
-    from transformers import AutoConfig
-
-    ref = resolve_model(name, flag)
-    try:
-        with quiet_transformers():
-            return AutoConfig.from_pretrained(ref.name_or_path, trust_remote_code=trust_remote_code,
-                                              **ref.load_kwargs())
-    except (OSError, ValueError) as exc:
-        raise HftoolError(f"{flag} {name}: cannot read its config: {first_line(exc)}") from exc
+    return loading.load_config(resolve_model(name, flag), name, flag, trust_remote_code)
 
 
 def check_head(config, head: Head, name: str, flag: str = "--model") -> None:
@@ -91,22 +83,20 @@ def load_model(name: str, head: Head = "base", trust_remote_code: bool = False, 
     weights and print confident nonsense, so that is an error naming the architecture.
     """
     import transformers
-    from transformers import AutoTokenizer
 
     config = load_config(name, trust_remote_code, flag)
     check_head(config, head, name, flag)
     architecture = architecture_name(config)
     ref = resolve_model(name, flag)
     auto_class = getattr(transformers, HEAD_AUTO_CLASSES[head])
-    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
+    options = {"trust_remote_code": trust_remote_code}
     if eager_attention:
         options["attn_implementation"] = "eager"
     if head == "base":
-        model = load_pretrained(lambda: auto_class.from_pretrained(ref.name_or_path, **options), name, flag)
+        model = loading.load_model(auto_class, ref, name, flag, **options)
     else:
-        model = load_with_head(auto_class, ref.name_or_path, head, name, flag, config=config, **options)
-    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(
-        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs()), name, flag, "its tokenizer")
+        model = loading.load_model(auto_class, ref, name, flag, head=head, config=config, **options)
+    tokenizer = loading.load_tokenizer(ref, name, flag, trust_remote_code)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, architecture=architecture, name=name)
 

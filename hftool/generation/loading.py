@@ -6,7 +6,7 @@ import sys
 
 from hftool.errors import HftoolError
 from hftool.generation.settings import ModelSettings
-from hftool.hub import resolve_model
+from hftool.loading import load_config, load_model, load_tokenizer, resolve_model
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 DEFAULT_CONTEXT = 2048  # for models without learned positions (BLOOM's ALiBi) or a stated limit
@@ -62,16 +62,12 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model"):
     warning = bf16_inference_warning(settings.dtype)
     if warning:
         print(warning, file=sys.stderr)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from hftool.model_loading import load_pretrained, load_with_head
-
-    remote = {"trust_remote_code": True} if settings.trust_remote_code else {}
-    config = load_pretrained(lambda: AutoConfig.from_pretrained(ref.name_or_path, **ref.load_kwargs(), **remote),
-                             settings.name, flag, "its config")
+    remote = settings.trust_remote_code
+    config = load_config(ref, settings.name, flag, remote)
     check_causal_lm(config, flag, settings.name)
-    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(
-        ref.name_or_path, **ref.load_kwargs(), **remote), settings.name, flag, "its tokenizer")
+    tokenizer = load_tokenizer(ref, settings.name, flag, remote)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -88,9 +84,8 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model"):
         if settings.max_memory:
             budget = settings.max_memory.items()
             placement["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in budget}
-    model = load_with_head(AutoModelForCausalLM, ref.name_or_path, "causal-lm", settings.name, flag,
-                           config=config, dtype=torch_dtype(settings.dtype), **ref.load_kwargs(), **remote,
-                           **placement)
+    model = load_model(AutoModelForCausalLM, ref, settings.name, flag, head="causal-lm", config=config,
+                       dtype=torch_dtype(settings.dtype), trust_remote_code=remote, **placement)
     if settings.device_map is None and torch.cuda.is_available():
         model.to("cuda")
     model.eval()

@@ -1,4 +1,5 @@
-"""The three commands end to end: read inputs, check them, load the model, generate, write, score, report.
+"""``hftool generate``, ``summarize`` and ``translate`` end to end: read inputs, check them, load the model,
+generate, write, score, report.
 
 Every input is read and checked before the model loads, so a typo costs no loading time.
 """

@@ -1,4 +1,8 @@
-"""Loading a model with the head a command needs: one check for every command that uses a model for a task.
+"""Loading configs, tokenizers and models: the one place every command reads a checkpoint through.
+
+A name is resolved by :func:`hftool.hub.resolve_model` (local folder / Hub id / alias / ``package:<module>``,
+failing fast offline); this module turns the resulting :class:`~hftool.hub.ModelRef` into a config, a
+tokenizer or a model with one error policy, and holds hftool's one cache location (:func:`cache_dir`).
 
 A checkpoint saved without that head (GPT-2's LM folder for question answering, MiniLM's plain ``BertModel``
 for fill-mask) would get random head weights and print confident nonsense; it is refused, naming the
@@ -9,8 +13,15 @@ safetensors, invalid config) is one line naming the folder, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 
 from hftool.errors import HftoolError
+from hftool.hub import ModelRef, resolve_model
+from hftool.verbosity import verbose
+
+__all__ = ["ModelRef", "resolve_model", "cache_dir", "load_config", "load_tokenizer", "load_model",
+           "load_pretrained", "check_head_loaded", "architecture_name", "quiet_transformers"]
 
 # What each head is called in messages, and what a user can pass instead.
 HEADS = {
@@ -18,6 +29,13 @@ HEADS = {
     "causal-lm": ("language-model (LM)", ", e.g. GPT2LMHeadModel"),
     "question-answering": ("question-answering", ", e.g. a folder written by 'hftool finetune squad'"),
 }
+
+
+def cache_dir() -> Path:
+    """hftool's one cache folder (tokenized blocks, SQuAD windows, the embedded corpus): ``$HFTOOL_CACHE``
+    when set, else ``~/.cache/hftool``. Models and datasets stay in the Hugging Face caches."""
+    root = os.environ.get("HFTOOL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hftool")
+    return Path(root)
 
 
 def architecture_name(config) -> str:
@@ -29,9 +47,7 @@ def architecture_name(config) -> str:
 @contextlib.contextmanager
 def quiet_transformers():
     """Hide transformers' progress bars and load reports: hftool checks what was loaded itself."""
-    from transformers.utils import logging as hf_logging
-
-    from hftool.verbosity import verbose
+    from transformers.utils import logging as hf_logging  # transformers pulls in torch: not at CLI start-up
 
     if verbose():
         yield
@@ -70,18 +86,6 @@ def load_pretrained(load, name: str, flag: str, what: str = "the model"):
                           "by save_pretrained (or hftool) with safetensors weights") from None
 
 
-def load_with_head(auto_class, name_or_path: str, head: str, name: str, flag: str = "--model", config=None,
-                   **options):
-    """``auto_class.from_pretrained`` (with ``config`` when given) that refuses a checkpoint without trained
-    ``head`` weights."""
-    if config is not None:
-        options["config"] = config
-    model, info = load_pretrained(
-        lambda: auto_class.from_pretrained(name_or_path, output_loading_info=True, **options), name, flag)
-    check_head_loaded(model.config, info["missing_keys"], head, name, flag)
-    return model
-
-
 def check_head_loaded(config, missing_keys, head: str, name: str, flag: str = "--model") -> None:
     """Refuse when the weights of ``head`` were not in the checkpoint (they were initialised at random)."""
     missing = sorted(missing_keys)
@@ -92,3 +96,31 @@ def check_head_loaded(config, missing_keys, head: str, name: str, flag: str = "-
     raise HftoolError(f"{flag} {name}: the {architecture_name(config)} checkpoint has no trained {description} "
                       f"head (missing {missing[0]}{more}), so its predictions would be random; pass a model "
                       f"saved with that head{example}")
+
+
+def load_config(ref: ModelRef, name: str, flag: str, trust_remote_code: bool = False):
+    """The checkpoint's config alone: enough to refuse an unsuitable model before reading its weights."""
+    from transformers import AutoConfig
+
+    return load_pretrained(lambda: AutoConfig.from_pretrained(
+        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs()), name, flag, "its config")
+
+
+def load_tokenizer(ref: ModelRef, name: str, flag: str, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer (or a tokenizer-only folder's)."""
+    from transformers import AutoTokenizer
+
+    return load_pretrained(lambda: AutoTokenizer.from_pretrained(
+        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs()), name, flag, "its tokenizer")
+
+
+def load_model(auto_class, ref: ModelRef, name: str, flag: str, head: str | None = None,
+               with_info: bool = False, **options):
+    """``auto_class.from_pretrained`` for ``ref``; with ``head``, a checkpoint without trained weights for that
+    head is refused. ``with_info`` also returns transformers' loading info (missing keys ...)."""
+    options = {**ref.load_kwargs(), **options}
+    model, info = load_pretrained(
+        lambda: auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options), name, flag)
+    if head is not None:
+        check_head_loaded(model.config, info["missing_keys"], head, name, flag)
+    return (model, info) if with_info else model

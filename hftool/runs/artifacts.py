@@ -1,0 +1,158 @@
+"""What a run leaves in its output folder: the claimed folder and saved recipe, the final model folder, the
+model card, and JSON result files. Every write goes through a temporary name and is recorded in the folder's
+manifest first (:mod:`hftool.outputs`), so nothing is half-written and ``--overwrite`` knows what is hftool's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from hftool import config as cfgmod
+from hftool.engine.report import plot_loss_curve, print_summary
+from hftool.errors import HftoolError
+from hftool.outputs import check_output_dir, claim_output_dir, move_into, record
+
+RECIPE_FILE = "hftool_recipe.yaml"
+# What a training run writes into its folder besides the model files (named in its manifest up front).
+RUN_FILES = (RECIPE_FILE, f"{RECIPE_FILE}.tmp", "checkpoints", "metrics.jsonl", "tensorboard", "loss_curve.png",
+             "loss_curve.tmp.png", ".final-tmp", ".tokenizer-tmp", "metrics.json", "predictions.json",
+             ".predictions.json.tmp")
+# Recipe sections that decide the model's shape: a checkpoint cannot be resumed when they change.
+SHAPE_FIELDS = ("objective", "model.", "tokenizer.")
+
+
+def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool,
+                       shape_fields: tuple[str, ...] = SHAPE_FIELDS) -> None:
+    """Refuse to mix runs in one folder; ``--resume`` continues, ``--overwrite`` replaces hftool's files.
+
+    A resume whose recipe changes the model's shape is refused before anything is written.
+    """
+    flag = "train.output_dir"
+    out = check_output_dir(out, flag)
+    saved = out / RECIPE_FILE
+    changed: list[str] = []
+    if resume and saved.is_file() and saved.read_text(encoding="utf-8") != recipe_yaml:
+        changed = _changed_fields(cfgmod.read_yaml(saved), yaml.safe_load(recipe_yaml) or {})
+        shape = [c for c in changed if c.startswith(shape_fields) or c.split(":")[0] in shape_fields]
+        if shape:
+            raise HftoolError(f"--resume {out}: the recipe changes the model's shape ({'; '.join(shape)}); "
+                              "its checkpoints cannot be loaded into that model. Resume with the saved "
+                              f"recipe ({saved}) or start a new train.output_dir")
+    what = ("a run with a different recipe" if saved.is_file()
+            and saved.read_text(encoding="utf-8") != recipe_yaml else "an earlier run")
+    claim_output_dir(out, flag, overwrite, resume=resume and out.is_dir() and any(out.iterdir()),
+                     names=RUN_FILES, what=what, hint="pass --resume to continue it, ")
+    if changed:
+        print(f"warning: resuming {out} with a changed recipe: {', '.join(changed)}")
+    tmp = saved.with_suffix(".yaml.tmp")
+    tmp.write_text(recipe_yaml, encoding="utf-8")
+    os.replace(tmp, saved)
+
+
+def _changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a} -> {b}")
+    return changed
+
+
+def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str, state_dict=None) -> None:
+    """Save the model folder; files are written to a temporary folder first, then moved into place.
+
+    ``state_dict`` is the full (gathered) state when training was sharded (FSDP, DeepSpeed ZeRO-3).
+    """
+    from hftool.engine.checkpoints import writing  # imports torch: not needed to claim a folder (fail fast)
+
+    tmp = out / ".final-tmp"
+    record(out, tmp.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with writing(tmp):
+            tmp.mkdir(parents=True)
+            model.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+    except HftoolError:  # a full disk: leave no half-written model folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    move_into(tmp, out)
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """Save a tokenizer trained by the run into ``out`` (through a temporary folder)."""
+    tmp = out / ".tokenizer-tmp"
+    record(out, tmp.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    move_into(tmp, out)
+
+
+def write_json(path: Path, value) -> None:
+    """A JSON result file (predictions, metrics), recorded in the folder's manifest and written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    record(path.parent, path.name, tmp.name)
+    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def model_card(title: str, pipeline_tag: str, tags: list[str], facts: str, summary: dict, usage: str) -> str:
+    """A short model card: what was trained on what (``facts``, a Markdown list), the metrics, and how to use
+    the folder without hftool (``usage``, Markdown code blocks)."""
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in summary.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: {pipeline_tag}
+tags: [{', '.join(tags)}]
+---
+
+# {title}
+
+{facts}
+
+| metric | value |
+| --- | --- |
+{rows}
+
+{usage}"""
+
+
+def training_fact(recipe, summary: dict, batch_size: int) -> str:
+    """The model card's line on how the model was trained; ``batch_size`` is the engine's per-process batch
+    (resolved from ``train.global_batch_size`` when set)."""
+    train = recipe.train
+    return (f"- Training: {summary.get('steps')} optimizer steps, lr {train.lr}, batch {batch_size} x\n"
+            f"  accumulation {train.grad_accum}, mixed precision `{train.mixed_precision}`.")
+
+
+def finish_report(out: Path, summary: dict, title: str, curve_title: str) -> None:
+    """The loss curve beside the model folder and the summary table on the terminal (main process)."""
+    plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=curve_title)
+    print_summary({**summary, "output": str(out)}, title=title)
+
+
+def pretrain_card(recipe, summary: dict, pipeline_tag: str, batch_size: int) -> str:
+    """The model card of a pretraining run: objective, shape, data, training and how to load it."""
+    arch, objective = recipe.model.architecture, recipe.objective
+    shape = recipe.model.init_from or ", ".join(f"{k}={v}" for k, v in recipe.model.config.items()) or "defaults"
+    facts = (f"- Objective: `{objective}`; architecture `{arch}` ({shape}).\n"
+             f"- Data: {recipe.data.describe()}; block size {recipe.data.block_size}.\n"
+             f"{training_fact(recipe, summary, batch_size)}\n"
+             "- The full recipe is in `hftool_recipe.yaml`; per-step metrics in `metrics.jsonl`.")
+    usage = f"""```python
+from transformers import pipeline
+pipe = pipeline("{pipeline_tag}", model="path/to/this/folder")
+```
+"""
+    return model_card(f"{arch} ({objective}) trained with hftool", pipeline_tag, ["hftool", arch, objective],
+                      facts, summary, usage)

@@ -1,0 +1,285 @@
+"""``hftool finetune squad``, ``hftool evaluate squad`` and ``hftool answer``: the runs around the SQuAD task.
+
+Each run reads and checks its questions, loads the tokenizer and checks the windows fit before the model loads,
+then trains or scores with :class:`~hftool.tasks.squad.SquadTask` and writes its files
+(:mod:`hftool.runs.artifacts`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from hftool import config as cfgmod
+from hftool.data.squad import (
+    QAExample,
+    SquadDataConfig,
+    WindowSettings,
+    cached_windows,
+    check_fast_tokenizer,
+    check_windows_fit,
+    encode_windows,
+    read_hub_split,
+    read_squad_file,
+)
+from hftool.engine.config import TrainConfig
+from hftool.errors import HftoolError
+from hftool.loading import cache_dir, load_config, load_model, load_tokenizer, resolve_model
+from hftool.outputs import check_output_dir, claim_output_dir
+from hftool.runs.artifacts import (
+    finish_report,
+    model_card,
+    prepare_output_dir,
+    training_fact,
+    write_final_artifacts,
+    write_json,
+)
+from hftool.tasks.squad import SquadTask, load_metric, local_batches
+from hftool.tasks.squad_postprocess import Answer, rank_answers
+
+COMMAND = "finetune squad"
+
+
+@dataclass
+class SquadModelConfig:
+    """The pretrained encoder to fine-tune; a fresh question-answering head is put on top."""
+
+    name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SquadRecipe:
+    """A SQuAD fine-tuning run: model, data and training settings."""
+
+    model: SquadModelConfig = field(default_factory=SquadModelConfig)
+    data: SquadDataConfig = field(default_factory=SquadDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        output_dir="runs/squad", lr=3e-5, batch_size=12, epochs=2, scheduler="linear", weight_decay=0.0,
+        eval_batch_size=64))
+    eval_each_epoch: bool = True  # evaluate at every epoch end (when train.eval_every is 0)
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.train.validate()
+
+
+def warn_once(message: str) -> None:
+    """Data warnings from the main process only (every process reads the data)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+
+
+def load_split(data: SquadDataConfig, split: str) -> list[QAExample]:
+    """The training or validation questions: a local file when given, else the Hub split; capped."""
+    file = data.train_file if split == "train" else data.validation_file
+    if file:
+        flag = "--train-file" if split == "train" else "--validation-file"
+        examples = read_squad_file(file, flag, strict=data.strict, warn=warn_once)
+    else:
+        hub_split = data.hub_train_split if split == "train" else data.hub_validation_split
+        examples = read_hub_split(data.hub_dataset, data.hub_config, hub_split, strict=data.strict,
+                                  warn=warn_once)
+    cap = data.max_train_examples if split == "train" else data.max_eval_examples
+    return examples[:cap] if cap else examples
+
+
+# ---- model and tokenizer ----------------------------------------------------------------------------------
+
+def load_qa_tokenizer(ref, flag: str, trust_remote_code: bool = False):
+    """The model's tokenizer; windows need a fast one (character offsets)."""
+    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, trust_remote_code)
+    check_fast_tokenizer(tokenizer, f"{flag} {ref.name_or_path}")
+    return tokenizer
+
+
+def check_positions(ref, settings: WindowSettings, flag: str, trust_remote_code: bool = False) -> None:
+    """A window longer than the model's position table would index past it."""
+    config = load_config(ref, ref.name_or_path, flag, trust_remote_code)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and settings.max_length > positions:
+        raise HftoolError(f"{settings.name('max_length')}={settings.max_length} is longer than the "
+                          f"{positions} positions of {flag} {ref.name_or_path}; lower it")
+
+
+def load_qa_model(ref, trust_remote_code: bool = False, name: str | None = None, flag: str = "--model",
+                  trained_head: bool = True):
+    """The question-answering model; ``trained_head`` refuses a checkpoint whose head would be random
+    (evaluate, answer), while fine-tuning puts a fresh head on an encoder on purpose."""
+    from transformers import AutoModelForQuestionAnswering  # torch: only once the inputs are checked
+
+    return load_model(AutoModelForQuestionAnswering, ref, name or ref.name_or_path, flag,
+                      head="question-answering" if trained_head else None, trust_remote_code=trust_remote_code)
+
+
+# ---- hftool finetune squad --------------------------------------------------------------------------------
+
+def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: bool = False,
+                       strict_resume: bool = False) -> dict:
+    """Fine-tune on SQuAD, evaluate each epoch and at the end, and save a question-answering model folder
+    with ``predictions.json`` (id -> answer text) and ``metrics.json``; returns the final metrics."""
+    recipe.validate()
+    data, settings = recipe.data, recipe.data.windows
+    train_examples = load_split(data, "train")
+    eval_examples = load_split(data, "validation")
+
+    # torch, transformers and accelerate load only once the recipe and the data are known to be good.
+    from accelerate.utils import set_seed
+
+    from hftool.engine.trainer import Engine
+
+    flag = "model.name_or_path"
+    ref = resolve_model(recipe.model.name_or_path, flag)
+    tokenizer = load_qa_tokenizer(ref, flag, recipe.model.trust_remote_code)
+    check_positions(ref, settings, flag, recipe.model.trust_remote_code)
+    check_windows_fit(train_examples + eval_examples, tokenizer, settings)
+
+    out = Path(recipe.train.output_dir).expanduser()
+    engine = Engine(recipe.train, out)
+    if engine.is_main:
+        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite, shape_fields=("model.",))
+    engine.wait()
+    with engine.accelerator.main_process_first():
+        train_windows = cached_windows(train_examples, tokenizer, settings, cache_dir() / "squad")
+        eval_windows = cached_windows(eval_examples, tokenizer, settings, cache_dir() / "squad")
+        metric = load_metric()
+    engine.print(f"{len(train_examples):,} training questions -> {len(train_windows):,} windows "
+                 f"(mean {train_windows.lengths.mean():.0f} tokens); {len(eval_examples):,} validation "
+                 f"questions -> {len(eval_windows):,} windows")
+
+    set_seed(recipe.train.seed)
+    model = load_qa_model(ref, recipe.model.trust_remote_code, recipe.model.name_or_path, flag,
+                          trained_head=False)
+    task = SquadTask(settings, train_windows.pad_token_id, eval_examples, eval_windows, metric,
+                     data.pad_to_max_length, data.pad_to_multiple_of)
+    each_epoch = recipe.eval_each_epoch and recipe.train.eval_every == 0
+    result = engine.fit(model, train_windows, task, resume=resume, strict_resume=strict_resume,
+                        tracker_config=cfgmod.to_dict(recipe),
+                        lengths=train_windows.lengths if data.group_by_length else None,
+                        eval_every=engine.steps_per_epoch(len(train_windows)) if each_epoch else None)
+
+    trained_steps = result.steps - (result.resumed_from or 0)
+    in_loop_evals = task.eval_seconds if result.interrupted else task.eval_seconds[:-1]
+    train_seconds = result.wall_s - sum(in_loop_evals)
+    summary = {
+        "steps": result.steps, "train_loss": result.last_loss, "train_questions": len(train_examples),
+        "train_windows": len(train_windows),
+        "train_windows_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
+        "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
+    }
+    if result.interrupted:
+        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
+        return summary
+    state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
+    if engine.is_main:
+        write_json(out / "predictions.json", task.last_predictions)
+        card = squad_card(recipe, summary, engine.batch_size)
+        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, card, state_dict)
+        finish_report(out, summary, title="hftool finetune squad", curve_title="SQuAD fine-tuning")
+    engine.wait()
+    return summary
+
+
+def squad_card(recipe: SquadRecipe, summary: dict, batch_size: int) -> str:
+    """What was fine-tuned on what, the scores, and how to use the folder without hftool."""
+    data = recipe.data
+    facts = (f"- Data: train {data.describe('train')}; validation {data.describe('validation')}.\n"
+             f"- Windows of {data.max_length} tokens, stride {data.doc_stride}; answers of at most "
+             f"{data.max_answer_length}\n  tokens from the {data.n_best} best starts and ends.\n"
+             f"{training_fact(recipe, summary, batch_size)}\n"
+             "- `predictions.json` holds the validation predictions (id -> answer), `metrics.json` the scores "
+             "(exact match\n  and F1 as in the official SQuAD v1.1 script); the full recipe is in "
+             "`hftool_recipe.yaml`.")
+    usage = """```python
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+model = AutoModelForQuestionAnswering.from_pretrained("path/to/this/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+```
+
+```bash
+hftool answer --model path/to/this/folder --question "..." --context "..."
+```
+"""
+    return model_card(f"{recipe.model.name_or_path} fine-tuned on SQuAD v1.1 with hftool", "question-answering",
+                      ["hftool", "squad", "extractive-qa"], facts, summary, usage)
+
+
+# ---- hftool evaluate squad --------------------------------------------------------------------------------
+
+def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path, settings: WindowSettings,
+                       batch_size: int = 64, mixed_precision: str = "auto", strict: bool = False,
+                       max_examples: int | None = None, overwrite: bool = False) -> dict:
+    """Score a question-answering model on a SQuAD file (or the Hub validation split); writes
+    ``predictions.json`` and ``metrics.json`` to ``output_dir`` and returns the metrics."""
+    settings.validate()
+    if batch_size < 1:
+        raise HftoolError(f"--batch-size={batch_size} must be at least 1")
+    out = check_output_dir(output_dir, "--output-dir")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
+                          "own files there, or choose another folder")
+    if file:
+        examples = read_squad_file(file, "--file", strict=strict, warn=warn_once)
+    else:
+        data = SquadDataConfig(strict=strict)
+        examples = read_hub_split(data.hub_dataset, data.hub_config, data.hub_validation_split, strict=strict,
+                                  warn=warn_once)
+    examples = examples[:max_examples] if max_examples else examples
+
+    import torch  # torch, transformers and accelerate load only once the inputs are checked
+
+    from hftool.engine.trainer import Engine
+
+    ref = resolve_model(model_name, "--model")
+    tokenizer = load_qa_tokenizer(ref, "--model")
+    check_positions(ref, settings, "--model")
+    model = load_qa_model(ref, name=model_name)
+    check_windows_fit(examples, tokenizer, settings)
+    engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision,
+                                eval_batch_size=batch_size, report_to="none"), out)
+    with engine.accelerator.main_process_first():
+        windows = cached_windows(examples, tokenizer, settings, cache_dir() / "squad")
+        metric = load_metric()
+    model = model.to(engine.device)
+    model.eval()
+    task = SquadTask(settings, windows.pad_token_id, examples, windows, metric)
+    with torch.no_grad(), engine.autocast():
+        metrics = task.evaluate(model, engine)
+    summary = {"model": str(ref.name_or_path), "file": file or "the Hub squad validation split",
+               **metrics, "windows": len(windows)}
+    if engine.is_main:
+        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
+        write_json(out / "predictions.json", task.last_predictions)
+        write_json(out / "metrics.json", summary)
+    engine.wait()
+    return summary
+
+
+# ---- hftool answer ----------------------------------------------------------------------------------------
+
+def answer_questions(model_name: str, examples: list[QAExample], settings: WindowSettings, top_k: int = 3,
+                     batch_size: int = 32) -> list[list[Answer]]:
+    """The ``top_k`` best answers to each question, best first."""
+    settings.validate()
+    if top_k < 1:
+        raise HftoolError(f"--top-k={top_k} must be at least 1")
+    import torch  # torch, transformers and accelerate load only once the inputs are checked
+    from accelerate import PartialState
+    from transformers.utils import logging as transformers_logging
+
+    ref = resolve_model(model_name, "--model")
+    tokenizer = load_qa_tokenizer(ref, "--model")
+    check_positions(ref, settings, "--model")
+    transformers_logging.disable_progress_bar()  # answers are the only output
+    model = load_qa_model(ref, name=model_name)
+    check_windows_fit(examples, tokenizer, settings)
+    windows = encode_windows(examples, tokenizer, settings)
+    device = PartialState().device
+    model = model.to(device)
+    model.eval()
+    task = SquadTask(replace(settings, n_best=max(settings.n_best, top_k)), windows.pad_token_id)
+    with torch.no_grad():
+        found = task.window_candidates(model, local_batches(task, windows, batch_size, device), windows)
+    return [rank_answers(found.get(i, []), example.context, top_k) for i, example in enumerate(examples)]
