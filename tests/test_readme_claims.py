@@ -63,7 +63,7 @@ def test_squad_card_loads_with_auto_class(head, tiny_bert, tmp_path):
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path)
     from hftool.runs.squad import SquadRecipe, squad_card
 
-    card = squad_card(SquadRecipe(), {"steps": 1})
+    card = squad_card(SquadRecipe(), {"steps": 1}, batch_size=12)
     snippet = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1)
     scope: dict = {}
     exec(snippet.replace("path/to/this/folder", str(tmp_path)), scope)
