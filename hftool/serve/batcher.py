@@ -1,0 +1,297 @@
+"""The decoding thread: it alone touches the model, and decodes the queued requests together.
+
+HTTP handlers put a :class:`Job` on a bounded queue and read its events; the thread takes the oldest job plus
+every queued job that can share its generation settings (up to ``max_batch_size`` sequences), left-pads them
+into one ``model.generate`` call, and reports each sequence's new text as the tokens come. A job that arrives
+while a batch runs joins the next one. Stop strings, end of text, each sequence's own ``max_tokens`` and a
+client that went away all end a sequence through one stopping criterion, so no token is generated for nobody.
+Greedy rows give the same tokens alone or in a batch (left padding with an attention mask; tested in
+tests/test_generate.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hftool.generation.decoding import Generator, trim_at_stop
+from hftool.generation.settings import DecodingSettings
+
+_ids = itertools.count()
+
+
+class QueueFull(Exception):
+    """More requests are waiting than ``--max-queue`` allows."""
+
+
+class Closing(Exception):
+    """The server is shutting down and takes no new work."""
+
+
+@dataclass
+class Job:
+    """One request: its prompts (token ids), ``n`` sequences each, and how to decode them.
+
+    ``emit`` receives the events, from the decoding thread: ``("text", choice, delta, logprobs)``,
+    ``("finish", choice, reason, tokens, logprobs, text)``, ``("error", message)`` and ``("end",)`` once every
+    choice has finished.
+    """
+
+    prompts: list[list[int]]
+    settings: DecodingSettings  # max_new_tokens, sampling knobs, stop strings, seed
+    emit: Callable[[tuple], None]
+    n: int = 1
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely ones'
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    number: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.n
+
+    @property
+    def longest(self) -> int:
+        return max(len(p) for p in self.prompts)
+
+    def key(self) -> tuple:
+        """Jobs with equal keys share one ``model.generate`` call; a seeded job runs alone (reproducible)."""
+        s = self.settings
+        sampling = (s.temperature, s.top_k, s.top_p, s.seed, self.number) if s.do_sample else ()
+        return (s.do_sample, s.repetition_penalty, *sampling)
+
+
+@dataclass
+class _Row:
+    job: Job
+    choice: int
+    limit: int
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0
+    done: bool = False
+    logprobs: list[dict] = field(default_factory=list)
+    unsent_logprobs: list[dict] = field(default_factory=list)
+
+
+class Batcher:
+    """Owns the model: ``submit`` from any thread, the decoding happens on this object's own thread."""
+
+    def __init__(self, model, tokenizer, context: int, max_batch_size: int, max_queue: int, metrics=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context = context
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.pending: deque[Job] = deque()
+        self.running = 0
+        self.closed = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name="hftool-decoder", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            if self.closed:
+                raise Closing()
+            if len(self.pending) >= self.max_queue:
+                raise QueueFull()
+            self.pending.append(job)
+            self.cond.notify()
+
+    @property
+    def depth(self) -> int:
+        return len(self.pending)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new jobs, tell the queued ones the server is going away, let the running batch finish."""
+        with self.cond:
+            self.closed = True
+            for job in self.pending:
+                job.emit(("error", "the server is shutting down; retry on another replica or later"))
+            self.pending.clear()
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def _take(self) -> list[Job] | None:
+        """The oldest live job and the queued jobs that fit beside it; None when closed."""
+        with self.cond:
+            while True:
+                while self.pending and self.pending[0].cancelled.is_set():
+                    self.pending.popleft()
+                if self.pending:
+                    break
+                if self.closed:
+                    return None
+                self.cond.wait()
+            first = self.pending.popleft()
+            batch, rows, longest = [first], first.rows, first.longest
+            new_tokens = first.settings.max_new_tokens
+            for job in list(self.pending):
+                if job.cancelled.is_set() or job.key() != first.key() or rows + job.rows > self.max_batch_size:
+                    continue
+                # Every row runs until the longest-running one ends, so the padded width plus the most new
+                # tokens must stay within the model's positions.
+                if max(longest, job.longest) + max(new_tokens, job.settings.max_new_tokens) > self.context:
+                    continue
+                self.pending.remove(job)
+                batch.append(job)
+                rows += job.rows
+                longest = max(longest, job.longest)
+                new_tokens = max(new_tokens, job.settings.max_new_tokens)
+            self.running = len(batch)
+            return batch
+
+    def _loop(self) -> None:
+        while (jobs := self._take()) is not None:
+            try:
+                self._run(jobs)
+            except Exception as exc:  # a failed batch fails its requests, never the thread
+                for job in jobs:
+                    job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+            finally:
+                self.running = 0
+
+    def _run(self, jobs: list[Job]) -> None:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList, set_seed
+
+        rows = [_Row(job, i * job.n + j, job.settings.max_new_tokens)
+                for job in jobs for i in range(len(job.prompts)) for j in range(job.n)]
+        prompts = [p for job in jobs for p in job.prompts for _ in range(job.n)]
+        first = jobs[0].settings
+        settings = DecodingSettings(max_new_tokens=max(r.limit for r in rows), do_sample=first.do_sample,
+                                    temperature=first.temperature, top_k=first.top_k, top_p=first.top_p,
+                                    repetition_penalty=first.repetition_penalty, fast_decode=False)
+        generator = Generator(self.model, self.tokenizer, settings)
+        if first.do_sample and first.seed is not None:
+            set_seed(first.seed)
+        if self.metrics:
+            self.metrics.batch(len(rows))
+            self.metrics.add_tokens(prompt=sum(len(p) for p in prompts))
+        tracker = _Tracker(rows, self.tokenizer, generator.eos_ids, self.metrics)
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=generator.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=generator.device)
+        processors = LogitsProcessorList([tracker.recorder]) if any(j.logprobs is not None for j in jobs) else None
+        with torch.inference_mode():
+            self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=generator.config,
+                                streamer=tracker, stopping_criteria=StoppingCriteriaList([tracker.criteria]),
+                                logits_processor=processors)
+        tracker.end()
+
+
+def _stop_prefix(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` could still grow into a stop string (held back)."""
+    held = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:k]):
+                held = k
+                break
+    return held
+
+
+class _Tracker:
+    """``model.generate``'s streamer (new tokens per row), stopping criterion and log-probability recorder."""
+
+    def __init__(self, rows: list[_Row], tokenizer, eos_ids: set[int], metrics):
+        from transformers import LogitsProcessor, StoppingCriteria
+
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.metrics = metrics
+        self.prompt_seen = False
+        self.scores = None
+        self.left = {id(r.job): 0 for r in rows}
+        for row in rows:
+            self.left[id(row.job)] += 1
+        tracker = self
+
+        class Criteria(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                import torch
+
+                return torch.tensor([r.done or r.job.cancelled.is_set() for r in tracker.rows],
+                                    device=input_ids.device)
+
+        class Recorder(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                tracker.scores = scores.float().log_softmax(-1)
+                return scores
+
+        self.criteria, self.recorder = Criteria(), Recorder()
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate first hands the streamer the prompts
+            self.prompt_seen = True
+            return
+        tokens = value.tolist()
+        for index, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
+            if row.done or row.job.cancelled.is_set():
+                continue
+            row.ids.append(token)
+            if row.job.logprobs is not None and self.scores is not None:
+                self._record(row, index, token)
+            if token in self.eos_ids:
+                self._finish(row, "stop")
+                continue
+            text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+            kept = trim_at_stop(text, row.job.settings.stop)
+            row.text = kept
+            if len(kept) < len(text):
+                self._finish(row, "stop")
+            elif len(row.ids) >= row.limit:
+                self._finish(row, "length")
+            else:
+                safe = len(text.rstrip("\ufffd"))  # an incomplete UTF-8 character waits for its next byte
+                safe = min(safe, len(text) - _stop_prefix(text, row.job.settings.stop))
+                self._send(row, safe)
+
+    def _record(self, row: _Row, index: int, token: int) -> None:
+        scores = self.scores[index]
+        entry = {"token": self.tokenizer.decode([token]), "logprob": float(scores[token]), "top": []}
+        if row.job.logprobs:
+            values, ids = scores.topk(row.job.logprobs)
+            entry["top"] = [(self.tokenizer.decode([i]), float(v))
+                            for v, i in zip(values.tolist(), ids.tolist(), strict=True)]
+        row.logprobs.append(entry)
+        row.unsent_logprobs.append(entry)
+
+    def _send(self, row: _Row, upto: int) -> None:
+        if upto > row.sent:
+            row.job.emit(("text", row.choice, row.text[row.sent:upto], row.unsent_logprobs))
+            row.sent, row.unsent_logprobs = upto, []
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        row.text = trim_at_stop(self.tokenizer.decode(row.ids, skip_special_tokens=True), row.job.settings.stop)
+        self._send(row, len(row.text))
+        row.done = True
+        if self.metrics:
+            self.metrics.add_tokens(generated=len(row.ids))
+        row.job.emit(("finish", row.choice, reason, len(row.ids), row.logprobs, row.text))
+        key = id(row.job)
+        self.left[key] -= 1
+        if not self.left[key]:
+            row.job.emit(("end",))
+
+    def end(self) -> None:
+        """Rows still open when ``generate`` returns reached the batch's token budget or were cancelled."""
+        for row in self.rows:
+            if not row.done:
+                if row.job.cancelled.is_set():
+                    row.done = True
+                    continue
+                self._finish(row, "length")
+        cancelled = {id(r.job): r.job for r in self.rows if r.job.cancelled.is_set()}
+        if self.metrics:
+            for _ in cancelled:
+                self.metrics.count("cancelled")
