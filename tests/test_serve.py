@@ -316,9 +316,9 @@ def test_a_client_that_hangs_up_mid_stream_leaves_the_server_healthy(live, clien
 
 
 def test_api_key_is_required_when_set(chat_gpt2, live):
-    from fastapi.testclient import TestClient
-
     import dataclasses
+
+    from fastapi.testclient import TestClient
 
     from hftool.serve.metrics import Metrics
 
