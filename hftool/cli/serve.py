@@ -17,6 +17,8 @@ def serve(
                                 show_envvar=True, help="Require 'Authorization: Bearer KEY' (except on /health)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Sequences decoded together, at most."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting, at most; past it a 503."),
+    threads: int = typer.Option(None, "--threads", show_default=False,
+                                help="Torch threads for decoding (default: all cores but one, left to HTTP)."),
     max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
     max_length: int = typer.Option(384, "--max-length", help="QA models: tokens per window (as hftool answer)."),
     doc_stride: int = typer.Option(128, "--doc-stride", help="QA models: context tokens shared by windows."),
@@ -48,4 +50,5 @@ def serve(
                  trust_remote_code=trust_remote_code, batch_size=None)
     run_serve(ServeOptions(recipe=_recipe(base, flags), host=host, port=port, api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
+                           threads=threads,
                            qa_window=(max_length, doc_stride, max_answer_length)))

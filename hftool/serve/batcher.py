@@ -7,11 +7,18 @@ while a batch runs joins the next one. Stop strings, end of text, each sequence'
 client that went away all end a sequence through one stopping criterion, so no token is generated for nobody.
 Greedy rows give the same tokens alone or in a batch (left padding with an attention mask; tested in
 tests/test_generate.py).
+
+Per step the thread does O(new tokens) Python work per row: it decodes only a few trailing tokens, looks for
+stop strings only in the newly decoded tail and recognises end of text by id. It sets its own torch thread
+count (``threads``): by default one core is left to the event loop, because a decoding thread whose intra-op
+threads compete with the HTTP thread for the cores waits at every operator's barrier (measured in
+benchmarks/bench_serve.py: 70x slower on a busy 2-core machine).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +54,7 @@ class Job:
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely ones'
     cancelled: threading.Event = field(default_factory=threading.Event)
     number: int = field(default_factory=lambda: next(_ids))
+    cancel_counted: bool = False  # the decoding thread counts a cancelled job once, wherever it notices
 
     @property
     def rows(self) -> int:
@@ -69,8 +77,10 @@ class _Row:
     choice: int
     limit: int
     ids: list[int] = field(default_factory=list)
-    text: str = ""
+    text: str = ""  # decoded so far, in pieces; the full decode is done once, at the end
     sent: int = 0
+    prefix: int = 0  # ids[prefix:read] were decoded last time: the context the next piece is decoded in
+    read: int = 0
     done: bool = False
     logprobs: list[dict] = field(default_factory=list)
     unsent_logprobs: list[dict] = field(default_factory=list)
@@ -79,8 +89,10 @@ class _Row:
 class Batcher:
     """Owns the model: ``submit`` from any thread, the decoding happens on this object's own thread."""
 
-    def __init__(self, model, tokenizer, context: int, max_batch_size: int, max_queue: int, metrics=None):
+    def __init__(self, model, tokenizer, context: int, max_batch_size: int, max_queue: int, metrics=None,
+                 threads: int | None = None):
         self.model = model
+        self.threads = threads or default_threads()
         self.tokenizer = tokenizer
         self.context = context
         self.max_batch_size = max_batch_size
@@ -124,7 +136,7 @@ class Batcher:
         with self.cond:
             while True:
                 while self.pending and self.pending[0].cancelled.is_set():
-                    self.pending.popleft()
+                    count_cancelled(self.pending.popleft(), self.metrics)
                 if self.pending:
                     break
                 if self.closed:
@@ -149,6 +161,9 @@ class Batcher:
             return batch
 
     def _loop(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)  # OpenMP keeps it per thread: the HTTP thread keeps its own
         while (jobs := self._take()) is not None:
             try:
                 self._run(jobs)
@@ -186,6 +201,12 @@ class Batcher:
                                 streamer=tracker, stopping_criteria=StoppingCriteriaList([tracker.criteria]),
                                 logits_processor=processors)
         tracker.end()
+
+
+def _find_stop(text: str, stops: list[str], since: int) -> int:
+    """Where a stop string first occurs in ``text`` among those ending after ``since`` (-1: nowhere)."""
+    found = [i for i in (text.find(stop, max(0, since - len(stop) + 1)) for stop in stops) if i >= 0]
+    return min(found, default=-1)
 
 
 def _stop_prefix(text: str, stops: list[str]) -> int:
@@ -235,26 +256,46 @@ class _Tracker:
             self.prompt_seen = True
             return
         tokens = value.tolist()
+        generated = 0
         for index, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
-            if row.done or row.job.cancelled.is_set():
+            if row.done:
+                continue
+            if row.job.cancelled.is_set():
+                row.done = True
+                count_cancelled(row.job, self.metrics)
                 continue
             row.ids.append(token)
+            generated += 1
             if row.job.logprobs is not None and self.scores is not None:
                 self._record(row, index, token)
             if token in self.eos_ids:
                 self._finish(row, "stop")
                 continue
-            text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
-            kept = trim_at_stop(text, row.job.settings.stop)
-            row.text = kept
-            if len(kept) < len(text):
+            before = len(row.text)
+            self._decode_tail(row)
+            stops = row.job.settings.stop
+            if stops and len(row.text) > before and _find_stop(row.text, stops, before) >= 0:
                 self._finish(row, "stop")
             elif len(row.ids) >= row.limit:
                 self._finish(row, "length")
             else:
-                safe = len(text.rstrip("\ufffd"))  # an incomplete UTF-8 character waits for its next byte
-                safe = min(safe, len(text) - _stop_prefix(text, row.job.settings.stop))
-                self._send(row, safe)
+                self._send(row, len(row.text) - _stop_prefix(row.text, stops))
+        if self.metrics and generated:
+            self.metrics.add_tokens(generated=generated)
+
+    def _decode_tail(self, row: _Row) -> None:
+        """Append the text of the newest tokens to ``row.text``, decoding only them and a little context.
+
+        The new piece is the difference between decoding ``ids[prefix:]`` and ``ids[prefix:read]``: both start
+        at the same token, so tokenizers that drop a leading space or join bytes agree on the shared part. A
+        piece that ends inside a UTF-8 character waits for the token that completes it.
+        """
+        decode = self.tokenizer.decode
+        done = decode(row.ids[row.prefix:row.read], skip_special_tokens=True) if row.read > row.prefix else ""
+        full = decode(row.ids[row.prefix:], skip_special_tokens=True)
+        if len(full) > len(done) and not full.endswith("\ufffd"):
+            row.text += full[len(done):]
+            row.prefix, row.read = row.read, len(row.ids)
 
     def _record(self, row: _Row, index: int, token: int) -> None:
         scores = self.scores[index]
@@ -275,8 +316,6 @@ class _Tracker:
         row.text = trim_at_stop(self.tokenizer.decode(row.ids, skip_special_tokens=True), row.job.settings.stop)
         self._send(row, len(row.text))
         row.done = True
-        if self.metrics:
-            self.metrics.add_tokens(generated=len(row.ids))
         row.job.emit(("finish", row.choice, reason, len(row.ids), row.logprobs, row.text))
         key = id(row.job)
         self.left[key] -= 1
@@ -289,9 +328,20 @@ class _Tracker:
             if not row.done:
                 if row.job.cancelled.is_set():
                     row.done = True
+                    count_cancelled(row.job, self.metrics)
                     continue
                 self._finish(row, "length")
-        cancelled = {id(r.job): r.job for r in self.rows if r.job.cancelled.is_set()}
-        if self.metrics:
-            for _ in cancelled:
-                self.metrics.count("cancelled")
+
+
+def count_cancelled(job: Job, metrics) -> None:
+    """Count a job whose client went away once, however many of its rows (or batches) notice it."""
+    if not job.cancel_counted:
+        job.cancel_counted = True
+        if metrics:
+            metrics.count("cancelled")
+
+
+def default_threads() -> int:
+    """Torch threads for the decoding thread: every core this process may use but one, left to the HTTP side."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
