@@ -315,6 +315,65 @@ def test_a_client_that_hangs_up_mid_stream_leaves_the_server_healthy(live, clien
     assert client.completions.create(model=str(chat_gpt2), prompt="hi", max_tokens=3).usage.completion_tokens == 3
 
 
+def _metric(url: str, name: str) -> int:
+    line = next(line for line in httpx.get(url + "/metrics").text.splitlines() if line.startswith(name + " "))
+    return int(float(line.split()[1]))
+
+
+def test_clients_that_hang_up_stop_their_generation_and_count_once(live, monkeypatch):
+    """One client hangs up while its generation runs, two while queued behind it: none gets another token
+    generated, and each counts once in hftool_cancelled_total (generate ends its streamer itself, and the
+    batcher again: once, not twice).
+
+    The decoder is held at its second step (after the prompt's) until all three are gone, so the test does not
+    depend on speed.
+    """
+    batcher = live.served.batcher
+    gate, jobs, steps = threading.Event(), [], [0]
+    forward, submit = batcher.model.forward, batcher.submit
+
+    def held_forward(*args, **kwargs):
+        steps[0] += 1
+        if steps[0] >= 2:
+            assert gate.wait(30)
+        return forward(*args, **kwargs)
+
+    def recording_submit(job):
+        jobs.append(job)
+        submit(job)
+
+    monkeypatch.setattr(batcher.model, "forward", held_forward)
+    monkeypatch.setattr(batcher, "submit", recording_submit)
+    cancelled = _metric(live.url, "hftool_cancelled_total")
+    generated = _metric(live.url, "hftool_generated_tokens_total")
+    batches = live.served.metrics.batch_rows.total
+    body = {"prompt": PROMPTS[0], "max_tokens": 80, "stream": True, "temperature": 0}
+    try:
+        with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200
+            for _ in range(300):  # hang up once the decoder holds this request's generation
+                if steps[0] >= 2:
+                    break
+                time.sleep(0.05)
+        for _ in range(2):
+            with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=30) as response:
+                assert response.status_code == 200  # queued behind the held batch; hang up before any text
+        for _ in range(300):
+            if len(jobs) == 3 and all(job.cancelled.is_set() for job in jobs):
+                break
+            time.sleep(0.05)
+        assert [job.cancelled.is_set() for job in jobs] == [True, True, True]
+    finally:
+        gate.set()
+    for _ in range(300):
+        if batcher.depth == 0 and batcher.running == 0 and _metric(live.url, "hftool_cancelled_total") > cancelled:
+            break
+        time.sleep(0.05)
+    assert _metric(live.url, "hftool_cancelled_total") - cancelled == 3
+    assert _metric(live.url, "hftool_generated_tokens_total") - generated == 1  # of 80 asked: the prompt's step
+    assert live.served.metrics.batch_rows.total - batches == 1  # the queued ones never ran
+
+
 def test_api_key_is_required_when_set(chat_gpt2, live):
     import dataclasses
 

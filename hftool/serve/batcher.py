@@ -231,6 +231,7 @@ class _Tracker:
         self.eos_ids = eos_ids
         self.metrics = metrics
         self.prompt_seen = False
+        self.ended = False
         self.scores = None
         self.left = {id(r.job): 0 for r in rows}
         for row in rows:
@@ -323,7 +324,14 @@ class _Tracker:
             row.job.emit(("end",))
 
     def end(self) -> None:
-        """Rows still open when ``generate`` returns reached the batch's token budget or were cancelled."""
+        """Rows still open when ``generate`` returns reached the batch's token budget or were cancelled.
+
+        ``generate`` calls this as the streamer's end and ``Batcher._run`` again after it returns (for paths that
+        do not); only the first call acts.
+        """
+        if self.ended:
+            return
+        self.ended = True
         for row in self.rows:
             if not row.done:
                 if row.job.cancelled.is_set():
