@@ -6,9 +6,10 @@ corpus; or ``--model FOLDER``) is served by ``hftool serve`` in a subprocess. Fo
 fixed number of greedy requests (half streamed, half not, over 8 distinct prompts) is sent; every response is
 checked against the text ``model.generate`` gives for its prompt alone (zero errors, zero mixed-up answers), and
 p50/p95 latency and generated tokens/s are reported. The baseline serves the same requests (not streamed: it has
-no streaming). Then the faults: clients that hang up mid-stream (the server counts them cancelled and stays
-healthy), a burst past ``--max-queue`` (503s with Retry-After, then recovery), SIGTERM under load (in-flight
-requests finish or get a clean error; exit code 0 within the grace period).
+no streaming), level by level right after hftool serve, with the 1-minute load average of the machine beside
+each row (on a shared machine the numbers move with it). Then the faults: clients that hang up mid-stream (the
+server counts each cancelled once and stays healthy), a burst past ``--max-queue`` (503s with Retry-After, then
+recovery), SIGTERM under load (in-flight requests finish or get a clean error; exit code 0 within the grace period).
 
 Everything is bounded: a fixed request count, per-request timeouts and ``--time-limit`` for the whole run.
 
@@ -200,10 +201,17 @@ def serve_cmd(folder: Path, port: int, max_queue: int, batch: int) -> list[str]:
 
 # ---- faults --------------------------------------------------------------------------------------------
 
+def counter(text: str, name: str) -> int:
+    return next(int(float(line.split()[1])) for line in text.splitlines() if line.startswith(name + " "))
+
+
 async def hang_ups(base: str, count: int, max_tokens: int) -> dict:
+    """``count`` streaming clients hang up after their first line; the cancel counter must grow by ``count``."""
     import httpx
 
     async with httpx.AsyncClient(timeout=60) as client:
+        before = counter((await client.get(base + "/metrics")).text, "hftool_cancelled_total")
+
         async def hang_up():
             body = {"prompt": PROMPTS[0], "max_tokens": max_tokens, "stream": True, "temperature": 0}
             async with client.stream("POST", base + "/v1/completions", json=body) as response:
@@ -212,10 +220,8 @@ async def hang_ups(base: str, count: int, max_tokens: int) -> dict:
 
         await asyncio.gather(*(hang_up() for _ in range(count)))
         await asyncio.sleep(2)
-        metrics = (await client.get(base + "/metrics")).text
+        cancelled = counter((await client.get(base + "/metrics")).text, "hftool_cancelled_total") - before
         healthy = (await client.post(base + "/v1/completions", json={"prompt": "hi", "max_tokens": 2})).status_code
-    cancelled = next(int(float(line.split()[1])) for line in metrics.splitlines()
-                     if line.startswith("hftool_cancelled_total"))
     return {"hung_up": count, "cancelled_by_server": cancelled, "next_request_status": healthy}
 
 
@@ -282,10 +288,19 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = start(serve_cmd(folder, port, max_queue=256, batch=16), port, deadline)
+        other = free_port()
+        baseline = start([sys.executable, __file__, "--model", str(folder), "--baseline-server", str(other)], other,
+                         deadline)
+        # Both servers are up; each level measures one then the other (the idle one costs no CPU), so a change
+        # in the load of a shared machine reaches both alike. The load average goes in every row.
         for clients in levels:
-            row = asyncio.run(load(base, clients, requests, args.max_tokens, expected, True, tokenizer))
-            results["load"].append({"server": "hftool serve", **row})
-            print(json.dumps(results["load"][-1]), flush=True)
+            for name, url, streaming in (("hftool serve", base, True),
+                                         ("FastAPI + pipeline", f"http://127.0.0.1:{other}", False)):
+                load_avg = round(os.getloadavg()[0], 2)
+                row = asyncio.run(load(url, clients, requests, args.max_tokens, expected, streaming, tokenizer))
+                results["load"].append({"server": name, **row, "load_avg_1m": load_avg})
+                print(json.dumps(results["load"][-1]), flush=True)
+        stop(baseline)
         results["hang_ups"] = asyncio.run(hang_ups(base, 8, 200))
         print(json.dumps(results["hang_ups"]), flush=True)
         results["sigterm"] = asyncio.run(sigterm_under_load(proc, base, 16, args.max_tokens, expected))
@@ -295,16 +310,6 @@ def main() -> None:
         proc = start(serve_cmd(folder, port, max_queue=4, batch=4), port, deadline)
         results["burst"] = asyncio.run(burst(f"http://127.0.0.1:{port}", 40, args.max_tokens))
         print(json.dumps(results["burst"]), flush=True)
-        stop(proc)
-
-        port = free_port()
-        proc = start([sys.executable, __file__, "--model", str(folder), "--baseline-server", str(port)], port,
-                     deadline)
-        for clients in levels:
-            row = asyncio.run(load(f"http://127.0.0.1:{port}", clients, requests, args.max_tokens, expected, False,
-                                   tokenizer))
-            results["load"].append({"server": "FastAPI + pipeline", **row})
-            print(json.dumps(results["load"][-1]), flush=True)
         stop(proc)
     print_table(results)
     if args.output:
@@ -323,11 +328,11 @@ def machine() -> str:
 
 def print_table(results: dict) -> None:
     print(f"\n{results['machine']}; {results['model']}; {results['max_tokens']} new tokens per request\n")
-    print("| server | clients | requests | errors | wrong | p50 s | p95 s | tokens/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| server | clients | requests | errors | wrong | p50 s | p95 s | tokens/s | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results["load"]:
         print(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['wrong']} | "
-              f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['tokens_per_s']:.0f} |")
+              f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['tokens_per_s']:.0f} | {r['load_avg_1m']} |")
     print(f"\nhang-ups: {results['hang_ups']}\nburst past --max-queue: {results['burst']}\n"
           f"SIGTERM under load: {results['sigterm']}")
 

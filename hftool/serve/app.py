@@ -11,8 +11,10 @@ import asyncio
 import dataclasses
 import hmac
 import json
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -115,7 +117,7 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
         encoded = [_encode(served, p, "prompt" if len(prompts) == 1 else f"prompt.{i}")
                    for i, p in enumerate(prompts)]
         settings = _settings(served, body, body.max_tokens, encoded)
-        job, events = _submit(served, encoded, settings, body.n, body.logprobs)
+        job, events = _submit(served, encoded, settings, body.n, body.logprobs, body.stream)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         echo = prompts if body.echo else None
         if body.stream:
@@ -146,7 +148,7 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         settings = _settings(served, body, max_tokens, encoded)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        job, events = _submit(served, encoded, settings, body.n, logprobs)
+        job, events = _submit(served, encoded, settings, body.n, logprobs, body.stream)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             return _stream(request, job, events, _chat_chunks(served, rid, created, body, encoded))
@@ -253,18 +255,48 @@ def _settings(served: Served, body: s.Sampling, max_tokens: int | None, encoded:
         stop=list(d.stop) if body.stop is None else list(body.stop), seed=body.seed)
 
 
-def _submit(served: Served, encoded, settings, n: int, logprobs: int | None):
-    """Queue the job; its events arrive on an asyncio queue of this request's own."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
+class _Mailbox:
+    """Hands the decoding thread's events to the event loop with one wake-up for many events.
 
-    def emit(event):
+    Every request's events of one decoding step (a token for each of 16 streams) arrive in a single callback
+    instead of one ``call_soon_threadsafe`` (a write to the loop's self-pipe, and a wake-up) per event.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = weakref.ref(loop)  # the registry below must not keep a closed loop alive
+        self.lock = threading.Lock()
+        self.letters: list[tuple[asyncio.Queue, tuple]] = []
+
+    def post(self, events: asyncio.Queue, event: tuple) -> None:
+        with self.lock:
+            self.letters.append((events, event))
+            if len(self.letters) > 1:  # a delivery is already scheduled and will take this one too
+                return
+        loop = self.loop()
         try:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-        except RuntimeError:  # the event loop is gone (shutdown); nobody is listening
+            if loop is not None:
+                loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop is closed (shutdown); nobody is listening
             pass
 
-    job = Job(encoded, settings, emit, n=n, logprobs=logprobs)
+    def _deliver(self) -> None:
+        with self.lock:
+            letters, self.letters = self.letters, []
+        for events, event in letters:
+            events.put_nowait(event)
+
+
+_mailboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one per event loop
+
+
+def _submit(served: Served, encoded, settings, n: int, logprobs: int | None, stream: bool):
+    """Queue the job; its events arrive on an asyncio queue of this request's own."""
+    loop = asyncio.get_running_loop()
+    mailbox = _mailboxes.get(loop)
+    if mailbox is None:
+        mailbox = _mailboxes[loop] = _Mailbox(loop)
+    events: asyncio.Queue = asyncio.Queue()
+    job = Job(encoded, settings, lambda event: mailbox.post(events, event), n=n, logprobs=logprobs, stream=stream)
     try:
         served.batcher.submit(job)
     except QueueFull:
@@ -320,25 +352,34 @@ def _stream(request: Request, job: Job, events: asyncio.Queue, chunks) -> Stream
     """Relay the job's events as server-sent events; a client that goes away cancels the job."""
 
     async def body():
-        done = False
+        done = False  # the job finished: its "end" arrived
+        over = False
         try:
             for first in chunks.start():
                 yield _sse(first)
-            while True:
-                event = await events.get()
-                if event[0] == "error":
-                    yield _sse(json.dumps(s.ErrorResponse(error=s.ErrorBody(
-                        message=event[1], type="server_error", code="generation_failed")).model_dump()))
-                    break
-                if event[0] == "end":
-                    done = True
-                    for last in chunks.end():
-                        yield _sse(last)
-                    break
-                chunk = chunks.event(event)
-                if chunk is not None:
-                    yield _sse(chunk)
-            yield "data: [DONE]\n\n"
+            while not over:
+                # Everything that has arrived goes out in one write (the tokens of several steps, when this
+                # client or the loop fell behind): one send through the ASGI stack instead of one per event.
+                pending, out = [await events.get()], []
+                while not events.empty():
+                    pending.append(events.get_nowait())
+                for event in pending:
+                    if event[0] == "error":
+                        out.append(_sse(json.dumps(s.ErrorResponse(error=s.ErrorBody(
+                            message=event[1], type="server_error", code="generation_failed")).model_dump())))
+                        over = True
+                        break
+                    if event[0] == "end":
+                        done = over = True
+                        out += [_sse(last) for last in chunks.end()]
+                        break
+                    chunk = chunks.event(event)
+                    if chunk is not None:
+                        out.append(_sse(chunk))
+                if over:
+                    out.append("data: [DONE]\n\n")
+                if out:
+                    yield "".join(out)
         finally:
             if not done:
                 job.cancelled.set()

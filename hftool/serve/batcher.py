@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from hftool.generation.decoding import Generator, trim_at_stop
 from hftool.generation.settings import DecodingSettings
 
 _ids = itertools.count()
+GATHER_S = 0.003  # how long the decoder waits for another request to join a new batch
 
 
 class QueueFull(Exception):
@@ -52,6 +54,7 @@ class Job:
     emit: Callable[[tuple], None]
     n: int = 1
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely ones'
+    stream: bool = True  # False: no "text" events, only each choice's "finish" (fewer wake-ups of the loop)
     cancelled: threading.Event = field(default_factory=threading.Event)
     number: int = field(default_factory=lambda: next(_ids))
     cancel_counted: bool = False  # the decoding thread counts a cancelled job once, wherever it notices
@@ -90,8 +93,9 @@ class Batcher:
     """Owns the model: ``submit`` from any thread, the decoding happens on this object's own thread."""
 
     def __init__(self, model, tokenizer, context: int, max_batch_size: int, max_queue: int, metrics=None,
-                 threads: int | None = None):
+                 threads: int | None = None, gather_s: float = GATHER_S):
         self.model = model
+        self.gather_s = gather_s
         self.threads = threads or default_threads()
         self.tokenizer = tokenizer
         self.context = context
@@ -132,7 +136,12 @@ class Batcher:
             self.thread.join(timeout)
 
     def _take(self) -> list[Job] | None:
-        """The oldest live job and the queued jobs that fit beside it; None when closed."""
+        """The oldest live job and the queued jobs that fit beside it; None when closed.
+
+        While the batch has room and requests keep arriving (each within ``gather_s`` of the last, for at most
+        four gaps) it waits for them: clients answered by one batch send their next requests together, and
+        without the wait the first of them would start a batch of one. A lone request waits ``gather_s`` once.
+        """
         with self.cond:
             while True:
                 while self.pending and self.pending[0].cancelled.is_set():
@@ -142,23 +151,37 @@ class Batcher:
                 if self.closed:
                     return None
                 self.cond.wait()
-            first = self.pending.popleft()
-            batch, rows, longest = [first], first.rows, first.longest
-            new_tokens = first.settings.max_new_tokens
-            for job in list(self.pending):
-                if job.cancelled.is_set() or job.key() != first.key() or rows + job.rows > self.max_batch_size:
-                    continue
-                # Every row runs until the longest-running one ends, so the padded width plus the most new
-                # tokens must stay within the model's positions.
-                if max(longest, job.longest) + max(new_tokens, job.settings.max_new_tokens) > self.context:
-                    continue
-                self.pending.remove(job)
-                batch.append(job)
-                rows += job.rows
-                longest = max(longest, job.longest)
-                new_tokens = max(new_tokens, job.settings.max_new_tokens)
+            batch = [self.pending.popleft()]
+            deadline = time.monotonic() + 4 * self.gather_s
+            while True:
+                self._fill(batch)
+                left = deadline - time.monotonic()
+                if self.closed or sum(job.rows for job in batch) >= self.max_batch_size or left <= 0:
+                    break
+                seen = len(self.pending)
+                if not self.cond.wait(min(self.gather_s, left)) or len(self.pending) == seen:
+                    break
             self.running = len(batch)
             return batch
+
+    def _fill(self, batch: list[Job]) -> None:
+        """Move the queued jobs that can share ``batch``'s ``generate`` call into it. Holds ``cond``."""
+        first = batch[0]
+        rows = sum(job.rows for job in batch)
+        longest = max(job.longest for job in batch)
+        new_tokens = max(job.settings.max_new_tokens for job in batch)
+        for job in list(self.pending):
+            if job.cancelled.is_set() or job.key() != first.key() or rows + job.rows > self.max_batch_size:
+                continue
+            # Every row runs until the longest-running one ends, so the padded width plus the most new
+            # tokens must stay within the model's positions.
+            if max(longest, job.longest) + max(new_tokens, job.settings.max_new_tokens) > self.context:
+                continue
+            self.pending.remove(job)
+            batch.append(job)
+            rows += job.rows
+            longest = max(longest, job.longest)
+            new_tokens = max(new_tokens, job.settings.max_new_tokens)
 
     def _loop(self) -> None:
         import torch
@@ -309,7 +332,7 @@ class _Tracker:
         row.unsent_logprobs.append(entry)
 
     def _send(self, row: _Row, upto: int) -> None:
-        if upto > row.sent:
+        if upto > row.sent and row.job.stream:
             row.job.emit(("text", row.choice, row.text[row.sent:upto], row.unsent_logprobs))
             row.sent, row.unsent_logprobs = upto, []
 
