@@ -34,6 +34,7 @@ def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 def _register() -> None:
     from hftool.cli import answer, env, evaluate, explain, finetune, generate, memory, pretrain, recipes, tokenizer
+    from hftool.cli import serve as serving
 
     app.command("env", help=env.env.__doc__)(env.env)
     app.add_typer(recipes.app, name="recipes")
@@ -47,6 +48,7 @@ def _register() -> None:
     app.command("generate", help=generate.generate.__doc__)(generate.generate)
     app.command("summarize", help=generate.summarize.__doc__)(generate.summarize)
     app.command("translate", help=generate.translate.__doc__)(generate.translate)
+    app.command("serve", help=serving.serve.__doc__)(serving.serve)
 
 
 _register()

@@ -1,0 +1,54 @@
+"""``hftool serve``: a model behind an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import typer
+
+from hftool.cli.generate import DEVICE_MAP, DTYPE, MODEL, REMOTE
+
+
+def serve(
+    model: str = MODEL,
+    recipe: str = typer.Option(None, "--recipe", "-r", show_default=False,
+                               help="Generate recipe whose decoding settings are the defaults for requests."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for every interface."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    api_key: str = typer.Option(None, "--api-key", envvar="HFTOOL_API_KEY", show_default=False,
+                                show_envvar=True, help="Require 'Authorization: Bearer KEY' (except on /health)."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Sequences decoded together, at most."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting, at most; past it a 503."),
+    threads: int = typer.Option(None, "--threads", show_default=False,
+                                help="Torch threads for decoding (default: all cores but one, left to HTTP)."),
+    max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
+    max_length: int = typer.Option(384, "--max-length", help="QA models: tokens per window (as hftool answer)."),
+    doc_stride: int = typer.Option(128, "--doc-stride", help="QA models: context tokens shared by windows."),
+    max_answer_length: int = typer.Option(30, "--max-answer-length", help="QA models: longest answer, in tokens."),
+    dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
+    trust_remote_code: bool = REMOTE,
+) -> None:
+    """Serve a causal LM (a folder, a Hub id or an alias) behind OpenAI's API, or a SQuAD model on /v1/qa.
+
+    Endpoints: POST /v1/completions, POST /v1/chat/completions (tokenizers with a chat template), GET
+    /v1/models, GET /health, GET /metrics (Prometheus), and POST /v1/qa for 'hftool finetune squad' folders.
+    Requests that arrive together are decoded together in batches. Request fields left out take the --recipe's
+    decoding settings (greedy, 64 tokens by default); temperature 0 is greedy.
+
+    Examples:
+
+      hftool serve --model runs/gpt2-tiny
+
+      hftool serve --model bloom-560m --host 0.0.0.0 --port 8080 --api-key "$KEY"
+    """
+    from hftool.cli.generate import _recipe
+    from hftool.config import load_recipe
+    from hftool.generation.settings import GenerateRecipe
+    from hftool.runs.serve import ServeOptions, run_serve
+
+    base = load_recipe(GenerateRecipe, recipe, [])
+    flags = dict(model=model, dtype=dtype, device_map=device_map, offload_folder=None, max_memory=None,
+                 trust_remote_code=trust_remote_code, batch_size=None)
+    run_serve(ServeOptions(recipe=_recipe(base, flags), host=host, port=port, api_key=api_key or None,
+                           max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
+                           threads=threads,
+                           qa_window=(max_length, doc_stride, max_answer_length)))

@@ -1,0 +1,124 @@
+"""``hftool serve``: load the model once, build the app, run uvicorn until SIGINT/SIGTERM.
+
+uvicorn stops accepting on SIGTERM, lets in-flight requests finish for ``grace`` seconds, then the app's
+shutdown refuses what is still queued with a clean error, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from hftool.errors import HftoolError
+from hftool.generation.settings import GenerateRecipe
+
+
+@dataclass
+class ServeOptions:
+    recipe: GenerateRecipe = field(default_factory=GenerateRecipe)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch_size: int = 16
+    max_queue: int = 64
+    threads: int | None = None  # torch threads of the decoding thread; None: all cores but one
+    max_tokens_cap: int = 1024
+    max_body_bytes: int = 1 << 20
+    grace_s: float = 20.0
+    log_level: str = "info"
+    qa_window: tuple[int, int, int] = (384, 128, 30)  # max_length, doc_stride, max_answer_length, as hftool answer
+
+    def validate(self) -> None:
+        self.recipe.validate()
+        for flag, value, low in (("--port", self.port, 0), ("--max-batch-size", self.max_batch_size, 1),
+                                 ("--max-queue", self.max_queue, 1), ("--max-tokens-cap", self.max_tokens_cap, 1),
+                                 ("--threads", 1 if self.threads is None else self.threads, 1)):
+            if value < low:
+                raise HftoolError(f"{flag} {value}: must be at least {low}")
+        if self.port > 65535:
+            raise HftoolError(f"--port {self.port}: must be at most 65535")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """Binding beyond this machine without a key lets anyone on the network use the model."""
+    if api_key or is_loopback(host):
+        return None
+    return (f"warning: serving on {host} without --api-key (or HFTOOL_API_KEY): anyone who can reach this "
+            "port can use the model")
+
+
+def is_qa_model(name: str) -> bool:
+    """An extractive-QA folder (``hftool finetune squad``) is served on /v1/qa instead of the generation API."""
+    from transformers import AutoConfig
+
+    from hftool.hub import resolve_model
+    from hftool.model_loading import load_pretrained
+
+    ref = resolve_model(name, "--model")
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(ref.name_or_path, **ref.load_kwargs()), name,
+                             "--model", "its config")
+    return any(a.endswith("ForQuestionAnswering") for a in getattr(config, "architectures", None) or [])
+
+
+def build_served(options: ServeOptions):
+    """Load the model and return the :class:`Served` the app takes (the batcher is started by the app)."""
+    from hftool.serve.app import Served
+    from hftool.serve.batcher import Batcher
+    from hftool.serve.metrics import Metrics
+
+    name = options.recipe.model.name
+    if not name:
+        raise HftoolError("--model is required (a folder, a Hub id or an alias), or a --recipe that names one")
+    metrics = Metrics()
+    if is_qa_model(name):
+        from hftool.data.squad import WindowSettings
+        from hftool.serve.qa import QAService
+
+        return Served(name=name, metrics=metrics, qa=QAService(name, WindowSettings(*options.qa_window, prefix="--")))
+    from hftool.generation.loading import context_length, load_for_generation
+
+    model, tokenizer = load_for_generation(options.recipe.model)
+    context = context_length(model, tokenizer)
+    batcher = Batcher(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
+                      threads=options.threads)
+    return Served(name=name, metrics=metrics, tokenizer=copy.deepcopy(tokenizer), batcher=batcher,
+                  defaults=options.recipe.decoding, context=context,
+                  max_tokens_cap=min(options.max_tokens_cap, context - 1))
+
+
+def run_serve(options: ServeOptions) -> None:
+    import uvicorn
+
+    from hftool.serve.app import create_app
+
+    options.validate()
+    warning = exposure_warning(options.host, options.api_key)
+    if warning:
+        print(warning, file=sys.stderr)
+    served = build_served(options)
+    app = create_app(served, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
+    kind = "/v1/qa" if served.qa else "/v1/completions and /v1/chat/completions"
+    print(f"serving {served.name} on http://{options.host}:{options.port} ({kind}); Ctrl-C to stop",
+          file=sys.stderr)
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
+                            timeout_graceful_shutdown=options.grace_s, limit_concurrency=None)
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start;
+    # ignoring it there makes a requested shutdown a clean exit 0 (what service managers expect).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    server.run()
+    if not server.started:
+        raise HftoolError(f"could not listen on {options.host}:{options.port} (in use, or not an address of "
+                          "this machine); pick another --host/--port")

@@ -1,0 +1,1 @@
+"""``hftool serve``: a model behind an OpenAI-compatible HTTP API (FastAPI + uvicorn), decoded in batches."""
