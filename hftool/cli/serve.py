@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.generate import DEVICE_MAP, DTYPE, MODEL, REMOTE
+from hftool.cli.options import QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH
+from hftool.cli.setting_options import options, with_options
+from hftool.generation.settings import ModelSettings
 
 
+@with_options(*options(ModelSettings, ["name", "dtype", "device_map", "trust_remote_code"]))
 def serve(
-    model: str = MODEL,
     recipe: str = typer.Option(None, "--recipe", "-r", show_default=False,
                                help="Generate recipe whose decoding settings are the defaults for requests."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for every interface."),
@@ -20,12 +22,10 @@ def serve(
     threads: int = typer.Option(None, "--threads", show_default=False,
                                 help="Torch threads for decoding (default: all cores but one, left to HTTP)."),
     max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
-    max_length: int = typer.Option(384, "--max-length", help="QA models: tokens per window (as hftool answer)."),
-    doc_stride: int = typer.Option(128, "--doc-stride", help="QA models: context tokens shared by windows."),
-    max_answer_length: int = typer.Option(30, "--max-answer-length", help="QA models: longest answer, in tokens."),
-    dtype: str = DTYPE,
-    device_map: str = DEVICE_MAP,
-    trust_remote_code: bool = REMOTE,
+    max_length: int = QA_MAX_LENGTH,
+    doc_stride: int = QA_DOC_STRIDE,
+    max_answer_length: int = QA_MAX_ANSWER_LENGTH,
+    **flags,
 ) -> None:
     """Serve a causal LM (a folder, a Hub id or an alias) behind OpenAI's API, or a SQuAD model on /v1/qa.
 
@@ -46,8 +46,6 @@ def serve(
     from hftool.runs.serve import ServeOptions, run_serve
 
     base = load_recipe(GenerateRecipe, recipe, [])
-    flags = dict(model=model, dtype=dtype, device_map=device_map, offload_folder=None, max_memory=None,
-                 trust_remote_code=trust_remote_code, batch_size=None)
     run_serve(ServeOptions(recipe=_recipe(base, flags), host=host, port=port, api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
                            threads=threads,

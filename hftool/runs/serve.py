@@ -61,14 +61,9 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 
 def is_qa_model(name: str) -> bool:
     """An extractive-QA folder (``hftool finetune squad``) is served on /v1/qa instead of the generation API."""
-    from transformers import AutoConfig
+    from hftool.loading import load_config, resolve_model
 
-    from hftool.hub import resolve_model
-    from hftool.model_loading import load_pretrained
-
-    ref = resolve_model(name, "--model")
-    config = load_pretrained(lambda: AutoConfig.from_pretrained(ref.name_or_path, **ref.load_kwargs()), name,
-                             "--model", "its config")
+    config = load_config(resolve_model(name, "--model"), name, "--model")
     return any(a.endswith("ForQuestionAnswering") for a in getattr(config, "architectures", None) or [])
 
 
@@ -83,10 +78,7 @@ def build_served(options: ServeOptions):
         raise HftoolError("--model is required (a folder, a Hub id or an alias), or a --recipe that names one")
     metrics = Metrics()
     if is_qa_model(name):
-        from hftool.data.squad import WindowSettings
-        from hftool.serve.qa import QAService
-
-        return Served(name=name, metrics=metrics, qa=QAService(name, WindowSettings(*options.qa_window, prefix="--")))
+        return Served(name=name, metrics=metrics, qa=load_qa_service(name, options.qa_window))
     from hftool.generation.loading import context_length, load_for_generation
 
     model, tokenizer = load_for_generation(options.recipe.model)
@@ -96,6 +88,23 @@ def build_served(options: ServeOptions):
     return Served(name=name, metrics=metrics, tokenizer=copy.deepcopy(tokenizer), batcher=batcher,
                   defaults=options.recipe.decoding, context=context,
                   max_tokens_cap=min(options.max_tokens_cap, context - 1))
+
+
+def load_qa_service(name: str, window: tuple[int, int, int]):
+    """The model, tokenizer and windows of ``hftool answer``, loaded once for every /v1/qa request."""
+    from accelerate import PartialState
+
+    from hftool.data.squad import WindowSettings
+    from hftool.loading import resolve_model
+    from hftool.runs.squad import check_positions, load_qa_model, load_qa_tokenizer
+    from hftool.serve.qa import QAService
+
+    settings = WindowSettings(*window, prefix="--")
+    settings.validate()
+    ref = resolve_model(name, "--model")
+    tokenizer = load_qa_tokenizer(ref, "--model")
+    check_positions(ref, settings, "--model")
+    return QAService(load_qa_model(ref, name=name), tokenizer, settings, PartialState().device)
 
 
 def run_serve(options: ServeOptions) -> None:

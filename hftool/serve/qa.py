@@ -13,20 +13,14 @@ from hftool.data.squad import QAExample, WindowSettings
 
 
 class QAService:
-    def __init__(self, name: str, settings: WindowSettings | None = None, batch_size: int = 32):
-        from accelerate import PartialState
+    """A loaded question-answering model and tokenizer (see :func:`hftool.runs.serve.build_served`)."""
 
-        from hftool.hub import resolve_model
-        from hftool.tasks.squad import check_positions, load_qa_model, load_tokenizer
-
-        self.settings = settings or WindowSettings(prefix="--")
-        self.settings.validate()
+    def __init__(self, model, tokenizer, settings: WindowSettings, device, batch_size: int = 32):
+        self.settings = settings
         self.batch_size = batch_size
-        ref = resolve_model(name, "--model")
-        self.tokenizer = load_tokenizer(ref, "--model")
-        check_positions(ref, self.settings, "--model")
-        self.device = PartialState().device
-        self.model = load_qa_model(ref, name=name).to(self.device)
+        self.tokenizer = tokenizer
+        self.device = device
+        self.model = model.to(device)
         self.model.eval()
         self.lock = threading.Lock()  # one request at a time on the model; they come from a thread pool
 
