@@ -9,7 +9,7 @@ STAMP := $(VENV)/.hftool-installed
 TORCH_CPU ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install demo test test-slow test-cpu-features bench gpu-check lint clean
+.PHONY: install demo test test-unit test-slow test-cpu-features bench gpu-check lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The fast unit layer: no subprocess, no second process, no training run of more than a few seconds.
+test-unit: $(STAMP)
+	$(PY) -m pytest -m "not integration and not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

@@ -1,4 +1,6 @@
-"""Shared fixtures: offline environment, tiny models built from configs, the shared real data."""
+"""Shared fixtures: offline environment, tiny models built from configs, the shared real data.
+
+Plain helpers and constants (run_cli, REPO, ...) live in helpers.py; tests import those, never this file."""
 
 from __future__ import annotations
 
@@ -6,14 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import SAMPLE_TEXT, SHARED_DATA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,13 +27,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (the ../shared folder beside the repository)")
     return SHARED_DATA
-
-
-SAMPLE_TEXT = (
-    "The quick brown fox jumps over the lazy dog. A robot must obey the orders given it by human beings.\n\n"
-    "Transformers read whole sentences at once. Attention lets every token look at every other token.\n\n"
-    "Language models predict the next word. Masked language models predict hidden words from both sides.\n\n"
-) * 20
 
 
 @pytest.fixture(scope="session")
@@ -122,50 +115,10 @@ def small_corpus(tmp_path_factory) -> Path:
     return path
 
 
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """Run ``hftool ARGS`` in this process through the real entry point; returns (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-    import sys
+@pytest.fixture(scope="session")
+def corpus_wordpiece(small_corpus):
+    """A lower-cased 1000-token WordPiece vocabulary trained on small_corpus (few [UNK], many ## pieces)."""
+    from hftool.data.text import read_text_documents
+    from hftool.data.tokenizer_training import train_tokenizer
 
-    from hftool.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["hftool", *args]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
-
-
-def tiny_pretrain_args(corpus: Path, output: Path, *extra: str) -> list[str]:
-    """Overrides that make ``hftool pretrain`` train a 1-layer GPT-2 for a few seconds."""
-    return [
-        f"data.files=[{corpus}]", "data.block_size=32", "tokenizer.vocab_size=400",
-        "model.config={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}",
-        f"train.output_dir={output}", "train.batch_size=4", "train.max_steps=6", "train.log_every=1",
-        "train.eval_every=0", "train.save_every=0", "train.mixed_precision=no", "train.report_to=none",
-        "train.eval_max_batches=2", *extra,
-    ]
-
-
-def wait_for_step(metrics: Path, step: int, proc, timeout: float = 240) -> None:
-    """Block until a training subprocess has logged ``step`` in its metrics.jsonl (it logs every step)."""
-    import json
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if metrics.is_file():
-            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line]
-            if steps and max(steps) >= step:
-                return
-        assert proc.poll() is None, f"training ended early: {proc.stderr.read()[-3000:]}"
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the step in time")
+    return train_tokenizer(read_text_documents(small_corpus), "wordpiece", vocab_size=1000, lowercase=True)

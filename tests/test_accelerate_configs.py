@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, tiny_pretrain_args
+from helpers import REPO, tiny_pretrain_args
 
 from hftool.config import list_accelerate_configs
 from hftool.errors import HftoolError
@@ -70,6 +70,7 @@ def test_unsupported_config_is_refused(tmp_path):
         check_accelerate_config(str(bad))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variable, message", [
     ("ACCELERATE_USE_FSDP", "asks for FSDP, which needs GPUs"),
     ("ACCELERATE_USE_DEEPSPEED", "asks for DeepSpeed, which needs GPUs"),

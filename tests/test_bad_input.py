@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 from squad_fixtures import hand_examples, write_jsonl
 
 QA_WINDOW = ["--max-length", "64", "--doc-stride", "16"]  # the tiny GPT-2 has 128 positions

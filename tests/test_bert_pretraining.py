@@ -1,10 +1,9 @@
-"""BERT pretraining (MLM + NSP): pairs, masking, the masked-only head, resume, accumulation, real text, bad input."""
+"""BERT pretraining (MLM + NSP): pairs, masking, the masked-only head, accumulation, real text, bad input."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -12,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_cli, wait_for_step
-from test_pretrain import _load_weights
+from helpers import TINY_BERT, run_cli, tiny_bert_args
 from transformers import AutoTokenizer, BertForMaskedLM, BertForPreTraining
 
 from hftool.data.bert_examples import (
@@ -35,24 +33,11 @@ from hftool.tasks.bert_pretraining import (
     as_standard_model,
 )
 
-TINY_BERT = ("model.config={num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, "
-             "max_position_embeddings: 64}")
-
-
-def tiny_bert_args(corpus, output, *extra: str) -> list[str]:
-    """Overrides that make ``hftool pretrain -r bert-tiny-mlm-nsp`` train a 1-layer BERT for a few seconds."""
-    return ["-r", "bert-tiny-mlm-nsp", f"data.files=[{corpus}]", "data.block_size=32", "tokenizer.vocab_size=400",
-            TINY_BERT, f"train.output_dir={output}", "train.batch_size=4", "train.max_steps=6", "train.log_every=1",
-            "train.eval_every=0", "train.save_every=0", "train.mixed_precision=no", "train.report_to=none",
-            "train.eval_max_batches=2", *extra]
-
 
 @pytest.fixture(scope="module")
-def tokenizer(small_corpus):
-    """A lower-cased 1000-token WordPiece vocabulary trained on the corpus below (few [UNK], many ## pieces)."""
-    from hftool.data.tokenizer_training import train_tokenizer
-
-    return train_tokenizer(read_text_documents(small_corpus), "wordpiece", vocab_size=1000, lowercase=True)
+def tokenizer(corpus_wordpiece):
+    """The shared WordPiece vocabulary of small_corpus (conftest.py), under this module's short name."""
+    return corpus_wordpiece
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +245,7 @@ def _fit(tmp_path, name, examples, tokenizer, **overrides):
     return model
 
 
+@pytest.mark.integration
 def test_accumulation_equals_one_big_batch(tmp_path, corpus, tokenizer):
     examples = _examples(corpus, tokenizer, block_size=32, short_seq_probability=0.3)
     big = _fit(tmp_path, "big", examples, tokenizer, batch_size=8, grad_accum=1, max_steps=3)
@@ -282,6 +268,7 @@ def _load_in_plain_transformers(folder, tmp_path, script: str) -> str:
     return result.stdout
 
 
+@pytest.mark.integration
 def test_mlm_nsp_end_to_end_loads_as_standard_bert(small_corpus, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = run_cli(["pretrain", *tiny_bert_args(small_corpus, out)])
@@ -303,6 +290,7 @@ def test_mlm_nsp_end_to_end_loads_as_standard_bert(small_corpus, tmp_path):
     assert stdout.strip() == "ok"
 
 
+@pytest.mark.integration
 def test_mlm_objective_saves_bert_for_masked_lm(small_corpus, tmp_path):
     out = tmp_path / "mlm"
     code, stdout, err = run_cli(["pretrain", *tiny_bert_args(small_corpus, out, "objective=mlm",
@@ -316,38 +304,7 @@ def test_mlm_objective_saves_bert_for_masked_lm(small_corpus, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
-def test_sigterm_then_resume_is_bitwise_exact(small_corpus, tokenizer, tmp_path):
-    """mlm-nsp stopped by a real SIGTERM and resumed ends with exactly the weights of an uninterrupted run.
-
-    Both runs share one tokenizer folder: ``tokenizers`` trains WordPiece vocabularies that differ slightly
-    from one process to the next (ties broken in hash order), which is not what this test is about.
-    """
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
-    common = ["train.max_steps=16", "train.lr=3e-3", "train.warmup_steps=3", f"tokenizer.path={tmp_path / 'tokenizer'}"]
-    reference = tmp_path / "reference"
-    code, _, err = run_cli(["pretrain", *tiny_bert_args(small_corpus, reference, *common)])
-    assert code == 0, err
-
-    stopped = tmp_path / "stopped"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "hftool", "pretrain", *tiny_bert_args(small_corpus, stopped, *common)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(stopped / "metrics.jsonl", 4, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    checkpoints = sorted((stopped / "checkpoints").iterdir())
-    assert len(checkpoints) == 1 and 4 <= int(checkpoints[0].name.split("-")[1]) < 16
-    assert not (stopped / "model.safetensors").exists()
-
-    code, _, err = run_cli(["pretrain", *tiny_bert_args(small_corpus, stopped, *common), "--resume"])
-    assert code == 0, err
-    expected, resumed = _load_weights(reference), _load_weights(stopped)
-    assert expected.keys() == resumed.keys()
-    for name in expected:
-        assert torch.equal(expected[name], resumed[name]), name
-
-
+@pytest.mark.integration
 def test_continued_pretraining_from_minilm_initialises_the_missing_heads(minilm, small_corpus, tmp_path):
     out = tmp_path / "minilm"
     args = tiny_bert_args(small_corpus, out, f"model.init_from={minilm}", "model.config={}",
@@ -372,7 +329,7 @@ REAL_TEXT_RUN = [
 
 
 @pytest.mark.slow
-@pytest.mark.slow
+@pytest.mark.integration
 def test_short_run_on_real_text_learns_nsp_and_mlm(shared_data, tmp_path):
     """300 steps of a 2-layer BERT on WikiText-2 (the validation file; a fifth of its documents held out).
 
@@ -432,6 +389,7 @@ def test_no_sentence_boundary_and_long_lines_are_counted_not_fatal(tmp_path):
     assert f"40 documents had no sentence boundary, {long_lines} sentences longer than 29 tokens" in stdout
 
 
+@pytest.mark.integration
 def test_tokenizer_larger_than_the_model_is_refused_unless_resized(tiny_bert, small_corpus, tmp_path):
     from hftool.data.tokenizer_training import train_tokenizer
 

@@ -1,5 +1,6 @@
 """Checkpoints: nothing in one can run code, a damaged one is skipped (or refused), a full disk is one line,
-and metrics.jsonl holds each step exactly once across kills and resumes."""
+a run stopped by SIGTERM or SIGKILL resumes bitwise exactly, and metrics.jsonl holds each step exactly once
+across kills and resumes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_pretrain_args, wait_for_step
+from helpers import REPO, load_weights, run_cli, tiny_bert_args, tiny_pretrain_args, wait_for_step
 
 from hftool.engine.checkpoints import CheckpointError, verify_checkpoint
 
@@ -24,12 +25,6 @@ COMMON = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=2",
 
 def _pretrain(corpus, out, *extra):
     return run_cli(["pretrain", *tiny_pretrain_args(corpus, out, *COMMON, *extra)])
-
-
-def _weights(folder):
-    from safetensors.torch import load_file
-
-    return load_file(folder / "model.safetensors")
 
 
 def _assert_one_error_line(code, err, *needles):
@@ -67,6 +62,7 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.integration
 def test_no_checkpoint_file_can_run_code(finished_run, small_corpus, tmp_path):
     """Each file of a checkpoint replaced by a live malicious pickle (the manifest updated to match, so that
     verification alone cannot catch it): resuming never runs it and names the file in one line."""
@@ -105,29 +101,32 @@ def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.integration
 def test_truncated_model_is_refused_with_strict_resume_and_skipped_without(finished_run, small_corpus, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)
     newest = out / "checkpoints" / "step-00000004"
     model = newest / "model.safetensors"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
-    expected = _weights(finished_run)
+    expected = load_weights(finished_run)
 
     code, _, err = _pretrain(small_corpus, out, "--resume", "--strict-resume")
     _assert_one_error_line(code, err, str(model), "truncated", "--strict-resume")
-    assert newest.is_dir() and torch.equal(_weights(out)["transformer.wte.weight"], expected["transformer.wte.weight"])
+    assert newest.is_dir()
+    assert torch.equal(load_weights(out)["transformer.wte.weight"], expected["transformer.wte.weight"])
 
     code, stdout, err = _pretrain(small_corpus, out, "--resume")
     assert code == 0, err
     assert f"skipped checkpoint step-00000004: {model} is" in stdout + err
     assert "(step 2)" in stdout + err and (out / "checkpoints" / "rejected-step-00000004").is_dir()
-    resumed = _weights(out)
+    resumed = load_weights(out)
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)  # the fallback resume is exact too
     verify_checkpoint(out / "checkpoints" / "step-00000004")
     train, evals = _train_steps(out / "metrics.jsonl")
     assert train == [1, 2, 3, 4] and evals == [4]
 
 
+@pytest.mark.integration
 def test_no_checkpoint_that_verifies_is_refused(finished_run, small_corpus, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)
@@ -137,6 +136,7 @@ def test_no_checkpoint_that_verifies_is_refused(finished_run, small_corpus, tmp_
     _assert_one_error_line(code, err, "no checkpoint in", "optimizer.json")
 
 
+@pytest.mark.integration
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_corpus, tmp_path, monkeypatch):
     """ENOSPC while writing the second checkpoint: one line naming the device and the file, the first
     checkpoint intact, no temporary folder left; --resume then finishes, logging each step once."""
@@ -170,6 +170,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_corpus, tmp_
     assert train == [1, 2, 3, 4, 5, 6] and evals == [6]
 
 
+@pytest.mark.integration
 def test_disk_full_during_the_final_save_leaves_no_partial_model(small_corpus, tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -188,6 +189,7 @@ def test_disk_full_during_the_final_save_leaves_no_partial_model(small_corpus, t
     verify_checkpoint(out / "checkpoints" / "step-00000004")
 
 
+@pytest.mark.integration
 def test_kill_9_then_resume_is_exact_and_logs_each_step_once(small_corpus, tmp_path):
     common = ["train.max_steps=12", "train.save_every=3", "train.lr=3e-3", "train.warmup_steps=4",
               "model.config.resid_pdrop=0.1"]
@@ -208,7 +210,7 @@ def test_kill_9_then_resume_is_exact_and_logs_each_step_once(small_corpus, tmp_p
     code, stdout, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, killed, *common), "--resume"])
     assert code == 0, err
     assert "(step 6)" in stdout + err or "(step 9)" in stdout + err
-    expected, resumed = _weights(reference), _weights(killed)
+    expected, resumed = load_weights(reference), load_weights(killed)
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
     train, evals = _train_steps(killed / "metrics.jsonl")
     assert train == list(range(1, 13)) and evals == [12]
@@ -217,6 +219,53 @@ def test_kill_9_then_resume_is_exact_and_logs_each_step_once(small_corpus, tmp_p
     assert [r.get("loss") for r in ref_train] == [r.get("loss") for r in res_train]
 
 
+# GPT-2 (causal LM) and BERT (mlm-nsp): (overrides builder, shared overrides, step to stop at, max_steps).
+SIGTERM_RUNS = {
+    "gpt2": (tiny_pretrain_args, ["train.lr=3e-3", "train.warmup_steps=4", "model.config.resid_pdrop=0.1"], 5, 24),
+    "bert": (tiny_bert_args, ["train.lr=3e-3", "train.warmup_steps=3"], 4, 16),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("model", SIGTERM_RUNS)
+def test_sigterm_then_resume_is_bitwise_exact(model, small_corpus, request, tmp_path):
+    """A run stopped by a real SIGTERM and resumed ends with exactly the weights of an uninterrupted run.
+
+    The BERT runs share one tokenizer folder: ``tokenizers`` trains WordPiece vocabularies that differ slightly
+    from one process to the next (ties broken in hash order), which is not what this test is about.
+    """
+    build, common, stop_at, max_steps = SIGTERM_RUNS[model]
+    common = [f"train.max_steps={max_steps}", *common]
+    if model == "bert":
+        request.getfixturevalue("corpus_wordpiece").save_pretrained(tmp_path / "tokenizer")
+        common.append(f"tokenizer.path={tmp_path / 'tokenizer'}")
+    reference = tmp_path / "reference"
+    code, _, err = run_cli(["pretrain", *build(small_corpus, reference, *common)])
+    assert code == 0, err
+
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "hftool", "pretrain", *build(small_corpus, stopped, *common)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(stopped / "metrics.jsonl", stop_at, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    checkpoints = sorted((stopped / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and (checkpoints[0] / "COMPLETE").is_file()
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert stop_at <= stopped_at < max_steps
+    assert not (stopped / "model.safetensors").exists()
+
+    code, _, err = run_cli(["pretrain", *build(small_corpus, stopped, *common), "--resume"])
+    assert code == 0, err
+    expected, resumed = load_weights(reference), load_weights(stopped)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+
+
+@pytest.mark.integration
 def test_a_forged_manifest_entry_cannot_escape_the_checkpoint(finished_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import typer
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from hftool.cli import app
 from hftool.errors import HftoolError
@@ -97,6 +97,7 @@ def test_local_folder_and_bad_paths(tiny_gpt2, tmp_path):
         resolve_model("./does/not/exist")
 
 
+@pytest.mark.integration
 def test_python_dash_m_and_one_line_errors_without_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "hftool", "pretrain", "model.init_from=bloom-560m",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from hftool import environment
 from hftool.config import load_recipe

@@ -12,8 +12,9 @@ import time
 import psutil
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_pretrain_args, wait_for_step
-from safetensors.torch import load_file
+from helpers import REPO, load_weights, run_cli, tiny_bert_args, tiny_pretrain_args, wait_for_step
+
+pytestmark = pytest.mark.integration  # every test launches 2 processes (or the launcher) as subprocesses
 
 NO_DROPOUT = "model.config={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64, resid_pdrop: 0.0, " \
              "embd_pdrop: 0.0, attn_pdrop: 0.0}"
@@ -35,10 +36,6 @@ def _finish(proc: subprocess.Popen, timeout=300) -> str:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     return out
-
-
-def _weights(folder):
-    return load_file(folder / "model.safetensors")
 
 
 def _assert_close(a, b, atol):
@@ -70,8 +67,8 @@ def test_two_processes_equal_one_big_batch_and_accumulation(small_corpus, tmp_pa
                                                             "train.batch_size=4", "train.grad_accum=2")])
     assert code == 0, err
     _finish(proc)
-    _assert_close(_weights(big), _weights(two), atol=1e-6)
-    _assert_close(_weights(big), _weights(accumulated), atol=1e-6)
+    _assert_close(load_weights(big), load_weights(two), atol=1e-6)
+    _assert_close(load_weights(big), load_weights(accumulated), atol=1e-6)
     # Evaluation sharded over 2 processes sees every block once: same metric as one process.
     two_metrics = json.loads((two / "metrics.json").read_text())
     big_metrics = json.loads((big / "metrics.json").read_text())
@@ -120,7 +117,7 @@ def test_sigterm_to_one_rank_stops_all_and_resume_is_exact(small_corpus, tmp_pat
     assert not (stopped / "model.safetensors").exists()
 
     _finish(_two_processes([*tiny_pretrain_args(small_corpus, stopped, *args), "--resume"]))
-    expected, resumed = _weights(reference), _weights(stopped)
+    expected, resumed = load_weights(reference), load_weights(stopped)
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
 
@@ -183,9 +180,9 @@ def test_squad_two_processes_equal_one_big_batch_and_accumulation(tmp_path, tiny
         code, _, err = run_cli(args(name, *extra))
         assert code == 0, err
     _finish(proc)
-    big = _weights(tmp_path / "big")
-    _assert_close(big, _weights(tmp_path / "two"), atol=1e-6)
-    _assert_close(big, _weights(tmp_path / "acc"), atol=1e-6)
+    big = load_weights(tmp_path / "big")
+    _assert_close(big, load_weights(tmp_path / "two"), atol=1e-6)
+    _assert_close(big, load_weights(tmp_path / "acc"), atol=1e-6)
     two_metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     big_metrics = json.loads((tmp_path / "big" / "metrics.json").read_text())
     assert two_metrics["eval_exact_match"] == big_metrics["eval_exact_match"]
@@ -194,8 +191,6 @@ def test_squad_two_processes_equal_one_big_batch_and_accumulation(tmp_path, tiny
 
 def test_mlm_nsp_two_processes_equal_one_big_batch_and_accumulation(small_corpus, tmp_path):
     """Masked-token counts differ between ranks; the loss is normalised over the whole step, so weights agree."""
-    from test_bert_pretraining import tiny_bert_args
-
     no_dropout = ("model.config={num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, "
                   "intermediate_size: 64, max_position_embeddings: 64, hidden_dropout_prob: 0.0, "
                   "attention_probs_dropout_prob: 0.0}")
@@ -216,6 +211,6 @@ def test_mlm_nsp_two_processes_equal_one_big_batch_and_accumulation(small_corpus
                             "train.batch_size=4", "train.grad_accum=2"])
     assert code == 0, err
     _finish(proc)
-    big = _weights(tmp_path / "big")
-    _assert_close(big, _weights(tmp_path / "two"), atol=1e-6)
-    _assert_close(big, _weights(tmp_path / "acc"), atol=1e-6)
+    big = load_weights(tmp_path / "big")
+    _assert_close(big, load_weights(tmp_path / "two"), atol=1e-6)
+    _assert_close(big, load_weights(tmp_path / "acc"), atol=1e-6)

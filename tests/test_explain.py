@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from typer.testing import CliRunner
 
 from hftool.cli import app
@@ -18,7 +19,6 @@ from hftool.errors import HftoolError
 from hftool.explain import attention, embeddings, plots, positional, predictions
 from hftool.explain.loading import load_model
 
-REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -267,6 +267,7 @@ def test_bad_input_fails_before_loading_anything(args, message):
     assert message in str(result.exception)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command, message", [
     (["next-token", "--model", "{tiny_bert}", "--text", "a robot"],
      "error: --model {tiny_bert}: BertForPreTraining is an encoder-only (bidirectional) model"),

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE_TEXT, hftool_cli
 
 from hftool.errors import HftoolError
 from hftool.generation.batching import run_prompts
@@ -21,26 +18,12 @@ from hftool.generation.metrics import bleu_chrf, rouge
 from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.runs.generate import run_generate, run_summarize, run_translate
 
-REPO = Path(__file__).resolve().parent.parent
 PROMPTS = [
     "The quick brown fox",
     "Attention lets every token look at every other token. Language models predict the next word.",
     "A robot",
     "Transformers read whole sentences at once.",
 ]
-
-
-def hftool_cli(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    """Run ``python -m hftool`` as a user would, offline, with an empty Hugging Face cache."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "hftool", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        input=stdin,
-        timeout=180,
-    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,8 +48,6 @@ def bloom(tiny_bloom):
 @pytest.fixture(scope="session")
 def pretrained_folder(tmp_path_factory, tiny_gpt2):
     """A model folder written by 'hftool pretrain' (1 layer, 5 steps, the fixture tokenizer, tiny corpus)."""
-    from conftest import SAMPLE_TEXT
-
     root = tmp_path_factory.mktemp("pretrained")
     corpus = root / "corpus.txt"
     corpus.write_text(SAMPLE_TEXT, encoding="utf-8")
@@ -121,6 +102,7 @@ def test_greedy_equals_model_generate_alone_and_in_batches(name, request):
     assert [r.sequences[0].text for r in batched] == [tokenizer.decode(ids) for ids in expected]
 
 
+@pytest.mark.integration
 def test_greedy_equals_model_generate_for_a_pretrained_folder(pretrained_folder):
     model, tokenizer = load_for_generation(ModelSettings(name=str(pretrained_folder)))
     assert model.generation_config.do_sample  # pretrain saves sampling defaults; --greedy must override them
@@ -249,6 +231,7 @@ def test_device_map_auto_offloads_what_does_not_fit_to_disk(tiny_gpt2, gpt2, tmp
     assert generator.generate([ids])[0][0].token_ids == reference_greedy(gpt2[0], ids, 20)
 
 
+@pytest.mark.integration
 def test_cli_jsonl_in_and_out_in_input_order_without_pad_or_mask_warnings(tiny_gpt2, gpt2, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"text": p} for p in PROMPTS] + [{"text": ""}]
@@ -340,6 +323,7 @@ def test_generate_recipes_validate_and_bloom_is_not_greedy():
     assert bloom.do_sample and (bloom.repetition_penalty > 1 or bloom.no_repeat_ngram_size > 0)
 
 
+@pytest.mark.integration
 def test_alias_resolves_to_hub_id_with_one_line_offline_error(tmp_path, monkeypatch):
     from hftool import hub
     from hftool.hub import ALIASES, resolve_model
@@ -358,8 +342,6 @@ def test_alias_resolves_to_hub_id_with_one_line_offline_error(tmp_path, monkeypa
 
 
 def test_summarize_truncates_samples_top_k_and_scores_rouge(tiny_gpt2, tmp_path):
-    from conftest import SAMPLE_TEXT
-
     article = tmp_path / "article.txt"
     article.write_text(SAMPLE_TEXT, encoding="utf-8")  # far longer than the 128-position model
     reference = tmp_path / "reference.txt"
@@ -445,6 +427,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("args", "flag"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_error_line_naming_the_flag_before_any_model_loads(args, flag, tmp_path):
     (tmp_path / "blank.txt").write_text("\n  \n\n", encoding="utf-8")
@@ -458,6 +441,7 @@ def test_bad_input_is_one_error_line_naming_the_flag_before_any_model_loads(args
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.integration
 def test_a_model_that_is_not_a_causal_lm_is_named(tiny_bert):
     done = hftool_cli("generate", "-m", str(tiny_bert), "-p", "hello")
     assert done.returncode != 0 and done.stderr.count("\n") == 1

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+from helpers import REPO
 
 
+@pytest.mark.integration
 def test_gpu_check_dry_run_fills_every_row(tmp_path):
     out = tmp_path / "gpu-check.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],

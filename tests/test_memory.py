@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from hftool.config import load_recipe
 from hftool.environment import cpu_has_native_bf16, missing_bf16_feature
@@ -53,6 +53,7 @@ def _measured_peak(recipe: str, precision: str) -> float:
 NATIVE_BF16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason=f"this CPU lacks {missing_bf16_feature()}")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("recipe, precision", [
     ("gpt2-tiny", "no"),
     pytest.param("gpt2-mini", "bf16", marks=[pytest.mark.cpu_features, NATIVE_BF16]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, tiny_pretrain_args
+from helpers import run_cli, tiny_pretrain_args
 
 from hftool.errors import HftoolError
 from hftool.outputs import MANIFEST, claim_output_dir, record, written_names
@@ -44,6 +44,7 @@ def test_refuses_current_directory_its_ancestors_home_and_root(target, tmp_path,
     assert (work / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.integration
 def test_pretrain_overwrite_keeps_user_files_and_replaces_its_own(small_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
@@ -76,6 +77,7 @@ def test_pretrain_output_dir_dot_deletes_nothing(small_corpus, tmp_path, monkeyp
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.integration
 def test_resume_with_a_changed_shape_is_refused_before_writing(small_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
@@ -90,6 +92,7 @@ def test_resume_with_a_changed_shape_is_refused_before_writing(small_corpus, tmp
     assert (out / "hftool_recipe.yaml").read_bytes() == recipe
 
 
+@pytest.mark.integration
 def test_tiny_pretrain_and_save_are_quiet(small_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)  # conftest sets it; the CLI must do it alone

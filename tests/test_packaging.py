@@ -9,7 +9,8 @@ import zipfile
 from importlib.resources import files
 from pathlib import Path
 
-from conftest import REPO, run_cli
+import pytest
+from helpers import REPO, run_cli
 
 from hftool import config as cfg
 
@@ -31,6 +32,7 @@ def test_recipes_are_read_from_the_package_resource():
     assert all(p.parts[0] == "accelerate" for p in accelerate)
 
 
+@pytest.mark.integration
 def test_the_wheel_holds_every_recipe_and_accelerate_config(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
                              "-q", "-w", str(tmp_path)], capture_output=True, text=True)

