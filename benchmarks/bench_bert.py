@@ -45,13 +45,8 @@ def make_pairs(tokenizer_dir: Path, train_file: Path) -> tuple[int, list]:
     """Write hftool's epoch-0 training pairs (unmasked) as JSONL; return their count and the held-out examples."""
     from transformers import AutoTokenizer
 
-    from hftool.data.bert_examples import (
-        VALIDATION_SALT,
-        BertExamples,
-        BertExamplesConfig,
-        prepare_corpus,
-        tokenize_corpus,
-    )
+    from hftool.data.bert_examples import VALIDATION_SALT, BertExamples, BertExamplesConfig
+    from hftool.data.bert_sentences import prepare_corpus, tokenize_corpus
     from hftool.data.text import DataConfig, load_documents
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import REPO, load_weights, run_cli, tiny_bert_args, tiny_pretrain_args, wait_for_step
 
-from hftool.engine.checkpoints import CheckpointError, verify_checkpoint
+from hftool.engine.checkpoint_files import CheckpointError, verify_checkpoint
 
 COMMON = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=2", "train.lr=3e-3",
           "train.warmup_steps=2", "model.config.resid_pdrop=0.1")
@@ -314,7 +314,7 @@ class _ShardedAccelerator:
 
 
 def test_a_real_dcp_metadata_and_plain_torch_shards_pass(tmp_path):
-    from hftool.engine.checkpoints import check_pickles, weights_only_loads
+    from hftool.engine.checkpoint_pickles import check_pickles, weights_only_loads
 
     state = _dcp_checkpoint(tmp_path / "ckpt")
     torch.save({"w": torch.arange(3.0)}, tmp_path / "ckpt" / "pytorch_model_fsdp.bin")

@@ -48,6 +48,11 @@ REFERENCE_COLUMN = typer.Option(
 )
 
 
+def _input_option(help: str):
+    """``--input/-i``: each command reads its own kind of file, so only the help differs."""
+    return typer.Option(None, "--input", "-i", show_default=False, help=help)
+
+
 def _recipe(base: GenerateRecipe, flags: dict, output: str | None = None, overwrite: bool = False) -> GenerateRecipe:
     """Overlay the flags the user typed on ``base`` (recipe or task defaults) and check them all, before any load.
 
@@ -75,12 +80,8 @@ def generate(
         show_default=False,
         help="Text to continue ('-' reads stdin; '' generates from the begin-of-text token).",
     ),
-    input_path: str = typer.Option(
-        None,
-        "--input",
-        "-i",
-        show_default=False,
-        help="Prompts file: .txt (one per line) or .jsonl (see --column).",
+    input_path: str = _input_option(
+        "Prompts file: .txt (one per line) or .jsonl (see --column)."
     ),
     output: str = OUTPUT,
     overwrite: bool = OVERWRITE_FILE,
@@ -129,12 +130,8 @@ def generate(
                              "do_sample": "Sample (as in the GPT-2 paper) or greedy."}),
               *PLACEMENT)
 def summarize(
-    input_path: str = typer.Option(
-        None,
-        "--input",
-        "-i",
-        show_default=False,
-        help="Article: a text file (the whole file), a .jsonl file (see --column), or stdin when left out.",
+    input_path: str = _input_option(
+        "Article: a text file (the whole file), a .jsonl file (see --column), or stdin when left out."
     ),
     column: str = typer.Option("article", "--column", help="JSONL field holding the article."),
     reference: str = REFERENCE,
@@ -173,12 +170,8 @@ def summarize(
               *PLACEMENT)
 def translate(
     text: str = typer.Argument(None, show_default=False, help="Sentence to translate (or use --input)."),
-    input_path: str = typer.Option(
-        None,
-        "--input",
-        "-i",
-        show_default=False,
-        help="Sentences: a text file (one per line), a .jsonl file (see --column), or '-' for stdin.",
+    input_path: str = _input_option(
+        "Sentences: a text file (one per line), a .jsonl file (see --column), or '-' for stdin."
     ),
     column: str = typer.Option("source", "--column", help="JSONL field holding the sentence."),
     reference: str = REFERENCE,

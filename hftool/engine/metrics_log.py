@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from hftool.engine.checkpoints import writing
+from hftool.engine.checkpoint_files import writing
 from hftool.errors import TrainingDivergedError
 
 

@@ -3,7 +3,8 @@
 A task (causal LM, BERT pretraining, SQuAD, ...) only says how to collate examples, how many loss items a
 batch holds, and the summed loss of a batch. The engine owns everything else, each part in its own module:
 data order (:mod:`~hftool.engine.order`), the optimizer and schedule (:mod:`~hftool.engine.optim`),
-checkpoints and exact resume (:mod:`~hftool.engine.checkpoints`), stop signals (:mod:`~hftool.engine.signals`),
+checkpoints and exact resume (:mod:`~hftool.engine.checkpoints`, files in
+:mod:`~hftool.engine.checkpoint_files`), stop signals (:mod:`~hftool.engine.signals`),
 the metrics log, divergence checks and throughput (:mod:`~hftool.engine.metrics_log`), DeepSpeed/FSDP settings
 (:mod:`~hftool.engine.distributed`) and heap trimming (:mod:`~hftool.engine.heap`). This file is the loop.
 

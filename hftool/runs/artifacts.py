@@ -70,7 +70,7 @@ def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str,
 
     ``state_dict`` is the full (gathered) state when training was sharded (FSDP, DeepSpeed ZeRO-3).
     """
-    from hftool.engine.checkpoints import writing  # imports torch: not needed to claim a folder (fail fast)
+    from hftool.engine.checkpoint_files import writing  # imports torch: not needed to claim a folder (fail fast)
 
     tmp = out / ".final-tmp"
     record(out, tmp.name)

@@ -173,6 +173,12 @@ def _split(raw: str, one_per_line: bool) -> list[str]:
     return [raw.strip()] if raw.strip() else []
 
 
+def _check_max_context(max_context: int | None) -> None:
+    """--max-context must leave room for at least one prompt token and one generated token."""
+    if max_context is not None and max_context < 2:
+        raise HftoolError(f"--max-context {max_context}: must be at least 2")
+
+
 def run_summarize(
     recipe: GenerateRecipe,
     input_path: str | None,
@@ -190,8 +196,7 @@ def run_summarize(
     recipe.validate()
     if sentences < 1:
         raise HftoolError(f"--sentences {sentences}: must be at least 1")
-    if max_context is not None and max_context < 2:
-        raise HftoolError(f"--max-context {max_context}: must be at least 2")
+    _check_max_context(max_context)
     articles, references = _texts_and_references(
         input_path, column, reference_column, reference_path, one_per_line=False
     )
@@ -230,8 +235,7 @@ def run_translate(
     recipe.validate()
     if shots is not None and shots < 0:
         raise HftoolError(f"--shots {shots}: must be >= 0")
-    if max_context is not None and max_context < 2:
-        raise HftoolError(f"--max-context {max_context}: must be at least 2")
+    _check_max_context(max_context)
     if text is not None and input_path is not None:
         raise HftoolError("pass the sentence as an argument or --input FILE, not both")
     from hftool.generation.prompts import DEFAULT_EN_FR_PAIRS, first_line, read_pairs, translation_prompt

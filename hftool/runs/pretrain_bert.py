@@ -6,14 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import set_seed
 
-from hftool.data.bert_examples import (
-    TRAIN_SALT,
-    VALIDATION_SALT,
-    BertExamples,
-    prepare_corpus,
-    split_sentences,
-    tokenize_corpus,
-)
+from hftool.data.bert_examples import TRAIN_SALT, VALIDATION_SALT, BertExamples
+from hftool.data.bert_sentences import prepare_corpus, split_sentences, tokenize_corpus
 from hftool.data.text import Documents
 from hftool.errors import HftoolError
 from hftool.loading import cache_dir, load_config, load_model, resolve_model

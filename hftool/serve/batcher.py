@@ -13,6 +13,8 @@ stop strings only in the newly decoded tail and recognises end of text by id. It
 count (``threads``): by default one core is left to the event loop, because a decoding thread whose intra-op
 threads compete with the HTTP thread for the cores waits at every operator's barrier (measured in
 benchmarks/bench_serve.py: 70x slower on a busy 2-core machine).
+
+The file is one thing, the thread and the per-step bookkeeping only it runs (``_Tracker``), hence its length.
 """
 
 from __future__ import annotations
