@@ -13,6 +13,8 @@ from hftool.errors import HftoolError
 SCHEMAS: dict[str, str] = {
     "pretrain": "hftool.tasks.pretrain:PretrainRecipe",
     "finetune squad": "hftool.tasks.squad:SquadRecipe",
+    "finetune classify": "hftool.tasks.classify:ClassifyRecipe",
+    "finetune ner": "hftool.tasks.ner:NerRecipe",
     "generate": "hftool.generation.settings:GenerateRecipe",
 }
 

@@ -33,7 +33,20 @@ def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 
 def _register() -> None:
-    from hftool.cli import answer, env, evaluate, explain, finetune, generate, memory, pretrain, recipes, tokenizer
+    from hftool.cli import (
+        answer,
+        classify,
+        env,
+        evaluate,
+        explain,
+        finetune,
+        generate,
+        memory,
+        pretrain,
+        recipes,
+        tag,
+        tokenizer,
+    )
 
     app.command("env", help=env.env.__doc__)(env.env)
     app.add_typer(recipes.app, name="recipes")
@@ -42,6 +55,8 @@ def _register() -> None:
     app.add_typer(finetune.app, name="finetune")
     app.add_typer(evaluate.app, name="evaluate")
     app.command("answer", help=answer.answer.__doc__)(answer.answer)
+    app.command("classify", help=classify.classify.__doc__)(classify.classify)
+    app.command("tag", help=tag.tag.__doc__)(tag.tag)
     app.add_typer(explain.app, name="explain")
     app.command("estimate-memory", help=memory.estimate_memory.__doc__)(memory.estimate_memory)
     app.command("generate", help=generate.generate.__doc__)(generate.generate)
