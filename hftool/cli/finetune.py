@@ -8,7 +8,8 @@ from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, ST
 
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
-app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering, text classification, named entities).",
+app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering, text classification, "
+                       "named entities).",
                   no_args_is_help=True)
 
 
