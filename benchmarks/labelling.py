@@ -83,6 +83,7 @@ def compare(name: str, quality: str, hftool: dict, baseline: dict, settings: dic
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(describe(report["machine"]))
     print("\n".join(lines))
-    print(f"\n{quality} difference {ratios[f'{quality}_minus_baseline']:+.2f}; training {ratios['train_speedup']:.2f}x, "
+    difference = ratios[f"{quality}_minus_baseline"]
+    print(f"\n{quality} difference {difference:+.2f}; training {ratios['train_speedup']:.2f}x, "
           f"evaluation {ratios['eval_speedup']:.2f}x; goals met: {goals}")
     print(f"wrote {RESULTS / f'{name}.json'}")
