@@ -48,7 +48,7 @@ def sst2(tmp_path_factory, shared_data, minilm):
     common = ("data.max_length=48",)
     untrained = _finetune("classify", "classify-sst2-minilm", train, dev, folder / "untrained", *common,
                           "train.max_steps=1", "train.lr=1e-12")
-    trained = _finetune("classify", "classify-sst2-minilm", train, dev, folder / "model", *common, "train.lr=1e-4")
+    trained = _finetune("classify", "classify-sst2-minilm", train, dev, folder / "model", *common, "train.lr=3e-4")
     return {"out": folder / "model", "dev": dev, "untrained": untrained, "trained": trained}
 
 
