@@ -71,7 +71,8 @@ def conll(tmp_path_factory, shared_data, minilm):
 def test_classify_finetuning_lifts_accuracy(sst2):
     before, after = sst2["untrained"], sst2["trained"]
     print(f"\nSST-2 slice, MiniLM: untrained head accuracy {before['eval_accuracy']:.1f} / macro-F1 "
-          f"{before['eval_macro_f1']:.1f}; {SST2_STEPS} steps: {after['eval_accuracy']:.1f} / {after['eval_macro_f1']:.1f}")
+          f"{before['eval_macro_f1']:.1f}; {SST2_STEPS} steps: {after['eval_accuracy']:.1f} / "
+          f"{after['eval_macro_f1']:.1f}")
     assert after["steps"] == SST2_STEPS and after["eval_examples"] == before["eval_examples"] == 436
     assert after["eval_accuracy"] >= before["eval_accuracy"] + 20 and after["eval_accuracy"] >= 75
     assert after["eval_macro_f1"] >= before["eval_macro_f1"] + 20

@@ -131,3 +131,33 @@ def test_long_texts_are_truncated_and_counted(minilm):
     examples = [TextExample("short text", "0", "f:1"), TextExample("word " * 50, "1", "f:2")]
     items, truncated = encode_texts(tokenizer, examples, 16)
     assert truncated == 1 and len(items[1]["input_ids"]) == 16 and len(items[0]["input_ids"]) == 4
+
+
+def test_stray_i_tags_are_kept_warned_and_scored_as_seqeval_strict(tmp_path):
+    """CoNLL-2003 slips such as 'Iranian I-MISC / Resistance I-ORG' after O: the reader keeps them, warns
+    naming the first line and the scoring, and the metric gives them no entity, as seqeval's strict mode does."""
+    path = tmp_path / "a.txt"
+    path.write_text("Rajavi B-MISC\nsaid O\nIranian I-MISC\nResistance I-ORG\nwould O\n\nEU B-ORG\nvotes O\n")
+    warnings = []
+    sentences = read_conll_file(path, "--file", warn=warnings.append)
+    gold = [s.tags for s in sentences]
+    assert gold[0] == ["B-MISC", "O", "I-MISC", "I-ORG", "O"]
+    assert len(warnings) == 1 and f"2 I- tag(s) follow O or a tag of another type (first at {path}:3)" in warnings[0]
+    assert "seqeval's strict IOB2 mode" in warnings[0] and "form no entity" in warnings[0]
+    # Predicting the strays as written neither gains nor loses; predicting them as B- entities costs precision.
+    as_b = [["B-MISC", "O", "B-MISC", "B-ORG", "O"], ["B-ORG", "O"]]
+    seqeval = pytest.importorskip("seqeval.metrics", reason="seqeval (a dev dependency) is not installed")
+    from seqeval.scheme import IOB2
+
+    for predicted in (gold, as_b):
+        ours = entity_scores(gold, predicted)["overall"]
+        assert ours["precision"] == pytest.approx(seqeval.precision_score(gold, predicted, mode="strict", scheme=IOB2))
+        assert ours["f1"] == pytest.approx(seqeval.f1_score(gold, predicted, mode="strict", scheme=IOB2))
+    assert entity_scores(gold, gold)["overall"]["f1"] == 1.0
+    assert entity_scores(gold, as_b)["overall"]["precision"] == 0.5
+    # data.tag_scheme=iob1 reads each stray as an entity start: seqeval's default (conlleval) entities.
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    converted = read_conll_file(path, "--file", scheme="iob1", warn=warnings.append)[0].tags
+    assert converted == ["B-MISC", "O", "B-MISC", "B-ORG", "O"] and len(warnings) == 1
+    assert [(k, a, b + 1) for k, a, b in get_entities(gold[0])] == [(k, a, b) for _, k, a, b in entities(converted)]

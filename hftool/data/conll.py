@@ -65,7 +65,12 @@ class NerDataConfig:
 class SchemeCheck:
     """Checks tags as they are read: a non-IOB tag is refused; with ``iob1`` an entity starting with ``I-``
     becomes ``B-``; with ``iob2`` such stray ``I-`` tags (real IOB2 data such as CoNLL-2003 holds a few hundred
-    annotation slips) are kept and counted, and a source where they outnumber ``B-`` starts is refused as IOB1."""
+    annotation slips) are kept and counted, and a source where they outnumber ``B-`` starts is refused as IOB1.
+
+    Keeping strays as written matches the metric: seqeval's strict IOB2 mode (and :mod:`hftool.metrics.entities`)
+    puts a stray ``I-X``, and the ``I-X`` run it heads, in no entity, in the gold tags and the predicted ones
+    alike, so hftool's score on a file equals seqeval strict on that file. Rewriting strays as ``B-`` for
+    training only would teach the model entities the metric does not count."""
 
     def __init__(self, scheme: str):
         self.scheme = scheme
@@ -95,8 +100,10 @@ class SchemeCheck:
             raise HftoolError(f"{self.strays[0]}: {len(self.strays)} entities start with I- and only {self.starts} "
                               "with B-: this is IOB1, not IOB2; pass data.tag_scheme=iob1 (--tag-scheme iob1) to "
                               "convert it")
-        warn(f"{source}: {len(self.strays)} I- tag(s) follow a tag of another type (first at {self.strays[0]}); "
-             "kept as written: strict IOB2 scoring counts no entity there")
+        warn(f"{source}: {len(self.strays)} I- tag(s) follow O or a tag of another type (first at "
+             f"{self.strays[0]}); kept as written, and scored as seqeval's strict IOB2 mode does: such a stray I- "
+             "and the I- run it heads form no entity, in gold or predictions (seqeval's default conlleval mode "
+             "would start an entity there); pass data.tag_scheme=iob1 to read each stray I- as an entity start (B-)")
 
 
 def check_tags(tags: Sequence[str], lines: Sequence[str], scheme: str) -> list[str]:
