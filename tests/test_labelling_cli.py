@@ -86,54 +86,56 @@ def test_ner_finetuning_lifts_entity_f1(conll):
     assert after["eval_f1"] >= before["eval_f1"] + 20
 
 
+CLASSIFY_TEXTS = ["a charming and often affecting journey .", "the movie is a dull , lifeless mess ."]
+TAG_TEXTS = ["Peter Blackburn of the European Union met officials in Brussels on Monday .",
+             "Germany 's representative to the EU , Werner Zwingmann , said Britain should act ."]
 PIPELINES = """
 import json, sys
 from transformers import pipeline
-kind, folder, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-if kind == "text-classification":
-    result = pipeline(kind, model=folder)(texts)
-else:
-    result = [[{k: (float(v) if k == "score" else v) for k, v in e.items()} for e in found]
-              for found in pipeline(kind, model=folder, aggregation_strategy="simple")(texts)]
+classifier, tagger = sys.argv[1], sys.argv[2]
+classify_texts, tag_texts = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+classified = pipeline("text-classification", model=classifier)(classify_texts)
+tagged = [[{k: (float(v) if k == "score" else v) for k, v in e.items()} for e in found]
+          for found in pipeline("token-classification", model=tagger, aggregation_strategy="simple")(tag_texts)]
 assert not any(name.startswith("hftool") for name in sys.modules)
-print(json.dumps(result))
+print(json.dumps({"classified": classified, "tagged": tagged}))
 """
 
 
-def _pipeline(kind, folder, texts):
+@pytest.fixture(scope="module")
+def plain_pipelines(sst2, conll):
+    """Both folders through plain transformers pipelines, in one process that never imports hftool."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", PIPELINES, kind, str(folder), json.dumps(texts)],
-                            capture_output=True, text=True, env=env, timeout=300, cwd="/")
+    args = [str(sst2["out"]), str(conll["out"]), json.dumps(CLASSIFY_TEXTS), json.dumps(TAG_TEXTS)]
+    result = subprocess.run([sys.executable, "-c", PIPELINES, *args], capture_output=True, text=True, env=env,
+                            timeout=300, cwd="/")
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_classifier_folder_loads_in_a_plain_pipeline(sst2):
+def test_classifier_folder_loads_in_a_plain_pipeline(sst2, plain_pipelines):
     from hftool.runs.classify import classify_texts
 
-    texts = ["a charming and often affecting journey .", "the movie is a dull , lifeless mess ."]
-    shown = _pipeline("text-classification", sst2["out"], texts)
-    ours = classify_texts(str(sst2["out"]), texts)
+    shown = plain_pipelines["classified"]
+    ours = classify_texts(str(sst2["out"]), CLASSIFY_TEXTS)
     assert [r["label"] for r in shown] == [r["label"] for r in ours]
     assert {r["label"] for r in shown} <= {"negative", "positive"}
     for theirs, mine in zip(shown, ours, strict=True):
         assert theirs["score"] == pytest.approx(mine["score"], abs=1e-4)
 
 
-def test_tagger_folder_loads_in_a_plain_pipeline_and_tag_merges_like_it(conll):
+def test_tagger_folder_loads_in_a_plain_pipeline_and_tag_merges_like_it(conll, plain_pipelines):
     from hftool.runs.ner import tag_texts
 
-    texts = ["Peter Blackburn of the European Union met officials in Brussels on Monday .",
-             "Germany 's representative to the EU , Werner Zwingmann , said Britain should act ."]
-    shown = _pipeline("token-classification", conll["out"], texts)
-    ours = tag_texts(str(conll["out"]), texts)
+    shown = plain_pipelines["tagged"]
+    ours = tag_texts(str(conll["out"]), TAG_TEXTS)
     assert sum(map(len, shown)) > 0
     for theirs, mine in zip(shown, ours, strict=True):
         assert [(e["entity_group"], e["start"], e["end"]) for e in theirs] == \
             [(e["entity_group"], e["start"], e["end"]) for e in mine]
         assert [e["score"] for e in theirs] == pytest.approx([e["score"] for e in mine], abs=1e-4)
         assert {e["entity_group"] for e in theirs} <= {"PER", "LOC", "ORG", "MISC"}
-    code, out, err = run_cli(["tag", "--model", str(conll["out"]), texts[0], "--json"])
+    code, out, err = run_cli(["tag", "--model", str(conll["out"]), TAG_TEXTS[0], "--json"])
     assert code == 0, err
     assert json.loads(out)["entities"][0]["type"] == ours[0][0]["entity_group"]
 
