@@ -42,6 +42,8 @@ ACCELERATE_FOLDER = "accelerate"  # accelerate launch configs ship beside the re
 SCHEMAS: dict[str, str] = {
     "pretrain": "hftool.runs.pretrain_recipe:PretrainRecipe",
     "finetune squad": "hftool.runs.squad:SquadRecipe",
+    "finetune classify": "hftool.tasks.classify:ClassifyRecipe",
+    "finetune ner": "hftool.tasks.ner:NerRecipe",
     "generate": "hftool.generation.settings:GenerateRecipe",
 }
 

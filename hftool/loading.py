@@ -28,6 +28,8 @@ HEADS = {
     "masked-lm": ("masked-language-model (MLM)", ", e.g. BertForMaskedLM or BertForPreTraining"),
     "causal-lm": ("language-model (LM)", ", e.g. GPT2LMHeadModel"),
     "question-answering": ("question-answering", ", e.g. a folder written by 'hftool finetune squad'"),
+    "sequence-classification": ("sequence-classification", ", e.g. a folder written by 'hftool finetune classify'"),
+    "token-classification": ("token-classification", ", e.g. a folder written by 'hftool finetune ner'"),
 }
 
 

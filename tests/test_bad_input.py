@@ -19,6 +19,9 @@ PRETRAIN = ["pretrain", "data.block_size=32", "tokenizer.vocab_size=400", "train
             "train.report_to=none", "train.mixed_precision=no",
             "model.config={n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}"]
 
+CLASSIFY = ["finetune", "classify", "-r", "classify-sst2-minilm", "train.report_to=none"]
+NER = ["finetune", "ner", "-r", "ner-conll2003-minilm", "train.report_to=none"]
+
 # (id, command line, text the error line must contain)
 CASES = [
     # model folders that cannot be loaded, or lack the head the command needs
@@ -45,6 +48,25 @@ CASES = [
      "bad_line.jsonl:3: not valid JSON"),
     ("tokenizer-jsonl-malformed", ["tokenizer", "train", "{bad_line}", "-o", "{tmp}/tok"],
      "bad_line.jsonl:3"),
+    # finetune classify / ner, evaluate classify / ner, classify, tag
+    ("finetune-classify-missing-column", [*CLASSIFY, "--train-file", "{no_label_tsv}", "train.output_dir={tmp}/run"],
+     "no_label.tsv:2: no column 'label'"),
+    ("finetune-classify-empty-file", [*CLASSIFY, "--train-file", "{empty_tsv}", "train.output_dir={tmp}/run"],
+     "no examples found"),
+    ("finetune-ner-token-without-tag", [*NER, "--train-file", "{conll_no_tag}", "train.output_dir={tmp}/run"],
+     "conll_no_tag.txt:2: token 'rejects' has no tag"),
+    ("finetune-ner-not-iob", [*NER, "--train-file", "{conll_not_iob}", "train.output_dir={tmp}/run"],
+     "conll_not_iob.txt:1: tag 'ORGANISATION' is not IOB"),
+    ("evaluate-classify-minilm-no-head", ["evaluate", "classify", "-m", "{minilm}", "-f", "{ok_tsv}",
+                                          "-o", "{tmp}/ev"],
+     "BertModel checkpoint has no trained sequence-classification head"),
+    ("evaluate-ner-minilm-no-head", ["evaluate", "ner", "-m", "{minilm}", "-f", "{conll_ok}", "-o", "{tmp}/ev"],
+     "BertModel checkpoint has no trained token-classification head"),
+    ("classify-minilm-no-head", ["classify", "-m", "{minilm}", "a fine film"],
+     "no trained sequence-classification head"),
+    ("tag-minilm-no-head", ["tag", "-m", "{minilm}", "Peter lives in Paris"], "no trained token-classification head"),
+    ("classify-output-exists", ["classify", "-m", "{minilm}", "hi", "-o", "{a_file}"], "already exists"),
+    ("tag-empty-input", ["tag", "-m", "{minilm}", "--input", "{empty_txt}"], "no texts found"),
     # output paths
     ("pretrain-output-is-file", [*PRETRAIN, "train.output_dir={a_file}"], "is an existing file"),
     ("pretrain-output-is-cwd", [*PRETRAIN, "train.output_dir=."], "current directory"),
@@ -94,10 +116,17 @@ def inputs(tmp_path_factory, tiny_gpt2, minilm) -> dict[str, str]:
     a_png = root / "mine.png"
     a_png.write_bytes(b"not really a png")
     squad = write_jsonl(root / "squad.jsonl", hand_examples())
+    files = {"no_label_tsv": ("no_label.tsv", "sentence\tstars\ngood\t5\n"), "empty_tsv": ("empty.tsv", ""),
+             "ok_tsv": ("ok.tsv", "sentence\tlabel\ngood\t1\n"),
+             "empty_txt": ("empty.txt", "\n"), "conll_no_tag": ("conll_no_tag.txt", "EU B-ORG\nrejects\n"),
+             "conll_not_iob": ("conll_not_iob.txt", "EU ORGANISATION\n"), "conll_ok": ("conll_ok.txt", "EU B-ORG\n")}
+    for name, text in files.values():
+        (root / name).write_text(text)
     return {"gpt2": str(tiny_gpt2), "minilm": str(minilm), "pickle_only": str(pickle_only),
             "truncated": str(truncated), "bad_config": str(bad_config), "text_int": str(text_int),
             "bad_line": str(bad_line), "a_file": str(a_file), "a_png": str(a_png), "squad": str(squad),
-            "root": str(root), "home": str(Path.home())}
+            "root": str(root), "home": str(Path.home()),
+            **{key: str(root / name) for key, (name, _) in files.items()}}
 
 
 def _fill(arg: str, values: dict[str, str]) -> str:
@@ -124,7 +153,8 @@ def test_table_covers_every_command_that_loads_or_writes():
     """A new command that loads a model or writes output gets a row (or this list is updated on purpose)."""
     covered = {case[1][0] if case[1][0] not in ("evaluate", "explain", "tokenizer", "finetune")
                else " ".join(case[1][:2]) for case in CASES}
-    assert {"generate", "answer", "pretrain", "evaluate squad", "explain next-token", "tokenizer train"} <= covered
+    assert {"generate", "answer", "pretrain", "evaluate squad", "explain next-token", "tokenizer train",
+            "finetune classify", "finetune ner", "evaluate classify", "evaluate ner", "classify", "tag"} <= covered
 
 
 def test_jsonl_empty_records_are_counted(tmp_path):

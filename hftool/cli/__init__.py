@@ -33,8 +33,21 @@ def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 
 def _register() -> None:
-    from hftool.cli import answer, env, evaluate, explain, finetune, generate, memory, pretrain, recipes, tokenizer
-    from hftool.cli import serve as serving
+    from hftool.cli import (
+        answer,
+        classify,
+        env,
+        evaluate,
+        explain,
+        finetune,
+        generate,
+        memory,
+        pretrain,
+        recipes,
+        serve,
+        tag,
+        tokenizer,
+    )
 
     app.command("env", help=env.env.__doc__)(env.env)
     app.add_typer(recipes.app, name="recipes")
@@ -43,12 +56,14 @@ def _register() -> None:
     app.add_typer(finetune.app, name="finetune")
     app.add_typer(evaluate.app, name="evaluate")
     app.command("answer", help=answer.answer.__doc__)(answer.answer)
+    app.command("classify", help=classify.classify.__doc__)(classify.classify)
+    app.command("tag", help=tag.tag.__doc__)(tag.tag)
     app.add_typer(explain.app, name="explain")
     app.command("estimate-memory", help=memory.estimate_memory.__doc__)(memory.estimate_memory)
     app.command("generate", help=generate.generate.__doc__)(generate.generate)
     app.command("summarize", help=generate.summarize.__doc__)(generate.summarize)
     app.command("translate", help=generate.translate.__doc__)(generate.translate)
-    app.command("serve", help=serving.serve.__doc__)(serving.serve)
+    app.command("serve", help=serve.serve.__doc__)(serve.serve)
 
 
 _register()

@@ -9,7 +9,8 @@ import typer
 from hftool.cli.options import OVERWRITE, QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH, QA_MODEL
 from hftool.data.squad_windows import N_BEST
 
-app = typer.Typer(help="Score a trained model (SQuAD exact match and F1).", no_args_is_help=True)
+app = typer.Typer(help="Score a trained model (SQuAD exact match and F1, classification accuracy, entity F1).",
+                  no_args_is_help=True)
 
 
 @app.command("squad")
@@ -60,4 +61,85 @@ def squad(
                                  max_examples, overwrite)
     typer.echo(f"exact_match {metrics['exact_match']:.2f}  f1 {metrics['f1']:.2f}  "
                f"({metrics['examples']} questions, {metrics['examples_per_s']:.1f}/s); wrote {output_dir}/"
+               "predictions.json and metrics.json")
+
+
+MIXED_PRECISION = typer.Option("auto", "--mixed-precision",
+                               help="no, fp16, bf16, or auto (bf16 where the device supports it).")
+
+
+def _check_precision(mixed_precision: str) -> None:
+    from hftool.environment import check_bf16_pays
+    from hftool.errors import HftoolError
+
+    if mixed_precision not in ("no", "fp16", "bf16", "auto"):
+        raise HftoolError(f"--mixed-precision={mixed_precision} is not one of: no, fp16, bf16, auto")
+    check_bf16_pays(mixed_precision, False, setting="--mixed-precision", insist=None)
+
+
+@app.command("classify")
+def classify(
+    model: str = typer.Option(..., "--model", "-m", help="Sequence-classification model folder (or Hub id)."),
+    file: str = typer.Option(..., "--file", "-f", help="Labelled CSV, TSV or JSONL."),
+    output_dir: str = typer.Option("runs/evaluate-classify", "--output-dir", "-o",
+                                   help="Folder for predictions.json and metrics.json."),
+    text_column: str = typer.Option("sentence", "--text-column", help="Column holding the text."),
+    text_pair_column: str = typer.Option(None, "--text-pair-column", show_default=False,
+                                         help="Column holding the second text of a pair."),
+    label_column: str = typer.Option("label", "--label-column", help="Column holding the label."),
+    max_length: int = typer.Option(128, "--max-length", help="Tokens per text (longer ones are truncated)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch (per process)."),
+    matthews: bool = typer.Option(False, "--matthews", help="Also report Matthews correlation."),
+    mixed_precision: str = MIXED_PRECISION,
+    max_examples: int = typer.Option(None, "--max-examples", show_default=False, help="Score the first N only."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Score a sequence-classification folder on a labelled file: accuracy and macro-F1.
+
+    Examples:
+
+      hftool evaluate classify --model runs/classify-sst2-minilm --file sst2/dev-even.tsv
+    """
+    from hftool.data.classification import ClassifyDataConfig
+    from hftool.runs.classify import run_evaluate_classify
+
+    _check_precision(mixed_precision)
+    data = ClassifyDataConfig(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+                              max_length=max_length, max_eval_examples=max_examples, matthews=matthews)
+    metrics = run_evaluate_classify(model, file, output_dir, data, batch_size, mixed_precision, overwrite)
+    typer.echo(f"accuracy {metrics['accuracy']:.2f}  macro_f1 {metrics['macro_f1']:.2f}  "
+               f"({metrics['examples']} texts, {metrics['examples_per_s']:.1f}/s); wrote {output_dir}/"
+               "predictions.json and metrics.json")
+
+
+@app.command("ner")
+def ner(
+    model: str = typer.Option(..., "--model", "-m", help="Token-classification model folder (or Hub id)."),
+    file: str = typer.Option(..., "--file", "-f", help="CoNLL file (token ... tag) or JSONL (tokens + tags)."),
+    output_dir: str = typer.Option("runs/evaluate-ner", "--output-dir", "-o",
+                                   help="Folder for predictions.json and metrics.json."),
+    tag_scheme: str = typer.Option("iob2", "--tag-scheme", help="iob2, or iob1 to convert IOB1 tags."),
+    max_length: int = typer.Option(128, "--max-length", help="Tokens per sentence (longer ones are truncated)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (per process)."),
+    mixed_precision: str = MIXED_PRECISION,
+    max_examples: int = typer.Option(None, "--max-examples", show_default=False, help="Score the first N only."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Score a token-classification folder on a tagged file: entity precision / recall / F1 (seqeval, strict IOB2).
+
+    Examples:
+
+      hftool evaluate ner --model runs/ner-conll2003-minilm --file conll2003/dev.txt
+    """
+    from hftool.data.conll import NerDataConfig
+    from hftool.errors import HftoolError
+    from hftool.runs.ner import run_evaluate_ner
+
+    _check_precision(mixed_precision)
+    if tag_scheme not in ("iob2", "iob1"):
+        raise HftoolError(f"--tag-scheme={tag_scheme} must be iob2 or iob1")
+    data = NerDataConfig(tag_scheme=tag_scheme, max_length=max_length, max_eval_examples=max_examples)
+    metrics = run_evaluate_ner(model, file, output_dir, data, batch_size, mixed_precision, overwrite)
+    typer.echo(f"precision {metrics['precision']:.2f}  recall {metrics['recall']:.2f}  f1 {metrics['f1']:.2f}  "
+               f"({metrics['examples']} sentences, {metrics['examples_per_s']:.1f}/s); wrote {output_dir}/"
                "predictions.json and metrics.json")

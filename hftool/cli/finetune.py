@@ -8,7 +8,8 @@ from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, ST
 
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
-app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering).",
+app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering, text classification, "
+                       "named entities).",
                   no_args_is_help=True)
 
 
@@ -62,3 +63,85 @@ def squad(
     check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
     relaunch(num_processes)
     run_finetune_squad(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
+
+
+def _files(train_file: str | None, validation_file: str | None) -> list[str]:
+    flags = {"data.train_file": train_file, "data.validation_file": validation_file}
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+TRAIN_FILE = typer.Option(None, "--train-file", show_default=False,
+                          help="File to train on (same as data.train_file=...).")
+VALIDATION_FILE = typer.Option(None, "--validation-file", show_default=False,
+                               help="File to evaluate on (same as data.validation_file=...).")
+
+
+@app.command("classify")
+def classify(
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: str = typer.Option("classify-sst2-bert-base", "--recipe", "-r", help=RECIPE_HELP),
+    train_file: str = TRAIN_FILE,
+    validation_file: str = VALIDATION_FILE,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    strict_resume: bool = STRICT_RESUME,
+    num_processes: int = NUM_PROCESSES,
+) -> None:
+    """Fine-tune a sequence classifier (sentiment, topic, entailment) on CSV / TSV / JSONL or a Hub dataset.
+
+    Any AutoModelForSequenceClassification (BERT, MiniLM, GPT-2, BLOOM). Files hold a text column, an
+    optional second text column (data.text_pair_column) and a label column (names or integers); the label
+    set is saved as id2label, so the folder loads in pipeline("text-classification"). Reports accuracy and
+    macro-F1 (Matthews correlation with data.matthews=true).
+
+    Examples:
+
+      hftool finetune classify -r classify-sst2-minilm --train-file sst2/train.tsv --validation-file sst2/dev.tsv
+
+      hftool finetune classify -r classify-sst2-bert-base data.text_column=text data.label_column=stars
+    """
+    from hftool.config import load_recipe
+    from hftool.environment import check_bf16_pays
+    from hftool.launch import relaunch
+    from hftool.runs.classify import run_finetune_classify
+    from hftool.tasks.classify import ClassifyRecipe
+
+    config = load_recipe(ClassifyRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
+    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
+    relaunch(num_processes)
+    run_finetune_classify(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
+
+
+@app.command("ner")
+def ner(
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: str = typer.Option("ner-conll2003-bert-base", "--recipe", "-r", help=RECIPE_HELP),
+    train_file: str = TRAIN_FILE,
+    validation_file: str = VALIDATION_FILE,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    strict_resume: bool = STRICT_RESUME,
+    num_processes: int = NUM_PROCESSES,
+) -> None:
+    """Fine-tune a token classifier for named entities on CoNLL files, JSONL (tokens + tags) or a Hub dataset.
+
+    Any AutoModelForTokenClassification. Tags are IOB2 (IOB1 with data.tag_scheme=iob1); each word's tag
+    sits on its first sub-token (data.label_all_tokens=true tags them all). Reports entity-level
+    precision / recall / F1 as seqeval computes them in strict IOB2 mode, overall and per type.
+
+    Examples:
+
+      hftool finetune ner -r ner-conll2003-minilm --train-file conll2003/train.txt --validation-file conll2003/dev.txt
+
+      hftool finetune ner -r ner-conll2003-bert-base --num-processes 2
+    """
+    from hftool.config import load_recipe
+    from hftool.environment import check_bf16_pays
+    from hftool.launch import relaunch
+    from hftool.runs.ner import run_finetune_ner
+    from hftool.tasks.ner import NerRecipe
+
+    config = load_recipe(NerRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
+    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
+    relaunch(num_processes)
+    run_finetune_ner(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

@@ -1,0 +1,236 @@
+"""Sequence-classification data: CSV / TSV / JSONL files with a text column, an optional second text column
+(sentence pairs, as MNLI or QQP) and a label column, or a Hub dataset and config (``glue``/``sst2``).
+
+Labels are kept as strings (names or integers as written); :func:`label_list` fixes their order, which
+becomes the model's ``id2label``. Every problem names the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hftool.errors import HftoolError
+
+
+@dataclass(frozen=True)
+class TextExample:
+    """One text (or text pair) and its label as written; ``where`` is ``file:line`` for messages."""
+
+    text: str
+    label: str | None
+    where: str
+    text_pair: str | None = None
+
+
+@dataclass
+class ClassifyDataConfig:
+    """Where the examples come from and which columns hold them (the ``data:`` section of a recipe)."""
+
+    train_file: str | None = None  # .csv, .tsv or .jsonl; default: the Hub dataset below
+    validation_file: str | None = None
+    hub_dataset: str | None = None  # e.g. nyu-mll/glue (online users)
+    hub_config: str | None = None  # e.g. sst2
+    hub_train_split: str = "train"
+    hub_validation_split: str = "validation"
+    text_column: str = "sentence"
+    text_pair_column: str | None = None  # e.g. sentence2 / hypothesis for pair tasks
+    label_column: str = "label"
+    label_names: list[str] | None = None  # names for integer labels 0..n-1 (e.g. [negative, positive])
+    max_length: int = 128
+    pad_to_max_length: bool = False  # run_glue's default pads every batch to max_length; hftool pads to the batch
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    matthews: bool = False  # also report Matthews correlation (CoLA's metric)
+
+    def validate(self) -> None:
+        if self.max_length < 2:
+            raise HftoolError(f"data.max_length={self.max_length} must be at least 2")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise HftoolError(f"data.{name}={value} must be at least 1 (or null for all)")
+
+    def describe(self, split: str) -> str:
+        file = self.train_file if split == "train" else self.validation_file
+        if file:
+            return f"`{Path(file).name}`"
+        split_name = self.hub_train_split if split == "train" else self.hub_validation_split
+        return f"`{self.hub_dataset}` ({self.hub_config}) [{split_name}]"
+
+
+def warn_main(message: str) -> None:
+    """Data warnings from the main process only (every process reads the data)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+
+
+def _rows(path: Path, flag: str):
+    """``(line number, record dict, header)`` for a CSV, TSV or JSONL file."""
+    if not path.is_file():
+        raise HftoolError(f"{flag} {path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise HftoolError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    if suffix in (".jsonl", ".json"):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise HftoolError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise HftoolError(f"{path}:{number}: expected a JSON object per line")
+            yield number, record, None
+        return
+    if suffix not in (".tsv", ".csv", ".txt"):
+        raise HftoolError(f"{flag} {path}: unknown format '{suffix}'; use .csv, .tsv or .jsonl")
+    delimiter = "," if suffix == ".csv" else "\t"
+    # GLUE's TSV files hold unbalanced quotes inside sentences: read tab-separated files without quoting.
+    quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
+    reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting)
+    header = next(reader, None)
+    if header is None:
+        return
+    for number, row in enumerate(reader, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise HftoolError(f"{path}:{number}: {len(row)} fields, the header has {len(header)} "
+                              f"({', '.join(header)})")
+        yield number, dict(zip(header, row, strict=True)), header
+
+
+def _field(record: dict, column: str, where: str, columns: Sequence[str], flag_hint: str) -> str:
+    if column not in record:
+        raise HftoolError(f"{where}: no column '{column}' (columns: {', '.join(columns)}); "
+                          f"set {flag_hint}")
+    value = record[column]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise HftoolError(f"{where}: column '{column}' is {type(value).__name__}, expected text")
+    return str(value)
+
+
+def read_classification_file(path: str | Path, flag: str, data: ClassifyDataConfig, need_labels: bool = True,
+                             warn: Callable[[str], None] = warn_main) -> list[TextExample]:
+    """Examples of a CSV/TSV/JSONL file; an empty text is skipped with a count, a missing column or an
+    empty file is an error naming the file (and line)."""
+    path = Path(path).expanduser()
+    examples: list[TextExample] = []
+    empty = 0
+    for number, record, header in _rows(path, flag):
+        where = f"{path}:{number}"
+        columns = header or list(record)
+        text = _field(record, data.text_column, where, columns, "data.text_column")
+        pair = (_field(record, data.text_pair_column, where, columns, "data.text_pair_column")
+                if data.text_pair_column else None)
+        label = (_field(record, data.label_column, where, columns, "data.label_column").strip()
+                 if need_labels or data.label_column in record else None)
+        if not text.strip() or (pair is not None and not pair.strip()):
+            empty += 1
+            continue
+        if need_labels and not label:
+            raise HftoolError(f"{where}: empty label in column '{data.label_column}'")
+        examples.append(TextExample(text, label, where, pair))
+    if empty:
+        warn(f"{path}: skipped {empty} record(s) with an empty text")
+    if not examples:
+        raise HftoolError(f"{flag} {path}: no examples found (empty file?)")
+    return examples
+
+
+def read_hub_classification(data: ClassifyDataConfig, split: str) -> tuple[list[TextExample], list[str] | None]:
+    """A Hub split (labels as written, integers for a ``ClassLabel``) and the ``ClassLabel``'s names."""
+    from datasets import load_dataset
+
+    from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
+
+    shown = f"{data.hub_dataset}" + (f" ({data.hub_config})" if data.hub_config else "") + f" [{split}]"
+    try:
+        with datasets_offline_unless_reachable():
+            dataset = load_dataset(data.hub_dataset, data.hub_config, split=split)
+    except Exception as exc:  # datasets raises many types for unreachable or malformed datasets
+        if offline_mode() or not hub_reachable():
+            raise HftoolError(f"data.hub_dataset={shown}: not cached and the Hub cannot be reached; pass local "
+                              "files with --train-file/--validation-file instead") from None
+        raise HftoolError(f"data.hub_dataset={shown}: {str(exc).splitlines()[0][:200]}") from None
+    feature = dataset.features.get(data.label_column)
+    names = list(feature.names) if hasattr(feature, "names") else None
+    examples = []
+    for i, row in enumerate(dataset):
+        where = f"{shown} row {i}"
+        text = _field(row, data.text_column, where, list(row), "data.text_column")
+        pair = _field(row, data.text_pair_column, where, list(row), "data.text_pair_column") \
+            if data.text_pair_column else None
+        label = _field(row, data.label_column, where, list(row), "data.label_column")
+        if label == "-1":  # GLUE's unlabelled test rows
+            continue
+        examples.append(TextExample(text, label, where, pair))
+    if not examples:
+        raise HftoolError(f"data.hub_dataset={shown}: no labelled examples")
+    return examples, names
+
+
+def label_list(examples: Sequence[TextExample], names: list[str] | None = None) -> list[str]:
+    """The label set in a fixed order: integers numerically, names alphabetically, or ``names`` as given."""
+    found = {e.label for e in examples}
+    if names:
+        return list(names)
+    if all(label.lstrip("-").isdigit() for label in found):
+        return sorted(found, key=int)
+    return sorted(found)
+
+
+def apply_label_names(examples: list[TextExample], names: list[str] | None, source: str) -> list[TextExample]:
+    """Integer labels ``0..n-1`` renamed to ``data.label_names``."""
+    if not names:
+        return examples
+    renamed = []
+    for e in examples:
+        if not (e.label.isdigit() and int(e.label) < len(names)):
+            raise HftoolError(f"{e.where}: label '{e.label}' is not an index into data.label_names "
+                              f"({len(names)} names) of {source}")
+        renamed.append(TextExample(e.text, names[int(e.label)], e.where, e.text_pair))
+    return renamed
+
+
+def label_ids(examples: Sequence[TextExample], label2id: dict[str, int], source: str,
+              integer_labels: bool = False) -> list[int]:
+    """Each example's label id; a label outside the model's label set names the line. ``integer_labels``
+    (a model trained with ``data.label_names``) also takes the integers ``0..n-1`` the data was written with."""
+    ids = []
+    for e in examples:
+        if integer_labels and e.label not in label2id and e.label.isdigit() and int(e.label) < len(label2id):
+            ids.append(int(e.label))
+            continue
+        if e.label not in label2id:
+            known = ", ".join(label2id)
+            raise HftoolError(f"{e.where}: label '{e.label}' is not one the model was trained on ({known}); "
+                              f"fix {source} or pass data.label_names")
+        ids.append(label2id[e.label])
+    return ids
+
+
+def read_input_texts(path: str | Path, flag: str, text_column: str = "text") -> list[str]:
+    """Texts to label: a ``.txt`` file (one text per non-empty line) or a CSV / TSV / JSONL file's
+    ``text_column``."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".txt" and path.is_file():
+        try:
+            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise HftoolError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+        if not texts:
+            raise HftoolError(f"{flag} {path}: no texts found (empty file?)")
+        return texts
+    data = ClassifyDataConfig(text_column=text_column)
+    return [e.text for e in read_classification_file(path, flag, data, need_labels=False)]

@@ -1,0 +1,237 @@
+"""``hftool finetune classify``, ``hftool evaluate classify`` and ``hftool classify``: prepare the output
+folder, load model and tokenizer, build the task, train with the engine, write the artifacts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hftool import config as cfgmod
+from hftool.data.classification import (
+    ClassifyDataConfig,
+    TextExample,
+    apply_label_names,
+    label_ids,
+    label_list,
+    read_classification_file,
+    read_hub_classification,
+    warn_main,
+)
+from hftool.engine.config import TrainConfig
+from hftool.errors import HftoolError
+from hftool.runs.artifacts import (
+    finish_report,
+    model_card,
+    prepare_output_dir,
+    training_fact,
+    write_final_artifacts,
+    write_json,
+)
+from hftool.runs.labelled import (
+    check_positions,
+    load_tokenizer,
+    new_head_model,
+    trained_head_model,
+)
+from hftool.tasks.classify import ClassifyRecipe, ClassifyTask, encode_texts, with_labels
+
+COMMAND = "finetune classify"
+HEAD = "sequence-classification"
+
+
+def load_split(data: ClassifyDataConfig, split: str) -> tuple[list[TextExample], list[str] | None]:
+    """A split's examples (a local file when given, else the Hub split), capped, with integer labels renamed
+    to ``data.label_names`` (or a Hub ``ClassLabel``'s names); returns those names too."""
+    file = data.train_file if split == "train" else data.validation_file
+    names = data.label_names
+    if file:
+        flag = "--train-file" if split == "train" else "--validation-file"
+        examples = read_classification_file(file, flag, data)
+    elif data.hub_dataset:
+        examples, hub_names = read_hub_classification(
+            data, data.hub_train_split if split == "train" else data.hub_validation_split)
+        names = names or hub_names
+    elif split == "train":
+        raise HftoolError("no training data: pass --train-file (data.train_file) or set data.hub_dataset")
+    elif split == "train":
+        raise HftoolError("no training data: pass --train-file (data.train_file) or set data.hub_dataset")
+    else:
+        return [], names
+    cap = data.max_train_examples if split == "train" else data.max_eval_examples
+    examples = examples[:cap] if cap else examples
+    return apply_label_names(examples, names, f"data.{split}"), names
+
+
+def warn_truncated(count: int, total: int, source: str, setting: str, max_length: int) -> None:
+    if count:
+        warn_main(f"{source}: truncated {count} of {total} text(s) longer than {setting}={max_length} tokens")
+
+
+def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrite: bool = False,
+                          strict_resume: bool = False) -> dict:
+    """Fine-tune a sequence classifier, evaluate at the end, save a text-classification model folder with
+    ``predictions.json`` and ``metrics.json``; returns the final metrics."""
+    recipe.validate()
+    data = recipe.data
+    train_examples, names = load_split(data, "train")
+    eval_examples, _ = load_split(data, "validation")
+    labels = label_list(train_examples, names)
+    label2id = {label: i for i, label in enumerate(labels)}
+    if len(labels) < 2:
+        raise HftoolError(f"the training data holds a single label ('{labels[0]}'); a classifier needs two or more")
+    eval_ids = label_ids(eval_examples, label2id, "the validation data")
+
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForSequenceClassification
+
+    from hftool.engine.trainer import Engine
+    from hftool.loading import resolve_model
+
+    flag = "model.name_or_path"
+    ref = resolve_model(recipe.model.name_or_path, flag)
+    tokenizer = load_tokenizer(ref, flag, recipe.model.trust_remote_code)
+    out = Path(recipe.train.output_dir).expanduser()
+    engine = Engine(recipe.train, out)
+    if engine.is_main:
+        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite,
+                           shape_fields=("model.", "data.label_names"))
+    engine.wait()
+    train_items, cut = encode_texts(tokenizer, train_examples, data.max_length)
+    warn_truncated(cut, len(train_items), "training data", "data.max_length", data.max_length)
+    with_labels(train_items, label_ids(train_examples, label2id, "the training data"))
+    eval_items, cut = encode_texts(tokenizer, eval_examples, data.max_length)
+    warn_truncated(cut, len(eval_items), "validation data", "data.max_length", data.max_length)
+    with_labels(eval_items, eval_ids)
+    engine.print(f"{len(train_items):,} training and {len(eval_items):,} validation texts; "
+                 f"labels: {', '.join(labels)}")
+
+    set_seed(recipe.train.seed)
+    model = new_head_model(AutoModelForSequenceClassification, ref, labels, flag, recipe.model.trust_remote_code,
+                           tokenizer, {"hftool_integer_labels": bool(names)})
+    check_positions(model.config, data.max_length, "data.max_length", flag, recipe.model.name_or_path)
+    task = ClassifyTask(tokenizer.pad_token_id, len(labels), data.max_length, eval_items,
+                        data.pad_to_max_length, data.matthews)
+    result = engine.fit(model, train_items, task, resume=resume, strict_resume=strict_resume,
+                        tracker_config=cfgmod.to_dict(recipe),
+                        lengths=[len(i["input_ids"]) for i in train_items] if recipe.group_by_length else None)
+
+    trained_steps = result.steps - (result.resumed_from or 0)
+    train_seconds = result.wall_s - sum(task.eval_seconds if result.interrupted else task.eval_seconds[:-1])
+    summary = {
+        "steps": result.steps, "train_loss": result.last_loss, "train_examples": len(train_items),
+        "train_examples_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
+        "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
+    }
+    if result.interrupted:
+        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
+        return summary
+    state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
+    if engine.is_main:
+        write_json(out / "predictions.json", [labels[p] for p in task.last_predictions.values()])
+        card = classify_card(recipe, summary, labels, engine.batch_size)
+        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, card, state_dict)
+        finish_report(out, summary, title="hftool finetune classify", curve_title="sequence classification")
+    engine.wait()
+    return summary
+
+
+def classify_card(recipe: ClassifyRecipe, summary: dict, labels: list[str], batch_size: int) -> str:
+    """The model card of a classification run: data, labels, training, and how to use the folder."""
+    data = recipe.data
+    facts = (f"- Data: train {data.describe('train')}; validation {data.describe('validation')}; labels "
+             f"{', '.join(labels)}; texts of at most {data.max_length} tokens.\n"
+             f"{training_fact(recipe, summary, batch_size)}\n"
+             "- `predictions.json` holds the validation predictions in file order, `metrics.json` the scores "
+             "(accuracy and macro-F1 in percent); the full recipe is in `hftool_recipe.yaml`.")
+    usage = """```python
+from transformers import pipeline
+classifier = pipeline("text-classification", model="path/to/this/folder")
+```
+
+```bash
+hftool classify --model path/to/this/folder "a text to classify"
+```
+"""
+    return model_card(f"{recipe.model.name_or_path} fine-tuned for sequence classification with hftool",
+                      "text-classification", ["hftool", "text-classification"], facts, summary, usage)
+
+
+def load_trained(model_name: str):
+    """Tokenizer and trained classifier of ``model_name``."""
+    from transformers import AutoModelForSequenceClassification
+
+    from hftool.loading import resolve_model
+
+    ref = resolve_model(model_name, "--model")
+    tokenizer = load_tokenizer(ref, "--model")
+    model = trained_head_model(AutoModelForSequenceClassification, ref, HEAD, model_name, "--model", tokenizer)
+    return tokenizer, model
+
+
+def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, data: ClassifyDataConfig,
+                          batch_size: int = 64, mixed_precision: str = "auto", overwrite: bool = False) -> dict:
+    """Score a classifier folder on a labelled file; writes ``predictions.json`` and ``metrics.json``."""
+    from hftool.outputs import check_output_dir, claim_output_dir
+
+    if batch_size < 1:
+        raise HftoolError(f"--batch-size={batch_size} must be at least 1")
+    out = check_output_dir(output_dir, "--output-dir")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
+                          "own files there, or choose another folder")
+    examples = read_classification_file(file, "--file", data)
+    examples = examples[:data.max_eval_examples] if data.max_eval_examples else examples
+
+    import torch
+
+    from hftool.engine.trainer import Engine
+
+    tokenizer, model = load_trained(model_name)
+    check_positions(model.config, data.max_length, "--max-length", "--model", model_name)
+    label2id = {label: int(i) for label, i in model.config.label2id.items()}
+    ids = label_ids(examples, label2id, file, getattr(model.config, "hftool_integer_labels", False))
+    items, cut = encode_texts(tokenizer, examples, data.max_length)
+    warn_truncated(cut, len(items), file, "--max-length", data.max_length)
+    with_labels(items, ids)
+    engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision, eval_batch_size=batch_size,
+                                report_to="none"), out)
+    model = model.to(engine.device)
+    model.eval()
+    task = ClassifyTask(tokenizer.pad_token_id, len(label2id), data.max_length, items, matthews=data.matthews)
+    with torch.no_grad(), engine.autocast():
+        metrics = task.evaluate(model, engine)
+    summary = {"model": model_name, "file": str(file), **metrics, "truncated": cut}
+    if engine.is_main:
+        id2label = {int(i): label for i, label in model.config.id2label.items()}
+        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
+        write_json(out / "predictions.json", [id2label[p] for p in task.last_predictions.values()])
+        write_json(out / "metrics.json", summary)
+    engine.wait()
+    return summary
+
+
+def classify_texts(model_name: str, texts: list[str], max_length: int = 512, batch_size: int = 32,
+                   pairs: list[str] | None = None) -> list[dict]:
+    """Each text's label and the probability of every label (highest first)."""
+    import torch
+    from accelerate import PartialState
+
+    tokenizer, model = load_trained(model_name)
+    limit = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
+    examples = [TextExample(t, None, f"text {i + 1}", pairs[i] if pairs else None) for i, t in enumerate(texts)]
+    items, cut = encode_texts(tokenizer, examples, limit)
+    if cut:
+        print(f"warning: truncated {cut} of {len(items)} text(s) longer than {limit} tokens", file=sys.stderr)
+    device = PartialState().device
+    model = model.to(device).eval()
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    task = ClassifyTask(tokenizer.pad_token_id, len(id2label), limit)
+    results = []
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            batch = {k: v.to(device) for k, v in task.collate(items[start:start + batch_size], 0).items()}
+            for row in task.logits(model, batch).softmax(-1).tolist():
+                ranked = sorted(((id2label[i], p) for i, p in enumerate(row)), key=lambda x: -x[1])
+                results.append({"label": ranked[0][0], "score": ranked[0][1],
+                                "probabilities": dict(ranked)})
+    return results

@@ -1,0 +1,107 @@
+"""Loading for the labelling runs (classify, ner): tokenizer, a model with a fresh or a trained head, the
+pad token GPT-2 and BLOOM lack, and the output checks of the evaluate commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from hftool.errors import HftoolError
+
+# Byte-level BPE tokenizers need a space before each pre-split word to encode it as inside a sentence.
+PREFIX_SPACE_TYPES = ("gpt2", "bloom", "roberta", "deberta", "longformer", "bart")
+
+
+def load_tokenizer(ref, flag: str, trust_remote_code: bool = False, split_words: bool = False):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from hftool.loading import load_pretrained
+
+    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
+    if split_words:
+        config = load_pretrained(lambda: AutoConfig.from_pretrained(ref.name_or_path, **options),
+                                 ref.name_or_path, flag, "its config")
+        if config.model_type in PREFIX_SPACE_TYPES:
+            options["add_prefix_space"] = True
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(ref.name_or_path, **options),
+                                ref.name_or_path, flag, "a tokenizer")
+    if not tokenizer.is_fast:
+        raise HftoolError(f"{flag} {ref.name_or_path}: hftool needs a fast (Rust) tokenizer for word "
+                          "alignment and character offsets; save the tokenizer with tokenizer.json")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise HftoolError(f"{flag} {ref.name_or_path}: the tokenizer has neither a pad nor an end-of-text "
+                              "token to pad batches with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def set_pad_token(model, tokenizer) -> None:
+    """GPT-2 and BLOOM have no pad token: the sequence-classification head finds each text's last token
+    through ``config.pad_token_id``, so it is set to the tokenizer's (the end-of-text token)."""
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def new_head_model(auto_class, ref, labels: list[str], flag: str, trust_remote_code: bool, tokenizer,
+                   extra_config: dict | None = None):
+    """The pretrained body with a fresh head for ``labels``; ``id2label``/``label2id`` go into its config,
+    so the saved folder loads in transformers' pipelines with the label names."""
+    from transformers import AutoConfig
+
+    from hftool.loading import load_pretrained
+
+    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(
+        ref.name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, **options), ref.name_or_path, flag, "its config")
+    for key, value in (extra_config or {}).items():
+        setattr(config, key, value)
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    model = load_pretrained(lambda: auto_class.from_pretrained(ref.name_or_path, config=config, **options),
+                            ref.name_or_path, flag)
+    set_pad_token(model, tokenizer)
+    return model
+
+
+def trained_head_model(auto_class, ref, head: str, name: str, flag: str, tokenizer):
+    """A model whose head was trained (a random head is refused), with its label names."""
+    from hftool.loading import load_model
+
+    model = load_model(auto_class, ref, name, flag, head=head)
+    set_pad_token(model, tokenizer)
+    return model
+
+
+def check_positions(model_config, max_length: int, setting: str, flag: str, name: str) -> None:
+    positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if positions is not None and max_length > positions:
+        raise HftoolError(f"{setting}={max_length} is longer than the {positions} positions of {flag} {name}; "
+                          "lower it")
+
+
+def write_jsonl_file(path: Path, records: list[dict]) -> None:
+    """One JSON object per line, through a temporary file renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def texts_from(texts: list[str] | None, input_file: str | None, text_column: str) -> list[str]:
+    """The texts given on the command line, or read from ``--input`` (not both)."""
+    from hftool.data.classification import read_input_texts
+
+    if input_file and texts:
+        raise HftoolError("give texts as arguments or --input FILE, not both")
+    if input_file:
+        return read_input_texts(input_file, "--input", text_column)
+    if not texts:
+        raise HftoolError("give one or more texts, or --input FILE")
+    if any(not t.strip() for t in texts):
+        raise HftoolError("a text given on the command line is empty")
+    return list(texts)

@@ -1,0 +1,231 @@
+"""``hftool finetune ner``, ``hftool evaluate ner`` and ``hftool tag``: prepare the output folder, load
+model and tokenizer, build the task, train with the engine, write the artifacts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hftool import config as cfgmod
+from hftool.data.classification import warn_main
+from hftool.data.conll import NerDataConfig, TaggedSentence, read_conll_file, read_hub_ner, tag_list
+from hftool.engine.config import TrainConfig
+from hftool.errors import HftoolError
+from hftool.runs.artifacts import (
+    finish_report,
+    model_card,
+    prepare_output_dir,
+    training_fact,
+    write_final_artifacts,
+    write_json,
+)
+from hftool.runs.labelled import (
+    check_positions,
+    load_tokenizer,
+    new_head_model,
+    trained_head_model,
+)
+from hftool.tasks.ner import NerRecipe, NerTask, encode_sentences, group_entities
+
+COMMAND = "finetune ner"
+HEAD = "token-classification"
+
+
+def load_split(data: NerDataConfig, split: str) -> list[TaggedSentence]:
+    file = data.train_file if split == "train" else data.validation_file
+    if file:
+        sentences = read_conll_file(file, "--train-file" if split == "train" else "--validation-file",
+                                    data.tag_scheme)
+    elif data.hub_dataset:
+        sentences = read_hub_ner(data, data.hub_train_split if split == "train" else data.hub_validation_split)
+    elif split == "train":
+        raise HftoolError("no training data: pass --train-file (data.train_file) or set data.hub_dataset")
+    else:
+        return []
+    cap = data.max_train_examples if split == "train" else data.max_eval_examples
+    return sentences[:cap] if cap else sentences
+
+
+def check_known_tags(sentences: list[TaggedSentence], label2id: dict[str, int], source: str) -> None:
+    """A tag the model was not trained on (a type absent from its training data) names its sentence."""
+    for sentence in sentences:
+        for tag in sentence.tags:
+            if tag not in label2id:
+                raise HftoolError(f"{sentence.where}: tag '{tag}' is not one the model was trained on "
+                                  f"({', '.join(label2id)}); fix {source}")
+
+
+def warn_truncated(count: int, total: int, source: str, setting: str, max_length: int) -> None:
+    if count:
+        warn_main(f"{source}: {count} of {total} sentence(s) longer than {setting}={max_length} tokens were "
+                  "truncated (their cut-off words are predicted O)")
+
+
+def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = False,
+                     strict_resume: bool = False) -> dict:
+    """Fine-tune a token classifier, evaluate at the end, save a token-classification model folder with
+    ``predictions.json`` (tags per validation sentence) and ``metrics.json``; returns the final metrics."""
+    recipe.validate()
+    data = recipe.data
+    train_sentences = load_split(data, "train")
+    eval_sentences = load_split(data, "validation")
+    labels = tag_list(train_sentences)
+    label2id = {label: i for i, label in enumerate(labels)}
+    check_known_tags(eval_sentences, label2id, "the validation data")
+
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForTokenClassification
+
+    from hftool.engine.trainer import Engine
+    from hftool.loading import resolve_model
+
+    flag = "model.name_or_path"
+    ref = resolve_model(recipe.model.name_or_path, flag)
+    tokenizer = load_tokenizer(ref, flag, recipe.model.trust_remote_code, split_words=True)
+    out = Path(recipe.train.output_dir).expanduser()
+    engine = Engine(recipe.train, out)
+    if engine.is_main:
+        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite, shape_fields=("model.",))
+    engine.wait()
+    train_items, cut = encode_sentences(tokenizer, train_sentences, data.max_length, label2id,
+                                        data.label_all_tokens)
+    warn_truncated(cut, len(train_items), "training data", "data.max_length", data.max_length)
+    eval_items, cut = encode_sentences(tokenizer, eval_sentences, data.max_length, label2id)
+    warn_truncated(cut, len(eval_items), "validation data", "data.max_length", data.max_length)
+    engine.print(f"{len(train_items):,} training and {len(eval_items):,} validation sentences; "
+                 f"tags: {', '.join(labels)}")
+
+    set_seed(recipe.train.seed)
+    model = new_head_model(AutoModelForTokenClassification, ref, labels, flag, recipe.model.trust_remote_code,
+                           tokenizer)
+    check_positions(model.config, data.max_length, "data.max_length", flag, recipe.model.name_or_path)
+    task = NerTask(tokenizer.pad_token_id, dict(enumerate(labels)), data.max_length, eval_sentences, eval_items)
+    result = engine.fit(model, train_items, task, resume=resume, strict_resume=strict_resume,
+                        tracker_config=cfgmod.to_dict(recipe),
+                        lengths=[len(i["input_ids"]) for i in train_items] if recipe.group_by_length else None)
+
+    trained_steps = result.steps - (result.resumed_from or 0)
+    train_seconds = result.wall_s - sum(task.eval_seconds if result.interrupted else task.eval_seconds[:-1])
+    summary = {
+        "steps": result.steps, "train_loss": result.last_loss, "train_examples": len(train_items),
+        "train_examples_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
+        "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
+    }
+    if result.interrupted:
+        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
+        return summary
+    state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
+    if engine.is_main:
+        write_json(out / "predictions.json", list(task.last_predictions.values()))
+        card = ner_card(recipe, summary, labels, engine.batch_size)
+        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, card, state_dict)
+        finish_report(out, summary, title="hftool finetune ner", curve_title="named-entity recognition")
+    engine.wait()
+    return summary
+
+
+def ner_card(recipe: NerRecipe, summary: dict, labels: list[str], batch_size: int) -> str:
+    """The model card of a NER run: data, tags, training, and how to use the folder."""
+    data = recipe.data
+    facts = (f"- Data: train {data.describe('train')}; validation {data.describe('validation')}; tags "
+             f"{', '.join(labels)} (IOB2).\n"
+             f"- Sentences of at most {data.max_length} tokens, tags on each word's first sub-token "
+             f"(label_all_tokens={data.label_all_tokens}).\n"
+             f"{training_fact(recipe, summary, batch_size)}\n"
+             "- `metrics.json` holds entity-level precision / recall / F1 in percent, as seqeval computes them in "
+             "strict IOB2 mode, overall and per type; the full recipe is in `hftool_recipe.yaml`.")
+    usage = """```python
+from transformers import pipeline
+tagger = pipeline("token-classification", model="path/to/this/folder", aggregation_strategy="simple")
+```
+
+```bash
+hftool tag --model path/to/this/folder "Angela Merkel visited Paris."
+```
+"""
+    return model_card(f"{recipe.model.name_or_path} fine-tuned for named-entity recognition with hftool",
+                      "token-classification", ["hftool", "token-classification", "ner"], facts, summary, usage)
+
+
+def load_trained(model_name: str, split_words: bool):
+    from transformers import AutoModelForTokenClassification
+
+    from hftool.loading import resolve_model
+
+    ref = resolve_model(model_name, "--model")
+    tokenizer = load_tokenizer(ref, "--model", split_words=split_words)
+    model = trained_head_model(AutoModelForTokenClassification, ref, HEAD, model_name, "--model", tokenizer)
+    return tokenizer, model
+
+
+def run_evaluate_ner(model_name: str, file: str, output_dir: str | Path, data: NerDataConfig,
+                     batch_size: int = 64, mixed_precision: str = "auto", overwrite: bool = False) -> dict:
+    """Score a token-classification folder on a tagged file; writes ``predictions.json`` and ``metrics.json``."""
+    from hftool.outputs import check_output_dir, claim_output_dir
+
+    if batch_size < 1:
+        raise HftoolError(f"--batch-size={batch_size} must be at least 1")
+    out = check_output_dir(output_dir, "--output-dir")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
+                          "own files there, or choose another folder")
+    sentences = read_conll_file(file, "--file", data.tag_scheme)
+    sentences = sentences[:data.max_eval_examples] if data.max_eval_examples else sentences
+
+    import torch
+
+    from hftool.engine.trainer import Engine
+
+    tokenizer, model = load_trained(model_name, split_words=True)
+    check_positions(model.config, data.max_length, "--max-length", "--model", model_name)
+    label2id = {label: int(i) for label, i in model.config.label2id.items()}
+    check_known_tags(sentences, label2id, file)
+    items, cut = encode_sentences(tokenizer, sentences, data.max_length, label2id)
+    warn_truncated(cut, len(items), file, "--max-length", data.max_length)
+    engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision, eval_batch_size=batch_size,
+                                report_to="none"), out)
+    model = model.to(engine.device)
+    model.eval()
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    task = NerTask(tokenizer.pad_token_id, id2label, data.max_length, sentences, items)
+    with torch.no_grad(), engine.autocast():
+        metrics = task.evaluate(model, engine)
+    summary = {"model": model_name, "file": str(file), **metrics, "truncated": cut}
+    if engine.is_main:
+        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
+        write_json(out / "predictions.json", list(task.last_predictions.values()))
+        write_json(out / "metrics.json", summary)
+    engine.wait()
+    return summary
+
+
+def tag_texts(model_name: str, texts: list[str], max_length: int = 512) -> list[list[dict]]:
+    """Each text's entities (type, character span, mean score, text), words merged as the transformers
+    pipeline's ``aggregation_strategy="simple"`` merges them."""
+    import torch
+    from accelerate import PartialState
+
+    tokenizer, model = load_trained(model_name, split_words=False)
+    limit = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
+    device = PartialState().device
+    model = model.to(device).eval()
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    results, cut = [], 0
+    with torch.no_grad():
+        for text in texts:
+            encoded = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True,
+                                truncation=True, max_length=limit, return_overflowing_tokens=False)
+            cut += len(tokenizer(text)["input_ids"]) > limit
+            inputs = {k: torch.tensor([v], device=device) for k, v in encoded.items()
+                      if k in ("input_ids", "attention_mask", "token_type_ids")}
+            probabilities = model(**inputs).logits.float()[0].softmax(-1).cpu().numpy()
+            tokens = [{"entity": id2label[int(p.argmax())], "score": float(p.max()), "start": start, "end": end}
+                      for p, (start, end), special in zip(probabilities, encoded["offset_mapping"],
+                                                          encoded["special_tokens_mask"], strict=True)
+                      if not special]
+            results.append([{**entity, "word": text[entity["start"]:entity["end"]]}
+                            for entity in group_entities(tokens)])
+    if cut:
+        print(f"warning: {cut} of {len(texts)} text(s) longer than {limit} tokens were truncated (no entities "
+              "found past the cut)", file=sys.stderr)
+    return results

@@ -1,0 +1,176 @@
+"""Sequence classification (``finetune classify``): texts or text pairs to one label each.
+
+The loss is the cross-entropy of the classification head's logits, summed over the batch's examples.
+Batches are padded to their longest text (rounded up to a multiple of 8) unless ``pad_to_max_length`` is
+set, as run_glue does by default; the padding is masked, so it does not change the results. Evaluation
+scores this process's share of the validation set sorted by length, gathers the predicted label ids on
+every process and computes accuracy and macro-F1 (and Matthews correlation when asked) offline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hftool.data.classification import ClassifyDataConfig, TextExample
+from hftool.engine.config import TrainConfig
+from hftool.metrics.classification import classification_scores
+from hftool.tasks.squad import Ordered, balanced_length_order
+
+PAD_TO_MULTIPLE_OF = 8
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class LabelModelConfig:
+    """The pretrained model to fine-tune; a fresh classification head is put on top."""
+
+    name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ClassifyRecipe:
+    """A sequence-classification fine-tuning run: model, data and training settings."""
+
+    model: LabelModelConfig = field(default_factory=LabelModelConfig)
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        output_dir="runs/classify", lr=2e-5, batch_size=32, epochs=3, scheduler="linear", weight_decay=0.0,
+        eval_batch_size=128))
+    group_by_length: bool = True  # batches of similar lengths (less padding); the order stays seeded
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.train.validate()
+
+
+def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int) -> tuple[list[dict], int]:
+    """Token ids of each example (truncated to ``max_length``) and how many were longer than that."""
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    with_types = "token_type_ids" in encoded
+    items, full = [], []
+    for i in range(len(examples)):
+        item = {"input_ids": encoded["input_ids"][i], "index": i}
+        if with_types:
+            item["token_type_ids"] = encoded["token_type_ids"][i]
+        if len(item["input_ids"]) >= max_length:
+            full.append(i)
+        items.append(item)
+    truncated = 0
+    if full:  # only texts that fill the context can have been cut: check those without truncation
+        whole = tokenizer([texts[i] for i in full], [pairs[i] for i in full] if pairs else None)
+        truncated = sum(len(ids) > max_length for ids in whole["input_ids"])
+    return items, truncated
+
+
+def with_labels(items: list[dict], labels: Sequence[int]) -> list[dict]:
+    for item, label in zip(items, labels, strict=True):
+        item["label"] = label
+    return items
+
+
+def pad_batch(items: list[dict], pad_token_id: int, pad_to: int | None, max_length: int) -> dict:
+    """Input ids, attention mask (and token types) padded on the right as tensors."""
+    import torch
+
+    longest = max(len(item["input_ids"]) for item in items)
+    rounded = -(-longest // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
+    length = pad_to or max(longest, min(rounded, max_length))
+    input_ids = np.full((len(items), length), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(items), length), dtype=np.int64)
+    with_types = "token_type_ids" in items[0]
+    token_type_ids = np.zeros((len(items), length), dtype=np.int64)
+    for row, item in enumerate(items):
+        size = len(item["input_ids"])
+        input_ids[row, :size] = item["input_ids"]
+        attention_mask[row, :size] = 1
+        if with_types:
+            token_type_ids[row, :size] = item["token_type_ids"]
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+             "index": torch.tensor([item["index"] for item in items])}
+    if with_types:
+        batch["token_type_ids"] = torch.from_numpy(token_type_ids)
+    return batch
+
+
+def gather_predictions(engine, found: dict[int, object]) -> dict[int, object]:
+    """Every process's ``index -> prediction`` merged (each index is predicted by exactly one process)."""
+    if engine.num_processes == 1:
+        return found
+    from accelerate.utils import gather_object
+
+    return dict(gather_object(list(found.items())))
+
+
+def broadcast_metrics(engine, metrics: dict) -> dict:
+    if engine.num_processes == 1:
+        return metrics
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([metrics])[0]
+
+
+class ClassifyTask:
+    """Batches of encoded texts, the cross-entropy loss, and accuracy / macro-F1 evaluation."""
+
+    def __init__(self, pad_token_id: int, num_labels: int, max_length: int, eval_items: Sequence[dict] = (),
+                 pad_to_max_length: bool = False, matthews: bool = False):
+        self.pad_token_id = pad_token_id
+        self.num_labels = num_labels
+        self.max_length = max_length
+        self.pad_to = max_length if pad_to_max_length else None
+        self.eval_items = list(eval_items)
+        self.matthews = matthews
+        self.last_predictions: dict[int, int] = {}
+        self.eval_seconds: list[float] = []
+
+    # ---- the engine's interface ---------------------------------------------------------------------------
+    def collate(self, items: list[dict], epoch: int):
+        import torch
+
+        batch = pad_batch(items, self.pad_token_id, self.pad_to, self.max_length)
+        if "label" in items[0]:
+            batch["labels"] = torch.tensor([item["label"] for item in items])
+        return batch
+
+    def count_targets(self, batch) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def loss_sum(self, model, batch):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum")
+
+    def evaluate(self, model, engine) -> dict[str, float]:
+        if not self.eval_items:
+            return {}
+        started = time.perf_counter()
+        lengths = np.array([len(item["input_ids"]) for item in self.eval_items])
+        order = balanced_length_order(lengths, engine.num_processes)
+        found: dict[int, int] = {}
+        for batch in engine.eval_batches(Ordered(self.eval_items, order), self):
+            predicted = self.logits(model, batch).argmax(-1).tolist()
+            found.update(zip(batch["index"].tolist(), predicted, strict=True))
+        self.last_predictions = dict(sorted(gather_predictions(engine, found).items()))
+        metrics: dict[str, float] = {}
+        if engine.is_main:
+            indices = list(self.last_predictions)
+            gold = [self.eval_items[i]["label"] for i in indices]
+            metrics = classification_scores(gold, [self.last_predictions[i] for i in indices], self.num_labels,
+                                            self.matthews)
+            seconds = time.perf_counter() - started
+            metrics.update(examples=len(indices), examples_per_s=len(indices) / max(seconds, 1e-9))
+        metrics = broadcast_metrics(engine, metrics)
+        self.eval_seconds.append(time.perf_counter() - started)
+        return metrics
+
+    # ---- shared by evaluation and `hftool classify` --------------------------------------------------------
+    def logits(self, model, batch):
+        inputs = {name: batch[name] for name in MODEL_INPUTS if name in batch}
+        return model(**inputs).logits.float()
