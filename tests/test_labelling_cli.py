@@ -12,6 +12,8 @@ import sys
 import pytest
 from helpers import REPO, run_cli
 
+pytestmark = pytest.mark.integration  # real MiniLM fine-tunes through the CLI
+
 SST2_STEPS = 60
 STEPS = ["train.batch_size=8", "train.epochs=1", "train.warmup_steps=0", "train.report_to=none",
          "train.mixed_precision=no", "train.log_every=5"]
