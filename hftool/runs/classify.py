@@ -29,6 +29,7 @@ from hftool.runs.artifacts import (
 )
 from hftool.runs.labelled import (
     check_positions,
+    fine_tune_summary,
     load_tokenizer,
     new_head_model,
     trained_head_model,
@@ -115,13 +116,7 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
                         tracker_config=cfgmod.to_dict(recipe),
                         lengths=[len(i["input_ids"]) for i in train_items] if recipe.group_by_length else None)
 
-    trained_steps = result.steps - (result.resumed_from or 0)
-    train_seconds = result.wall_s - sum(task.eval_seconds if result.interrupted else task.eval_seconds[:-1])
-    summary = {
-        "steps": result.steps, "train_loss": result.last_loss, "train_examples": len(train_items),
-        "train_examples_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
-        "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
-    }
+    summary = fine_tune_summary(result, engine, task.eval_seconds, len(train_items))
     if result.interrupted:
         engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
         return summary
