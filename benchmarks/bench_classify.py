@@ -33,13 +33,17 @@ SHARED = {"lr": 1e-4, "batch_size": 32, "eval_batch_size": 128, "weight_decay": 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="320 training phrases, 100 dev sentences.")
+    parser.add_argument("--epochs", type=int, help="Epochs of the full run (default 1).")
+    parser.add_argument("--seed", type=int, default=SHARED["seed"], help="Seed of both runs.")
     args = parser.parse_args()
     if not TRAIN.is_file() or not DEV.is_file():
         raise SystemExit(f"the shared SST-2 files are missing: {TRAIN.parent}")
     from hftool.environment import resolve_mixed_precision
 
     precision = resolve_mixed_precision("auto")
-    settings = {**SHARED, **(QUICK if args.quick else FULL)}
+    settings = {**SHARED, **(QUICK if args.quick else FULL), "seed": args.seed}
+    if args.epochs:
+        settings["epochs"] = args.epochs
     RESULTS.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     out = RESULTS / "classify-hftool"
