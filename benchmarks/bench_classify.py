@@ -9,57 +9,19 @@ of the baseline, training >= 1.5x and evaluation >= 2x its speed.
 
     python benchmarks/bench_classify.py            # the full benchmark (an hour or more on a small CPU)
     python benchmarks/bench_classify.py --quick    # a few minutes: checks the plumbing, speeds are indicative
+    python benchmarks/bench_classify.py --epochs 2 --seed 1    # other epochs / seed for both runs
 
 Writes benchmarks/results/classify.json (git-ignored) and prints a markdown table.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+from common import SHARED_DATA
+from labelling import LabellingBenchmark, main
 
-from common import RESULTS, SHARED_DATA
-from labelling import baseline_command, compare, hftool_command, run_measured
-
-TRAIN = SHARED_DATA / "sst2" / "train.tsv"
-DEV = SHARED_DATA / "sst2" / "dev-even.tsv"
-FULL = {"train_examples": None, "eval_examples": None, "epochs": 1, "warmup_steps": 100}
-QUICK = {"train_examples": 320, "eval_examples": 100, "epochs": 1, "warmup_steps": 2, "batch_size": 16,
-         "lr": 3e-4}  # 20 steps: enough for a quality above chance, so the comparison means something
-SHARED = {"lr": 1e-4, "batch_size": 32, "eval_batch_size": 128, "weight_decay": 0.01, "max_length": 128, "seed": 42}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="320 training phrases, 100 dev sentences.")
-    parser.add_argument("--epochs", type=int, help="Epochs of the full run (default 1).")
-    parser.add_argument("--seed", type=int, default=SHARED["seed"], help="Seed of both runs.")
-    args = parser.parse_args()
-    if not TRAIN.is_file() or not DEV.is_file():
-        raise SystemExit(f"the shared SST-2 files are missing: {TRAIN.parent}")
-    from hftool.environment import resolve_mixed_precision
-
-    precision = resolve_mixed_precision("auto")
-    settings = {**SHARED, **(QUICK if args.quick else FULL), "seed": args.seed}
-    if args.epochs:
-        settings["epochs"] = args.epochs
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
-    out = RESULTS / "classify-hftool"
-    measured = run_measured(hftool_command("classify", "classify-sst2-minilm", TRAIN, DEV, settings, precision, out),
-                            RESULTS / "classify-hftool.log")
-    metrics = json.loads((out / "metrics.json").read_text())
-    hftool = {"accuracy": metrics["eval_accuracy"], "train_examples_per_s": metrics["train_examples_per_s"],
-              "eval_examples_per_s": metrics["eval_examples_per_s"], **measured}
-    out = RESULTS / "classify-baseline"
-    out.mkdir(parents=True, exist_ok=True)
-    measured = run_measured(baseline_command("run_glue_trainer.py", TRAIN, DEV, settings, precision, out),
-                            RESULTS / "classify-baseline.log")
-    baseline = {**json.loads((out / "metrics.json").read_text()), **measured}
-    compare("classify", "accuracy", hftool, baseline, settings, precision, "quick" if args.quick else "full",
-            load_before)
-
+BENCHMARK = LabellingBenchmark(name="classify", recipe="classify-sst2-minilm", baseline_script="run_glue_trainer.py",
+                               train=SHARED_DATA / "sst2" / "train.tsv", dev=SHARED_DATA / "sst2" / "dev-even.tsv",
+                               quality="accuracy")
 
 if __name__ == "__main__":
-    main()
+    main(BENCHMARK, __doc__)

