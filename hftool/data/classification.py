@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hftool.data.splits import SplitsConfig
 from hftool.errors import HftoolError
 
 
@@ -28,39 +29,21 @@ class TextExample:
 
 
 @dataclass
-class ClassifyDataConfig:
-    """Where the examples come from and which columns hold them (the ``data:`` section of a recipe)."""
+class ClassifyDataConfig(SplitsConfig):
+    """Where the examples come from (.csv, .tsv or .jsonl files, or a Hub dataset) and which columns hold them
+    (the ``data:`` section of a recipe)."""
 
-    train_file: str | None = None  # .csv, .tsv or .jsonl; default: the Hub dataset below
-    validation_file: str | None = None
-    hub_dataset: str | None = None  # e.g. nyu-mll/glue (online users)
-    hub_config: str | None = None  # e.g. sst2
-    hub_train_split: str = "train"
-    hub_validation_split: str = "validation"
     text_column: str = "sentence"
     text_pair_column: str | None = None  # e.g. sentence2 / hypothesis for pair tasks
     label_column: str = "label"
     label_names: list[str] | None = None  # names for integer labels 0..n-1 (e.g. [negative, positive])
-    max_length: int = 128
     pad_to_max_length: bool = False  # run_glue's default pads every batch to max_length; hftool pads to the batch
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
     matthews: bool = False  # also report Matthews correlation (CoLA's metric)
 
     def validate(self) -> None:
         if self.max_length < 2:
             raise HftoolError(f"data.max_length={self.max_length} must be at least 2")
-        for name in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise HftoolError(f"data.{name}={value} must be at least 1 (or null for all)")
-
-    def describe(self, split: str) -> str:
-        file = self.train_file if split == "train" else self.validation_file
-        if file:
-            return f"`{Path(file).name}`"
-        split_name = self.hub_train_split if split == "train" else self.hub_validation_split
-        return f"`{self.hub_dataset}` ({self.hub_config}) [{split_name}]"
+        super().validate()
 
 
 def warn_main(message: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hftool.data.classification import warn_main
+from hftool.data.splits import SplitsConfig
 from hftool.errors import HftoolError
 from hftool.metrics.entities import is_iob_tag
 
@@ -27,39 +28,21 @@ class TaggedSentence:
 
 
 @dataclass
-class NerDataConfig:
-    """Where the sentences come from and how words become model inputs (the ``data:`` section)."""
+class NerDataConfig(SplitsConfig):
+    """Where the sentences come from (CoNLL text with ``token ... tag`` lines, .jsonl with tokens + tags, or a
+    Hub dataset) and how words become model inputs (the ``data:`` section)."""
 
-    train_file: str | None = None  # CoNLL text (token ... tag per line) or .jsonl with tokens + tags
-    validation_file: str | None = None
-    hub_dataset: str | None = None  # e.g. eriktks/conll2003 (online users)
-    hub_config: str | None = None
-    hub_train_split: str = "train"
-    hub_validation_split: str = "validation"
     tokens_column: str = "tokens"  # JSONL / Hub
     tags_column: str = "tags"  # JSONL; Hub datasets use ner_tags (integers with names)
     tag_scheme: str = "iob2"  # iob2, or iob1 to convert IOB1 input to IOB2
     label_all_tokens: bool = False  # run_ner's option: every sub-token of a word carries a label
-    max_length: int = 128
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
 
     def validate(self) -> None:
         if self.tag_scheme not in ("iob2", "iob1"):
             raise HftoolError(f"data.tag_scheme={self.tag_scheme} must be iob2 or iob1")
         if self.max_length < 4:
             raise HftoolError(f"data.max_length={self.max_length} must be at least 4")
-        for name in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise HftoolError(f"data.{name}={value} must be at least 1 (or null for all)")
-
-    def describe(self, split: str) -> str:
-        file = self.train_file if split == "train" else self.validation_file
-        if file:
-            return f"`{Path(file).name}`"
-        split_name = self.hub_train_split if split == "train" else self.hub_validation_split
-        return f"`{self.hub_dataset}` [{split_name}]"
+        super().validate()
 
 
 class SchemeCheck:

@@ -17,7 +17,7 @@ from hftool.data.classification import (
     read_hub_classification,
     warn_main,
 )
-from hftool.engine.config import TrainConfig
+from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
 from hftool.runs.artifacts import (
     finish_report,
@@ -29,9 +29,11 @@ from hftool.runs.artifacts import (
 )
 from hftool.runs.labelled import (
     check_positions,
+    evaluate_output_dir,
     fine_tune_summary,
     load_tokenizer,
     new_head_model,
+    score_and_write,
     trained_head_model,
 )
 from hftool.tasks.classify import ClassifyRecipe, ClassifyTask, encode_texts, with_labels
@@ -43,23 +45,17 @@ HEAD = "sequence-classification"
 def load_split(data: ClassifyDataConfig, split: str) -> tuple[list[TextExample], list[str] | None]:
     """A split's examples (a local file when given, else the Hub split), capped, with integer labels renamed
     to ``data.label_names`` (or a Hub ``ClassLabel``'s names); returns those names too."""
-    file = data.train_file if split == "train" else data.validation_file
     names = data.label_names
-    if file:
-        flag = "--train-file" if split == "train" else "--validation-file"
-        examples = read_classification_file(file, flag, data)
+    if data.file(split):
+        examples = read_classification_file(data.file(split), SPLIT_FLAGS[split], data)
     elif data.hub_dataset:
-        examples, hub_names = read_hub_classification(
-            data, data.hub_train_split if split == "train" else data.hub_validation_split)
+        examples, hub_names = read_hub_classification(data, data.hub_split(split))
         names = names or hub_names
-    elif split == "train":
-        raise HftoolError("no training data: pass --train-file (data.train_file) or set data.hub_dataset")
     elif split == "train":
         raise HftoolError("no training data: pass --train-file (data.train_file) or set data.hub_dataset")
     else:
         return [], names
-    cap = data.max_train_examples if split == "train" else data.max_eval_examples
-    examples = examples[:cap] if cap else examples
+    examples = examples[:data.limit(split)] if data.limit(split) else examples
     return apply_label_names(examples, names, f"data.{split}"), names
 
 
@@ -166,21 +162,9 @@ def load_trained(model_name: str):
 def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, data: ClassifyDataConfig,
                           batch_size: int = 64, mixed_precision: str = "auto", overwrite: bool = False) -> dict:
     """Score a classifier folder on a labelled file; writes ``predictions.json`` and ``metrics.json``."""
-    from hftool.outputs import check_output_dir, claim_output_dir
-
-    if batch_size < 1:
-        raise HftoolError(f"--batch-size={batch_size} must be at least 1")
-    out = check_output_dir(output_dir, "--output-dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
-                          "own files there, or choose another folder")
+    out = evaluate_output_dir(output_dir, batch_size, overwrite)
     examples = read_classification_file(file, "--file", data)
     examples = examples[:data.max_eval_examples] if data.max_eval_examples else examples
-
-    import torch
-
-    from hftool.engine.trainer import Engine
-
     tokenizer, model = load_trained(model_name)
     check_positions(model.config, data.max_length, "--max-length", "--model", model_name)
     label2id = {label: int(i) for label, i in model.config.label2id.items()}
@@ -188,21 +172,11 @@ def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, da
     items, cut = encode_texts(tokenizer, examples, data.max_length)
     warn_truncated(cut, len(items), file, "--max-length", data.max_length)
     with_labels(items, ids)
-    engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision, eval_batch_size=batch_size,
-                                report_to="none"), out)
-    model = model.to(engine.device)
-    model.eval()
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
     task = ClassifyTask(tokenizer.pad_token_id, len(label2id), data.max_length, items, matthews=data.matthews)
-    with torch.no_grad(), engine.autocast():
-        metrics = task.evaluate(model, engine)
-    summary = {"model": model_name, "file": str(file), **metrics, "truncated": cut}
-    if engine.is_main:
-        id2label = {int(i): label for i, label in model.config.id2label.items()}
-        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
-        write_json(out / "predictions.json", [id2label[p] for p in task.last_predictions.values()])
-        write_json(out / "metrics.json", summary)
-    engine.wait()
-    return summary
+    return score_and_write(model, task, out, batch_size, mixed_precision, overwrite,
+                           {"model": model_name, "file": str(file), "truncated": cut},
+                           lambda task: [id2label[p] for p in task.last_predictions.values()])
 
 
 def classify_texts(model_name: str, texts: list[str], max_length: int = 512, batch_size: int = 32,

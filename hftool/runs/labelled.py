@@ -92,6 +92,44 @@ def write_jsonl_file(path: Path, records: list[dict]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def evaluate_output_dir(output_dir: str | Path, batch_size: int, overwrite: bool) -> Path:
+    """The checked ``--output-dir`` of ``hftool evaluate classify|ner``, refused before any model is loaded."""
+    from hftool.outputs import check_output_dir
+
+    if batch_size < 1:
+        raise HftoolError(f"--batch-size={batch_size} must be at least 1")
+    out = check_output_dir(output_dir, "--output-dir")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
+                          "own files there, or choose another folder")
+    return out
+
+
+def score_and_write(model, task, out: Path, batch_size: int, mixed_precision: str, overwrite: bool,
+                    header: dict, predictions) -> dict:
+    """Evaluate ``model`` with ``task`` on the engine's processes; the main one writes ``metrics.json`` (the
+    ``header`` and the scores) and ``predictions.json`` (``predictions(task)``)."""
+    import torch
+
+    from hftool.engine.config import TrainConfig
+    from hftool.engine.trainer import Engine
+    from hftool.outputs import claim_output_dir
+    from hftool.runs.artifacts import write_json
+
+    engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision, eval_batch_size=batch_size,
+                                report_to="none"), out)
+    model = model.to(engine.device)
+    model.eval()
+    with torch.no_grad(), engine.autocast():
+        summary = {**header, **task.evaluate(model, engine)}
+    if engine.is_main:
+        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
+        write_json(out / "predictions.json", predictions(task))
+        write_json(out / "metrics.json", summary)
+    engine.wait()
+    return summary
+
+
 def fine_tune_summary(result, engine, eval_seconds: list[float], train_examples: int) -> dict:
     """The summary of a classify / ner fine-tuning run; training speed leaves out the time spent evaluating
     inside the loop (the final evaluation runs after it)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from hftool import config as cfgmod
 from hftool.data.classification import warn_main
 from hftool.data.conll import NerDataConfig, TaggedSentence, read_conll_file, read_hub_ner, tag_list
-from hftool.engine.config import TrainConfig
+from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
 from hftool.runs.artifacts import (
     finish_report,
@@ -21,9 +21,11 @@ from hftool.runs.artifacts import (
 )
 from hftool.runs.labelled import (
     check_positions,
+    evaluate_output_dir,
     fine_tune_summary,
     load_tokenizer,
     new_head_model,
+    score_and_write,
     trained_head_model,
 )
 from hftool.tasks.ner import NerRecipe, NerTask, encode_sentences, group_entities
@@ -33,18 +35,15 @@ HEAD = "token-classification"
 
 
 def load_split(data: NerDataConfig, split: str) -> list[TaggedSentence]:
-    file = data.train_file if split == "train" else data.validation_file
-    if file:
-        sentences = read_conll_file(file, "--train-file" if split == "train" else "--validation-file",
-                                    data.tag_scheme)
+    if data.file(split):
+        sentences = read_conll_file(data.file(split), SPLIT_FLAGS[split], data.tag_scheme)
     elif data.hub_dataset:
-        sentences = read_hub_ner(data, data.hub_train_split if split == "train" else data.hub_validation_split)
+        sentences = read_hub_ner(data, data.hub_split(split))
     elif split == "train":
         raise HftoolError("no training data: pass --train-file (data.train_file) or set data.hub_dataset")
     else:
         return []
-    cap = data.max_train_examples if split == "train" else data.max_eval_examples
-    return sentences[:cap] if cap else sentences
+    return sentences[:data.limit(split)] if data.limit(split) else sentences
 
 
 def check_known_tags(sentences: list[TaggedSentence], label2id: dict[str, int], source: str) -> None:
@@ -156,42 +155,20 @@ def load_trained(model_name: str, split_words: bool):
 def run_evaluate_ner(model_name: str, file: str, output_dir: str | Path, data: NerDataConfig,
                      batch_size: int = 64, mixed_precision: str = "auto", overwrite: bool = False) -> dict:
     """Score a token-classification folder on a tagged file; writes ``predictions.json`` and ``metrics.json``."""
-    from hftool.outputs import check_output_dir, claim_output_dir
-
-    if batch_size < 1:
-        raise HftoolError(f"--batch-size={batch_size} must be at least 1")
-    out = check_output_dir(output_dir, "--output-dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
-                          "own files there, or choose another folder")
+    out = evaluate_output_dir(output_dir, batch_size, overwrite)
     sentences = read_conll_file(file, "--file", data.tag_scheme)
     sentences = sentences[:data.max_eval_examples] if data.max_eval_examples else sentences
-
-    import torch
-
-    from hftool.engine.trainer import Engine
-
     tokenizer, model = load_trained(model_name, split_words=True)
     check_positions(model.config, data.max_length, "--max-length", "--model", model_name)
     label2id = {label: int(i) for label, i in model.config.label2id.items()}
     check_known_tags(sentences, label2id, file)
     items, cut = encode_sentences(tokenizer, sentences, data.max_length, label2id)
     warn_truncated(cut, len(items), file, "--max-length", data.max_length)
-    engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision, eval_batch_size=batch_size,
-                                report_to="none"), out)
-    model = model.to(engine.device)
-    model.eval()
     id2label = {int(i): label for i, label in model.config.id2label.items()}
     task = NerTask(tokenizer.pad_token_id, id2label, data.max_length, sentences, items)
-    with torch.no_grad(), engine.autocast():
-        metrics = task.evaluate(model, engine)
-    summary = {"model": model_name, "file": str(file), **metrics, "truncated": cut}
-    if engine.is_main:
-        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
-        write_json(out / "predictions.json", list(task.last_predictions.values()))
-        write_json(out / "metrics.json", summary)
-    engine.wait()
-    return summary
+    return score_and_write(model, task, out, batch_size, mixed_precision, overwrite,
+                           {"model": model_name, "file": str(file), "truncated": cut},
+                           lambda task: list(task.last_predictions.values()))
 
 
 def tag_texts(model_name: str, texts: list[str], max_length: int = 512) -> list[list[dict]]:
