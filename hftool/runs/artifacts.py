@@ -1,6 +1,7 @@
 """What a run leaves in its output folder: the claimed folder and saved recipe, the final model folder, the
-model card, and JSON result files. Every write goes through a temporary name and is recorded in the folder's
-manifest first (:mod:`hftool.outputs`), so nothing is half-written and ``--overwrite`` knows what is hftool's.
+model card, JSON result files, and the summary a fine-tuning run reports. Every write goes through a temporary
+name and is recorded in the folder's manifest first (:mod:`hftool.outputs`), so nothing is half-written and
+``--overwrite`` knows what is hftool's.
 """
 
 from __future__ import annotations
@@ -156,3 +157,17 @@ pipe = pipeline("{pipeline_tag}", model="path/to/this/folder")
 """
     return model_card(f"{arch} ({objective}) trained with hftool", pipeline_tag, ["hftool", arch, objective],
                       facts, summary, usage)
+
+
+def fine_tune_summary(result, engine, eval_seconds: list[float], counts: dict[str, int],
+                      unit: str = "examples") -> dict:
+    """The summary of a fine-tuning run (``counts``: what it trained on, e.g. ``{"train_examples": n}``);
+    ``train_<unit>_per_s`` leaves out the time spent evaluating inside the loop (the final evaluation runs after
+    it)."""
+    trained_steps = result.steps - (result.resumed_from or 0)
+    train_seconds = result.wall_s - sum(eval_seconds if result.interrupted else eval_seconds[:-1])
+    return {
+        "steps": result.steps, "train_loss": result.last_loss, **counts,
+        f"train_{unit}_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
+        "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
+    }

@@ -20,6 +20,7 @@ from hftool.data.classification import (
 from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
 from hftool.runs.artifacts import (
+    fine_tune_summary,
     finish_report,
     model_card,
     prepare_output_dir,
@@ -30,7 +31,6 @@ from hftool.runs.artifacts import (
 from hftool.runs.labelled import (
     check_positions,
     evaluate_output_dir,
-    fine_tune_summary,
     load_tokenizer,
     new_head_model,
     score_and_write,
@@ -112,7 +112,7 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
                         tracker_config=cfgmod.to_dict(recipe),
                         lengths=[len(i["input_ids"]) for i in train_items] if recipe.group_by_length else None)
 
-    summary = fine_tune_summary(result, engine, task.eval_seconds, len(train_items))
+    summary = fine_tune_summary(result, engine, task.eval_seconds, {"train_examples": len(train_items)})
     if result.interrupted:
         engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
         return summary

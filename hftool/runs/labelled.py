@@ -130,18 +130,6 @@ def score_and_write(model, task, out: Path, batch_size: int, mixed_precision: st
     return summary
 
 
-def fine_tune_summary(result, engine, eval_seconds: list[float], train_examples: int) -> dict:
-    """The summary of a classify / ner fine-tuning run; training speed leaves out the time spent evaluating
-    inside the loop (the final evaluation runs after it)."""
-    trained_steps = result.steps - (result.resumed_from or 0)
-    train_seconds = result.wall_s - sum(eval_seconds if result.interrupted else eval_seconds[:-1])
-    return {
-        "steps": result.steps, "train_loss": result.last_loss, "train_examples": train_examples,
-        "train_examples_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
-        "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
-    }
-
-
 def texts_from(texts: list[str] | None, input_file: str | None, text_column: str) -> list[str]:
     """The texts given on the command line, or read from ``--input`` (not both)."""
     from hftool.data.classification import read_input_texts

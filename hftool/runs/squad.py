@@ -29,6 +29,7 @@ from hftool.errors import HftoolError
 from hftool.loading import cache_dir, load_config, load_model, load_tokenizer, resolve_model
 from hftool.outputs import check_output_dir, claim_output_dir
 from hftool.runs.artifacts import (
+    fine_tune_summary,
     finish_report,
     model_card,
     prepare_output_dir,
@@ -160,15 +161,9 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
                         lengths=train_windows.lengths if data.group_by_length else None,
                         eval_every=engine.steps_per_epoch(len(train_windows)) if each_epoch else None)
 
-    trained_steps = result.steps - (result.resumed_from or 0)
-    in_loop_evals = task.eval_seconds if result.interrupted else task.eval_seconds[:-1]
-    train_seconds = result.wall_s - sum(in_loop_evals)
-    summary = {
-        "steps": result.steps, "train_loss": result.last_loss, "train_questions": len(train_examples),
-        "train_windows": len(train_windows),
-        "train_windows_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
-        "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
-    }
+    summary = fine_tune_summary(result, engine, task.eval_seconds,
+                                {"train_questions": len(train_examples), "train_windows": len(train_windows)},
+                                unit="windows")
     if result.interrupted:
         engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
         return summary
