@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hftool.data.splits import SplitsConfig
+from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
 
 
@@ -133,19 +133,8 @@ def read_classification_file(path: str | Path, flag: str, data: ClassifyDataConf
 
 def read_hub_classification(data: ClassifyDataConfig, split: str) -> tuple[list[TextExample], list[str] | None]:
     """A Hub split (labels as written, integers for a ``ClassLabel``) and the ``ClassLabel``'s names."""
-    from datasets import load_dataset
-
-    from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
-
-    shown = f"{data.hub_dataset}" + (f" ({data.hub_config})" if data.hub_config else "") + f" [{split}]"
-    try:
-        with datasets_offline_unless_reachable():
-            dataset = load_dataset(data.hub_dataset, data.hub_config, split=split)
-    except Exception as exc:  # datasets raises many types for unreachable or malformed datasets
-        if offline_mode() or not hub_reachable():
-            raise HftoolError(f"data.hub_dataset={shown}: not cached and the Hub cannot be reached; pass local "
-                              "files with --train-file/--validation-file instead") from None
-        raise HftoolError(f"data.hub_dataset={shown}: {str(exc).splitlines()[0][:200]}") from None
+    dataset = load_hub_split(data, split)
+    shown = data.hub_name(split)
     feature = dataset.features.get(data.label_column)
     names = list(feature.names) if hasattr(feature, "names") else None
     examples = []

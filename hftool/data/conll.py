@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hftool.data.classification import warn_main
-from hftool.data.splits import SplitsConfig
+from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
 from hftool.metrics.entities import is_iob_tag
 
@@ -174,19 +174,8 @@ def _read_jsonl(path: Path, text: str, check: SchemeCheck, need_tags: bool) -> l
 
 def read_hub_ner(data: NerDataConfig, split: str) -> list[TaggedSentence]:
     """A Hub split whose tag column holds ``ClassLabel`` integers (``conll2003``'s ``ner_tags``) or strings."""
-    from datasets import load_dataset
-
-    from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
-
-    shown = f"{data.hub_dataset}" + (f" ({data.hub_config})" if data.hub_config else "") + f" [{split}]"
-    try:
-        with datasets_offline_unless_reachable():
-            dataset = load_dataset(data.hub_dataset, data.hub_config, split=split)
-    except Exception as exc:  # datasets raises many types for unreachable or malformed datasets
-        if offline_mode() or not hub_reachable():
-            raise HftoolError(f"data.hub_dataset={shown}: not cached and the Hub cannot be reached; pass local "
-                              "files with --train-file/--validation-file instead") from None
-        raise HftoolError(f"data.hub_dataset={shown}: {str(exc).splitlines()[0][:200]}") from None
+    dataset = load_hub_split(data, split)
+    shown = data.hub_name(split)
     column = data.tags_column if data.tags_column in dataset.features else "ner_tags"
     if column not in dataset.features or data.tokens_column not in dataset.features:
         raise HftoolError(f"data.hub_dataset={shown}: needs columns '{data.tokens_column}' and "

@@ -40,8 +40,30 @@ class SplitsConfig:
     def limit(self, split: str) -> int | None:
         return self.max_train_examples if split == "train" else self.max_eval_examples
 
+    def hub_name(self, hub_split: str) -> str:
+        """How messages name a Hub split: ``dataset (config) [split]``."""
+        config = f" ({self.hub_config})" if self.hub_config else ""
+        return f"{self.hub_dataset}{config} [{hub_split}]"
+
     def describe(self, split: str) -> str:
         if self.file(split):
             return f"`{Path(self.file(split)).name}`"
-        config = f" ({self.hub_config})" if self.hub_config else ""
-        return f"`{self.hub_dataset}`{config} [{self.hub_split(split)}]"
+        return f"`{self.hub_name(self.hub_split(split))}`"
+
+
+def load_hub_split(data: SplitsConfig, split: str):
+    """``split`` of ``data.hub_dataset`` (with ``data.hub_config``) through ``datasets.load_dataset``; offline at
+    once when the Hub is unreachable, and one-line errors for a dataset neither cached nor reachable."""
+    from datasets import load_dataset
+
+    from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
+
+    shown = data.hub_name(split)
+    try:
+        with datasets_offline_unless_reachable():
+            return load_dataset(data.hub_dataset, data.hub_config, split=split)
+    except Exception as exc:  # datasets raises many types for unreachable or malformed datasets
+        if offline_mode() or not hub_reachable():
+            raise HftoolError(f"data.hub_dataset={shown}: not cached and the Hub cannot be reached; pass local "
+                              "files with --train-file/--validation-file instead") from None
+        raise HftoolError(f"data.hub_dataset={shown}: {str(exc).splitlines()[0][:200]}") from None
