@@ -77,6 +77,48 @@ def test_fused_step_gives_bit_identical_logits_and_cache_to_the_forward(name, sp
     assert steps.step_builder(model) is None  # dropout would be active: not for the fast path
 
 
+@pytest.mark.parametrize("name", ["gpt2", "bloom"])
+def test_bfloat16_step_gives_the_bits_of_the_forward_run_on_the_steps_kernels(name, request):
+    """In bfloat16 the step multiplies output-major weights on ATen's kernel (oneDNN off): inside
+    ``matching_forward`` the model's forward does the same, so the two agree bit for bit; outside it the forward
+    is untouched, and the oneDNN switch is as it was after either."""
+    model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = torch.backends.mkldnn.enabled
+    with torch.inference_mode():
+        fused_cache, model_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+        model(input_ids=ids, cache=fused_cache, use_cache=True)
+        model(input_ids=ids, cache=model_cache, use_cache=True)
+        step = steps.step_builder(model)(model, fused_cache)
+        mask = torch.ones_like(ids)
+        for position, token in enumerate([5, 17, 230], start=ids.shape[1]):
+            token_ids = torch.tensor([[token]])
+            mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=-1)
+            with step.matching_forward():
+                expected = model(input_ids=token_ids, attention_mask=mask, cache=model_cache, use_cache=True,
+                                 logits_to_keep=1).logits
+            assert torch.backends.mkldnn.enabled == before
+            assert torch.equal(step(token_ids, position), expected)
+            assert torch.backends.mkldnn.enabled == before
+
+
+def test_bfloat16_output_major_products_run_with_onednn_off_and_conv1d_products_keep_it(monkeypatch):
+    weight = torch.randn(256, 128).to(torch.bfloat16)
+    conv1d_weight = weight.t().contiguous()
+    bias = torch.zeros(256, dtype=torch.bfloat16)
+    products = MatVec([(weight, bias, True), (conv1d_weight, bias, False)], threads=2)
+    assert products.aten_kernel == {id(weight)} and not products.enabled
+    assert MatVec([(weight.float(), None, True)], threads=2).aten_kernel == set()  # float32: MKL as ever
+    seen = []
+    monkeypatch.setattr(matvec.F, "linear", lambda *args: seen.append(torch.backends.mkldnn.enabled))
+    monkeypatch.setattr(matvec.torch, "addmm", lambda *args: seen.append(torch.backends.mkldnn.enabled))
+    x = torch.randn(1, 128).to(torch.bfloat16)
+    before = torch.backends.mkldnn.enabled
+    products.linear(x, weight, bias)
+    products.addmm(bias, x, conv1d_weight)
+    assert seen == [False, before] and torch.backends.mkldnn.enabled == before
+
+
 def test_only_gpt2_and_bloom_configurations_the_steps_mirror_are_taken(tiny_gpt2, tiny_bloom, tiny_bert):
     gpt2, _ = _load(tiny_gpt2)
     assert fastpath.applies(gpt2)
@@ -191,7 +233,7 @@ def test_a_first_step_that_differs_from_the_forward_falls_back_before_streaming(
                 logits[0, -1, 0] = torch.nextafter(logits[0, -1, 0], torch.tensor(float("inf")))
                 return logits
 
-            return changed
+            return steps.FusedStep(changed, step.matching_forward)
 
         return build_changed
 

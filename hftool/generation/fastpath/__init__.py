@@ -11,7 +11,6 @@ exception. Nothing is streamed before that check has passed, so a fall-back repe
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 
 import torch
 
@@ -35,23 +34,6 @@ def applies(model) -> bool:
         return False
 
 
-@contextmanager
-def single_row_matmuls(model):
-    """Decode steps multiply one row by each weight matrix. On a CPU in bfloat16/float16, oneDNN does that
-    at about half the memory bandwidth of ATen's own matrix-vector kernel (which accumulates in float32), so
-    oneDNN is switched off while the steps run. float32 is left alone."""
-    device = next(model.parameters()).device
-    if device.type != "cpu" or model.dtype not in (torch.bfloat16, torch.float16):
-        yield
-        return
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled
-
-
 def greedy_tokens(model, ids: list[int], max_new_tokens: int, eos_ids: set[int], device,
                   streamer=None) -> list[int] | None:
     """Greedy search of ``ids``: the new token ids (up to and including an end-of-text token), or None.
@@ -66,7 +48,7 @@ def greedy_tokens(model, ids: list[int], max_new_tokens: int, eos_ids: set[int],
         return None
     if build is None:
         return None
-    with torch.inference_mode(), single_row_matmuls(model):
+    with torch.inference_mode():
         try:
             started = _checked_start(model, build, ids, max_new_tokens, eos_ids, device)
         except Exception as exc:  # the code that mirrors transformers internals no longer matches them
@@ -96,7 +78,8 @@ def _checked_start(model, build, ids: list[int], max_new_tokens: int, eos_ids: s
 
     Returns the tokens chosen so far, the logits of the next position (None when generation is already done)
     and the step. The first step is also computed by the model's forward on the same cache; its logits and the
-    keys/values it appends must be bit-identical to the step's, or ``StepMismatch`` is raised.
+    keys/values it appends must be bit-identical to the step's, or ``StepMismatch`` is raised. The prompt runs
+    with the libraries' own kernel choices; the checked forward with the step's (see ``matvec``).
     """
     from transformers import DynamicCache
 
@@ -109,7 +92,9 @@ def _checked_start(model, build, ids: list[int], max_new_tokens: int, eos_ids: s
         return [int(first)], None, None
     step = build(model, cache, len(ids) + max_new_tokens)
     mask = torch.ones((1, len(ids) + 1), dtype=input_ids.dtype, device=device)
-    expected = model(input_ids=first, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1).logits
+    with step.matching_forward():
+        expected = model(input_ids=first, attention_mask=mask, cache=cache, use_cache=True,
+                         logits_to_keep=1).logits
     forward_cache = [(layer.keys, layer.values) for layer in cache.layers]
     logits = step(first, len(ids))
     if not torch.equal(logits, expected):

@@ -6,8 +6,9 @@ weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with n
 logits are bit-identical to ``model(...)``'s; the tests check the logits bit for bit and the tokens against
 ``model.generate``, and the fast path checks the first step against the forward on every run. Two things
 differ in how, not in what, is computed: the keys and values go into buffers allocated once
-(:class:`~hftool.generation.fastpath.cache.PreallocatedCache`), and large float32 weights may be multiplied in
-row blocks on several threads where that gives the same bits (:mod:`hftool.generation.fastpath.matvec`).
+(:class:`~hftool.generation.fastpath.cache.PreallocatedCache`), and each product runs on the kernel
+:mod:`~hftool.generation.fastpath.matvec` picks (row blocks on several threads in float32 where that gives the
+same bits; ATen's matrix-vector kernel in bfloat16, which the checked forward is made to use too).
 Anything it does not mirror (other architectures or attention backends, cross-attention, BLOOM's
 ``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights, training mode) is not for the fast path.
 """
@@ -15,6 +16,8 @@ Anything it does not mirror (other architectures or attention backends, cross-at
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from hftool.generation.fastpath.cache import PreallocatedCache
 from hftool.generation.fastpath.matvec import MatVec
@@ -22,6 +25,18 @@ from hftool.generation.fastpath.matvec import MatVec
 
 class StepMismatch(Exception):
     """The model's cache or modules are not laid out as the step expects (a transformers change)."""
+
+
+@dataclass(frozen=True)
+class FusedStep:
+    """``step(token_ids, position) -> logits``, and ``matching_forward()``: a context in which the model's own
+    forward multiplies with the step's kernels (:meth:`MatVec.matching_forward`), for checking the two."""
+
+    run: Callable
+    matching_forward: Callable[[], AbstractContextManager]
+
+    def __call__(self, token, position: int):
+        return self.run(token, position)
 
 
 def step_builder(model) -> Callable | None:
@@ -46,7 +61,7 @@ def _check_layers(cache, layers: int) -> None:
         raise StepMismatch(f"the cache has {len(cache.layers)} layers, the model {layers}")
 
 
-def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable:
+def gpt2_decode_step(model, cache, capacity: int = 0) -> FusedStep:
     """GPT-2's step ``step(token_ids, position) -> logits``, continuing ``cache`` (a filled ``DynamicCache``,
     extended in place): Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions.
     ``capacity``: the positions the cache will reach, to allocate them once."""
@@ -84,10 +99,10 @@ def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable:
             hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return step
+    return FusedStep(step, lambda: matvec.matching_forward([lm_head]))
 
 
-def bloom_decode_step(model, cache, capacity: int = 0) -> Callable:
+def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
     """BLOOM's step: fused QKV, ALiBi bias added by ``baddbmm``, float32 softmax, BLOOM's tanh GELU.
 
     For one new token and no padding the causal mask is all zeros, and adding zeros changes nothing, so the
@@ -140,4 +155,4 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> Callable:
             hidden = residual + linear(mlp.dense_4h_to_h, activated)
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return step
+    return FusedStep(step, lambda: matvec.matching_forward(linears + [lm_head]))
