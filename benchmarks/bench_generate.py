@@ -1,9 +1,11 @@
 """Benchmark greedy decoding of one prompt on the CPU: hftool's fast path against model.generate, with and without
 transformers' own fast path (static cache + torch.compile).
 
-Two models with random weights built from their configs (no download): a tiny GPT-2 (4 layers, 256 wide, the
-gpt2-tiny recipe's shape, an 8k byte-level BPE trained on the embedded corpus) and one with BLOOM-560m's exact
-shape (24 layers, hidden 1024, 16 heads, vocab 250,880), each in float32 and bfloat16, batch 1. Contenders:
+Three models with random weights built from their configs (no download): a tiny GPT-2 (4 layers, 256 wide, the
+gpt2-tiny recipe's shape, an 8k byte-level BPE trained on the embedded corpus), one with GPT-2 small's exact shape
+(12 layers, 768 wide, vocab 50,257) and one with BLOOM-560m's (24 layers, hidden 1024, 16 heads, vocab 250,880),
+each in float32 and bfloat16, batch 1; the two full-size shapes read a prompt of ``--prompt-tokens`` token ids
+(12 by default; a long one shows what the prompt's forward costs). Contenders:
 
 - ``fast path``: ``hftool generate``'s default (:mod:`hftool.generation.fastpath`, fused step + split products);
 - ``fast path, plain products`` (float32 only): the same without the row-block split, to show what it adds;
@@ -12,17 +14,18 @@ shape (24 layers, hidden 1024, 16 heads, vocab 250,880), each in float32 and bfl
   transformers documents it (compiled once, before timing).
 
 The contenders take turns within each round in one process (a shared machine's busy spells hit them alike),
-and the medians over the rounds are reported, with the memory-bandwidth bound for BLOOM (a 1 GiB streaming sum
+and the medians over the rounds are reported, with the memory-bandwidth bound for the full-size shapes (a 1 GiB sum
 measured before each timed run ÷ bytes of weights read per token). Greedy tokens are compared with
 ``model.generate``'s. Prints a table and writes benchmarks/results/generate.json.
 
-    python benchmarks/bench_generate.py            # full run (about ten minutes on 2 cores)
+    python benchmarks/bench_generate.py            # full run (about fifteen minutes on 2 cores)
     python benchmarks/bench_generate.py --quick    # a smoke run: fewer tokens and repeats
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -61,24 +64,36 @@ def tiny_gpt2(dtype: torch.dtype):
     return GPT2LMHeadModel(config).to(dtype).eval(), tokenizer, tokenizer(PROMPT)["input_ids"]
 
 
-def bloom_560m_shaped(dtype: torch.dtype):
+def bloom_560m_shaped(dtype: torch.dtype, prompt_tokens: int = 12):
     """BLOOM-560m's architecture with random N(0, 0.02) weights, built without any download."""
     config = BloomConfig(vocab_size=250_880, hidden_size=1024, n_layer=24, n_head=16, bos_token_id=1,
                          eos_token_id=2, pad_token_id=3)
+    return _random_weights(BloomForCausalLM, config, dtype, prompt_tokens)
+
+
+def gpt2_small_shaped(dtype: torch.dtype, prompt_tokens: int = 12):
+    """GPT-2 small's architecture (the Hub's ``gpt2``) with random N(0, 0.02) weights."""
+    config = GPT2Config(bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return _random_weights(GPT2LMHeadModel, config, dtype, prompt_tokens)
+
+
+def _random_weights(model_class, config, dtype: torch.dtype, prompt_tokens: int):
+    """The model on the CPU with seeded N(0, 0.02) weights (norms at 1 and 0, biases 0), a tokenizer stub and
+    ``prompt_tokens`` token ids as the prompt."""
     with torch.device("meta"):
-        model = BloomForCausalLM(config)
+        model = model_class(config)
     model = model.to_empty(device="cpu").to(dtype)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "layernorm" in name or "ln_f" in name:
+            if "layernorm" in name or "ln_" in name:
                 param.fill_(1.0 if name.endswith("weight") else 0.0)
             elif name.endswith("bias"):
                 param.zero_()
             else:
                 param.normal_(0.0, 0.02, generator=generator)
     model.tie_weights()
-    return model.eval(), TokenizerStub(), list(range(1000, 1012))
+    return model.eval(), TokenizerStub(), list(range(1000, 1000 + prompt_tokens))
 
 
 class TokenizerStub:
@@ -195,9 +210,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 new tokens, 1 repeat: checks that it runs")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 5)")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens for the tiny GPT-2 (default 128)")
-    parser.add_argument("--bloom-tokens", type=int, default=32, help="new tokens for BLOOM (default 32)")
+    parser.add_argument("--bloom-tokens", type=int, default=32,
+                        help="new tokens for the full-size shapes, GPT-2 small and BLOOM-560m (default 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--only", choices=["tiny-gpt2", "bloom-560m-shape"], default=None)
+    parser.add_argument("--prompt-tokens", type=int, default=12,
+                        help="prompt length for the full-size shapes (default 12)")
+    parser.add_argument("--only", choices=["tiny-gpt2", "gpt2-small-shape", "bloom-560m-shape"], default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,10 +228,13 @@ def main() -> None:
             rows.append(measure("tiny-gpt2", tiny_gpt2, dtype, tiny_tokens, repeats, None))
             print_table(rows[-1:])
     big = torch.ones(2**28, dtype=torch.float32)
-    for dtype in (torch.float32, torch.bfloat16):
-        if args.only in (None, "bloom-560m-shape"):
-            rows.append(measure("bloom-560m-shape", bloom_560m_shaped, dtype, bloom_tokens, repeats, big))
-            print_table(rows[-1:])
+    for case, shaped, new_tokens in (("gpt2-small-shape", gpt2_small_shaped, bloom_tokens),
+                                     ("bloom-560m-shape", bloom_560m_shaped, bloom_tokens)):
+        for dtype in (torch.float32, torch.bfloat16):
+            if args.only in (None, case):
+                build = functools.partial(shaped, prompt_tokens=args.prompt_tokens)
+                rows.append(measure(case, build, dtype, new_tokens, repeats, big))
+                print_table(rows[-1:])
     print_table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {"quick": args.quick, "repeats": repeats, "threads": torch.get_num_threads(),
