@@ -2,7 +2,7 @@
 
 bfloat16/float16: a product by an output-major weight (``nn.Linear``'s layout) runs with oneDNN off, on ATen's
 matrix-vector kernel, which accumulates in float32 and streams such a weight at about twice oneDNN's rate (a
-50,257 x 768 bfloat16 LM head: 6.5 against 12.9 ms on 2 cores). Input-major weights (GPT-2's Conv1D) keep
+50,257 x 768 bfloat16 LM head: 3.8 against 8.2 ms on 2 cores). Input-major weights (GPT-2's Conv1D) keep
 oneDNN: ATen has no matrix-vector kernel for that layout, and its general one was 3-5x slower.
 :meth:`MatVec.matching_forward` makes the model's own forward use the same kernels, so that a step can be
 checked against it bit for bit.
