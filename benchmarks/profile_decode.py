@@ -34,7 +34,7 @@ from bench_generate import bloom_560m_shaped, read_bandwidth
 from common import RESULTS, describe, machine
 from transformers import DynamicCache
 
-from hftool.generation.fastpath import greedy_tokens
+from hftool.generation.fastpath import greedy_tokens, onednn
 from hftool.generation.fastpath.matvec import MatVec
 from hftool.generation.fastpath.steps import step_builder
 
@@ -62,7 +62,7 @@ def kernel_ceiling(model, big: torch.Tensor, repeats: int) -> list[dict]:
     """The read and the plain one-row product by the LM head (the largest matrix), on 1 thread and on all."""
     threads = torch.get_num_threads()
     head = model.lm_head.weight
-    plain = MatVec([(head, None, True)], threads=1)  # the fast path's kernel, never split
+    plain = MatVec([(head, None, True)], threads=1)  # never split
     x = torch.randn(1, head.shape[1], generator=torch.Generator().manual_seed(0)).to(head.dtype)
     rows = []
     for count in sorted({1, threads}):
@@ -110,8 +110,9 @@ def steady_decoding(model, prompt: list[int], big: torch.Tensor, rounds: int, st
             step_ms.append(seconds * 1e3)
             step_fractions.append(bound_seconds / seconds)
         started = time.perf_counter()
-        for module in linears:
-            matvec.linear(rows[module.in_features], module.weight, module.bias)
+        with onednn.off(onednn.applies(model)):  # as the BLOOM step runs its products
+            for module in linears:
+                matvec.linear(rows[module.in_features], module.weight, module.bias)
         seconds = time.perf_counter() - started
         product_ms.append(seconds * 1e3)
         product_fractions.append(bound_seconds / seconds)
@@ -129,7 +130,7 @@ def product_rates(model, read_rate: float, repeats: int) -> list[dict]:
     """GB/s of each kind of product, plain and (where the fast path would) split, medians over ``repeats``."""
     kinds = layer_products(model)
     products = [(m.weight, m.bias, True) for modules in kinds.values() for m in modules]
-    matvec, plain = MatVec(products), MatVec(products, threads=1)  # threads=1: the same kernels, never split
+    matvec, plain = MatVec(products), MatVec(products, threads=1)  # threads=1: never split
     rows = []
     for kind, modules in kinds.items():
         x = torch.randn(1, modules[0].in_features, generator=torch.Generator().manual_seed(0)).to(model.dtype)
@@ -185,8 +186,9 @@ def main() -> None:
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         with torch.inference_mode():
             read_rate = statistics.median(read_bandwidth(big) for _ in range(3))
-            ceiling = kernel_ceiling(model, big, args.repeats)
-            products = product_rates(model, read_rate, args.repeats)
+            with onednn.off(onednn.applies(model)):  # the kernels the BLOOM step's products run on
+                ceiling = kernel_ceiling(model, big, args.repeats)
+                products = product_rates(model, read_rate, args.repeats)
             steady = steady_decoding(model, prompt, big, args.rounds)
         steps = step_profile(model, prompt, args.tokens)
         bound = read_rate / weight_bytes

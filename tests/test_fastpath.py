@@ -102,21 +102,31 @@ def test_bfloat16_step_gives_the_bits_of_the_forward_run_on_the_steps_kernels(na
             assert torch.backends.mkldnn.enabled == before
 
 
-def test_bfloat16_output_major_products_run_with_onednn_off_and_conv1d_products_keep_it(monkeypatch):
-    weight = torch.randn(256, 128).to(torch.bfloat16)
-    conv1d_weight = weight.t().contiguous()
-    bias = torch.zeros(256, dtype=torch.bfloat16)
-    products = MatVec([(weight, bias, True), (conv1d_weight, bias, False)], threads=2)
-    assert products.aten_kernel == {id(weight)} and not products.enabled
-    assert MatVec([(weight.float(), None, True)], threads=2).aten_kernel == set()  # float32: MKL as ever
-    seen = []
-    monkeypatch.setattr(matvec.F, "linear", lambda *args: seen.append(torch.backends.mkldnn.enabled))
-    monkeypatch.setattr(matvec.torch, "addmm", lambda *args: seen.append(torch.backends.mkldnn.enabled))
-    x = torch.randn(1, 128).to(torch.bfloat16)
-    before = torch.backends.mkldnn.enabled
-    products.linear(x, weight, bias)
-    products.addmm(bias, x, conv1d_weight)
-    assert seen == [False, before] and torch.backends.mkldnn.enabled == before
+@pytest.mark.parametrize(("name", "expected"), [("gpt2", {"addmm": {True}, "linear": {False}}),
+                                               ("bloom", {"linear": {False}, "baddbmm": {False}, "bmm": {False}})])
+def test_bfloat16_steps_switch_onednn_off_where_atens_kernels_win(name, expected, request, monkeypatch):
+    """GPT-2: only the LM head (``F.linear``) runs with oneDNN off, its Conv1D products (``addmm``) keep it;
+    BLOOM: all its products and its attention's batched products. The switch is restored after each step."""
+    model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
+        step = steps.step_builder(model)(model, cache)
+        seen: dict[str, set[bool]] = {}
+        for module, name_ in ((matvec.F, "linear"), (matvec.torch, "addmm"), (torch, "baddbmm"), (torch, "bmm"),
+                              (torch.Tensor, "baddbmm")):
+            original = getattr(module, name_)
+
+            def recording(*args, _original=original, _name=name_, **kwargs):
+                seen.setdefault(_name, set()).add(torch.backends.mkldnn.enabled)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, name_, recording)
+        before = torch.backends.mkldnn.enabled
+        step(torch.tensor([[8]]), 3)
+        monkeypatch.undo()
+    assert seen == expected
+    assert torch.backends.mkldnn.enabled == before
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])

@@ -1,13 +1,6 @@
-"""The one-row products of a decode step, each by the fastest CPU kernel whose result can be checked.
+"""One-row float32 products on a CPU split over threads, used only where that gives the plain product's bits.
 
-bfloat16/float16: a product by an output-major weight (``nn.Linear``'s layout) runs with oneDNN off, on ATen's
-matrix-vector kernel, which accumulates in float32 and streams such a weight at about twice oneDNN's rate (a
-50,257 x 768 bfloat16 LM head: 3.8 against 8.2 ms on 2 cores). Input-major weights (GPT-2's Conv1D) keep
-oneDNN: ATen has no matrix-vector kernel for that layout, and its general one was 3-5x slower.
-:meth:`MatVec.matching_forward` makes the model's own forward use the same kernels, so that a step can be
-checked against it bit for bit.
-
-float32: a decode step multiplies one row by every weight matrix, and PyTorch hands each product to MKL, which on
+A decode step multiplies one row by every weight matrix. In float32 PyTorch hands each product to MKL, which on
 AMD CPUs runs a one-row product on one core (pytorch/pytorch#96643). Viewing the weight as equal blocks of output
 rows and making one ``torch.bmm``/``baddbmm`` of the same input against every block lets ATen give each block
 its own thread inside one operator. That gives the plain product's bits only if each block sums as the whole
@@ -18,8 +11,7 @@ transformers' forward computes it), and split only where they are equal, under t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +20,6 @@ import torch.nn.functional as F
 MIN_SPLIT_BYTES = 256 << 10
 # Block boundaries fall on multiples of this many rows, keeping every block's rows aligned like the whole's.
 ROW_ALIGN = 64
-# Types whose one-row products by output-major weights run on ATen's matrix-vector kernel (oneDNN off).
-ATEN_KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 _matches: dict[tuple, bool] = {}  # product layout and thread count -> the split gives the plain product's bits
 
@@ -43,53 +33,19 @@ class MatVec:
 
     def __init__(self, products: Iterable[tuple[torch.Tensor, torch.Tensor | None, bool]],
                  threads: int | None = None):
-        products = list(products)
         self.threads = threads or torch.get_num_threads()
         self.split: set[int] = {id(weight) for weight, bias, rows_are_outputs in products
                                 if self._fits(weight, rows_are_outputs)
                                 and self._matches(weight, bias, rows_are_outputs)}
-        self.aten_kernel: set[int] = {id(weight) for weight, _, rows_are_outputs in products
-                                      if rows_are_outputs and weight.device.type == "cpu"
-                                      and weight.dtype in ATEN_KERNEL_DTYPES}
 
     @property
     def enabled(self) -> bool:
         return bool(self.split)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if id(weight) in self.aten_kernel:
-            enabled = torch.backends.mkldnn.enabled
-            torch.backends.mkldnn.enabled = False
-            try:
-                return F.linear(x, weight, bias)
-            finally:
-                torch.backends.mkldnn.enabled = enabled
         if not self._use(x, weight):
             return F.linear(x, weight, bias)
         return self._split(x.reshape(1, -1), weight, bias, rows_are_outputs=True).view(*x.shape[:-1], -1)
-
-    @contextmanager
-    def matching_forward(self, modules: Iterable[torch.nn.Module]) -> Iterator[None]:
-        """Within it, the model's own forward multiplies by ``modules`` (those whose weights this computes) with
-        the kernels used here, so that its bits can be compared with a step's: oneDNN is off inside each module
-        whose product runs on ATen's kernel, and as it was everywhere else."""
-        entry = torch.backends.mkldnn.enabled
-
-        def off(module, args):
-            torch.backends.mkldnn.enabled = False
-
-        def restore(module, args, output):
-            torch.backends.mkldnn.enabled = entry
-
-        hooked = [m for m in modules if id(m.weight) in self.aten_kernel]
-        handles = [hook for m in hooked for hook in (m.register_forward_pre_hook(off),
-                                                     m.register_forward_hook(restore))]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            torch.backends.mkldnn.enabled = entry
 
     def addmm(self, bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if not self._use(x, weight):

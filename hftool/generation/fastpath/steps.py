@@ -6,9 +6,10 @@ weights in the same order (``addmm`` for GPT-2's Conv1D, layer norm, SDPA with n
 logits are bit-identical to ``model(...)``'s; the tests check the logits bit for bit and the tokens against
 ``model.generate``, and the fast path checks the first step against the forward on every run. Two things
 differ in how, not in what, is computed: the keys and values go into buffers allocated once
-(:class:`~hftool.generation.fastpath.cache.PreallocatedCache`), and each product runs on the kernel
-:mod:`~hftool.generation.fastpath.matvec` picks (row blocks on several threads in float32 where that gives the
-same bits; ATen's matrix-vector kernel in bfloat16, which the checked forward is made to use too).
+(:class:`~hftool.generation.fastpath.cache.PreallocatedCache`), and large float32 weights may be multiplied in
+row blocks on several threads where that gives the same bits (:mod:`hftool.generation.fastpath.matvec`). In
+bfloat16/float16 a step runs some of its modules with oneDNN off (:mod:`hftool.generation.fastpath.onednn`),
+and the forward it is checked against is made to do the same.
 Anything it does not mirror (other architectures or attention backends, cross-attention, BLOOM's
 ``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights, training mode) is not for the fast path.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from hftool.generation.fastpath import onednn
 from hftool.generation.fastpath.cache import PreallocatedCache
 from hftool.generation.fastpath.matvec import MatVec
 
@@ -30,7 +32,7 @@ class StepMismatch(Exception):
 @dataclass(frozen=True)
 class FusedStep:
     """``step(token_ids, position) -> logits``, and ``matching_forward()``: a context in which the model's own
-    forward multiplies with the step's kernels (:meth:`MatVec.matching_forward`), for checking the two."""
+    forward runs the same modules with oneDNN off as the step (:func:`onednn.off_inside`), for checking the two."""
 
     run: Callable
     matching_forward: Callable[[], AbstractContextManager]
@@ -78,6 +80,7 @@ def gpt2_decode_step(model, cache, capacity: int = 0) -> FusedStep:
     wte, wpe, ln_f, lm_head = transformer.wte.weight, transformer.wpe.weight, transformer.ln_f, model.lm_head
     convs = [conv for _, attn, _, mlp in blocks for conv in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)]
     matvec = MatVec([(c.weight, c.bias, False) for c in convs] + [(lm_head.weight, lm_head.bias, True)])
+    reduced = onednn.applies(model)
 
     def conv1d(layer, x):
         return matvec.addmm(layer.bias, x.view(-1, x.size(-1)), layer.weight).view(1, 1, -1)
@@ -97,9 +100,10 @@ def gpt2_decode_step(model, cache, capacity: int = 0) -> FusedStep:
             context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
             hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
             hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
-        return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
+        with onednn.off(reduced):  # the LM head only: GPT-2's Conv1D products are oneDNN's ground
+            return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return FusedStep(step, lambda: matvec.matching_forward([lm_head]))
+    return FusedStep(step, lambda: onednn.off_inside([lm_head], reduced))
 
 
 def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
@@ -124,6 +128,7 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
     linears = [layer for block in transformer.h for layer in (block.self_attention.query_key_value,
                block.self_attention.dense, block.mlp.dense_h_to_4h, block.mlp.dense_4h_to_h)]
     matvec = MatVec([(layer.weight, layer.bias, True) for layer in linears + [lm_head]])
+    reduced = onednn.applies(model)
 
     def norm(layer, x):
         return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
@@ -132,6 +137,10 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
         return matvec.linear(x, layer.weight, layer.bias)
 
     def step(token: torch.Tensor, position: int) -> torch.Tensor:
+        with onednn.off(reduced):  # every block and the LM head, as matching_forward hooks them
+            return blocks_and_head(token, position)
+
+    def blocks_and_head(token: torch.Tensor, position: int) -> torch.Tensor:
         hidden = norm(embeddings_norm, F.embedding(token, embeddings))
         mask = torch.ones((1, position + 1), dtype=torch.long, device=token.device)
         alibi = transformer.build_alibi_tensor(mask, heads, dtype=hidden.dtype)
@@ -155,4 +164,4 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
             hidden = residual + linear(mlp.dense_4h_to_h, activated)
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return FusedStep(step, lambda: matvec.matching_forward(linears + [lm_head]))
+    return FusedStep(step, lambda: onednn.off_inside([*transformer.h, lm_head], reduced))
