@@ -79,7 +79,7 @@ def _checked_start(model, build, ids: list[int], max_new_tokens: int, eos_ids: s
     Returns the tokens chosen so far, the logits of the next position (None when generation is already done)
     and the step. The first step is also computed by the model's forward on the same cache; its logits and the
     keys/values it appends must be bit-identical to the step's, or ``StepMismatch`` is raised. The prompt runs
-    with the libraries' own kernel choices; the checked forward with the step's (see ``matvec``).
+    with the libraries' own kernel choices; the checked forward with the step's (see ``onednn``).
     """
     from transformers import DynamicCache
 
