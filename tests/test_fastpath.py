@@ -79,9 +79,9 @@ def test_fused_step_gives_bit_identical_logits_and_cache_to_the_forward(name, sp
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
 def test_bfloat16_step_gives_the_bits_of_the_forward_run_on_the_steps_kernels(name, request):
-    """In bfloat16 the step multiplies output-major weights on ATen's kernel (oneDNN off): inside
-    ``matching_forward`` the model's forward does the same, so the two agree bit for bit; outside it the forward
-    is untouched, and the oneDNN switch is as it was after either."""
+    """In bfloat16 a step runs some modules with oneDNN off (BLOOM's blocks, the LM head): inside
+    ``matching_forward`` the model's forward does the same, so the two agree bit for bit; the oneDNN switch is
+    as it was after either."""
     model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
     ids = torch.tensor([[5, 6, 7, 8]])
     before = torch.backends.mkldnn.enabled
@@ -104,7 +104,7 @@ def test_bfloat16_step_gives_the_bits_of_the_forward_run_on_the_steps_kernels(na
 
 @pytest.mark.parametrize(("name", "expected"), [("gpt2", {"addmm": {True}, "linear": {False}}),
                                                ("bloom", {"linear": {False}, "baddbmm": {False}, "bmm": {False}})])
-def test_bfloat16_steps_switch_onednn_off_where_atens_kernels_win(name, expected, request, monkeypatch):
+def test_bfloat16_steps_switch_onednn_off_where_atens_kernels_win(name, expected, request):
     """GPT-2: only the LM head (``F.linear``) runs with oneDNN off, its Conv1D products (``addmm``) keep it;
     BLOOM: all its products and its attention's batched products. The switch is restored after each step."""
     model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
@@ -113,26 +113,26 @@ def test_bfloat16_steps_switch_onednn_off_where_atens_kernels_win(name, expected
         model(input_ids=torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
         step = steps.step_builder(model)(model, cache)
         seen: dict[str, set[bool]] = {}
-        for module, name_ in ((matvec.F, "linear"), (matvec.torch, "addmm"), (torch, "baddbmm"), (torch, "bmm"),
-                              (torch.Tensor, "baddbmm")):
-            original = getattr(module, name_)
-
-            def recording(*args, _original=original, _name=name_, **kwargs):
-                seen.setdefault(_name, set()).add(torch.backends.mkldnn.enabled)
-                return _original(*args, **kwargs)
-
-            monkeypatch.setattr(module, name_, recording)
         before = torch.backends.mkldnn.enabled
-        step(torch.tensor([[8]]), 3)
-        monkeypatch.undo()
+        with pytest.MonkeyPatch.context() as patch:
+            for module, name_ in ((matvec.F, "linear"), (matvec.torch, "addmm"), (torch, "baddbmm"),
+                                  (torch, "bmm"), (torch.Tensor, "baddbmm")):
+                original = getattr(module, name_)
+
+                def recording(*args, _original=original, _name=name_, **kwargs):
+                    seen.setdefault(_name, set()).add(torch.backends.mkldnn.enabled)
+                    return _original(*args, **kwargs)
+
+                patch.setattr(module, name_, recording)
+            step(torch.tensor([[8]]), 3)
     assert seen == expected
     assert torch.backends.mkldnn.enabled == before
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
 def test_bfloat16_prompt_and_checked_forward_run_with_the_libraries_own_kernel_choice(name, request):
-    """oneDNN is switched off inside output-major products only: a prompt run with it off took ATen's general
-    bfloat16 kernel (9x slower for 200 tokens of the BLOOM-560m shape)."""
+    """oneDNN is switched off only inside the modules a step names, never around the model's forward: a prompt
+    run with it off took ATen's general bfloat16 kernel (9x slower for 200 tokens of the BLOOM-560m shape)."""
     model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
     before, seen = torch.backends.mkldnn.enabled, []
     model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(torch.backends.mkldnn.enabled),

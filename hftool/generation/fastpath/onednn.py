@@ -2,8 +2,9 @@
 
 For one input row ATen's own kernels beat oneDNN's on some parts of a step and lose on others, per layout:
 ATen's matrix-vector kernel (which accumulates in float32) reads an output-major weight (``nn.Linear``) at
-about twice oneDNN's rate (a 50,257 x 768 bfloat16 LM head: 3.8 against 8.2 ms on 2 cores), and its batched
-products run BLOOM's attention over the cache in 5.5 ms of a step where oneDNN takes 8.1; but ATen has no
+about twice oneDNN's rate (a 50,257 x 768 bfloat16 LM head: 3.8 against 8.2 ms on 2 cores), and with its
+batched products all of a BLOOM-560m-shaped step but the weight products (mostly the attention over the cache)
+takes 5.5 ms against oneDNN's 8.1; but ATen has no
 matrix-vector kernel for input-major weights (GPT-2's Conv1D), where its general one was 3-5x slower, and a
 prompt of many rows is oneDNN's ground (200 tokens through the BLOOM-560m shape: 0.5 s, against 4.5 s). So each
 step names the modules it runs with oneDNN off (BLOOM: every block and the LM head; GPT-2: the LM head), and
