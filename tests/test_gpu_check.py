@@ -9,6 +9,8 @@ import sys
 import pytest
 from helpers import REPO
 
+from hftool.environment import cpu_flags
+
 
 @pytest.mark.integration
 def test_gpu_check_dry_run_fills_every_row(tmp_path):
@@ -17,7 +19,9 @@ def test_gpu_check_dry_run_fills_every_row(tmp_path):
                             capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     record = json.loads(out.read_text())
-    assert record["dry_run"] and record["machine"]["cores"] >= 1 and "avx2" in record["machine"]["isa"]
+    assert record["dry_run"] and record["machine"]["cores"] >= 1
+    isa = record["machine"]["isa"]  # a flag -> present map: each value must be this CPU's, read from its flags
+    assert {"avx2", "avx512_bf16"} <= set(isa) and isa == {flag: flag in cpu_flags() for flag in isa}
     assert record["pretrain"]["steps"] == 3 and record["pretrain"]["tokens_per_s"] > 0
     assert record["pretrain"]["last_loss"] > 0
     assert record["finetune_squad"]["ok"], record["finetune_squad"]
