@@ -4,9 +4,13 @@ and a run is quiet by default."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
-from helpers import run_cli, tiny_pretrain_args
+from helpers import REPO, run_cli, tiny_pretrain_args
 
 from hftool.errors import HftoolError
 from hftool.outputs import (
@@ -196,3 +200,172 @@ def test_tiny_pretrain_and_save_are_quiet(small_corpus, tmp_path, monkeypatch):
     for chatter in ("Removed shared tensor", "LOAD REPORT", "generation flags are not valid", "\x1b["):
         assert chatter not in text
     assert "hftool pretrain" in text  # hftool's own summary is still shown
+
+
+# ---- issue 24: ownership by content, inputs, one run per folder, failed runs ----------------------------------
+@pytest.mark.integration
+def test_overwrite_keeps_user_files_in_tensorboard_and_checkpoints(small_corpus, tmp_path, monkeypatch):
+    """Issue 24 item 1, and a model file the user changed by hand (principle 1): --overwrite refuses, naming
+    them, and deletes nothing; once they are moved away it replaces the run, checkpoints and logs included."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    args = tiny_pretrain_args(small_corpus, out, "train.save_every=3", "train.report_to=tensorboard")
+    code, _, err = run_cli(["pretrain", *args])
+    assert code == 0, err[-2000:]
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert any(f.startswith("tensorboard/") for f in files) and "checkpoints/step-00000006/COMPLETE" in files
+    assert files - {MANIFEST} == set(read_manifest(out).files)  # every file hftool wrote, at any depth
+
+    (out / "tensorboard" / "my_notes.txt").write_text("notes")
+    (out / "checkpoints" / "mine").mkdir()
+    (out / "checkpoints" / "mine" / "x.txt").write_text("x")
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(weights[:-1] + b"!")  # "fine-tuned by hand"
+    code, _, err = run_cli(["pretrain", *args, "--overwrite"])
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err
+    for name in ("tensorboard/my_notes.txt", "checkpoints/mine/x.txt", "model.safetensors (changed)"):
+        assert name in line
+    assert (out / "tensorboard" / "my_notes.txt").read_text() == "notes"
+    assert (out / "checkpoints" / "mine" / "x.txt").read_text() == "x"
+    assert (out / "checkpoints" / "step-00000006" / "COMPLETE").is_file()
+
+    (out / "tensorboard" / "my_notes.txt").unlink()
+    shutil.rmtree(out / "checkpoints" / "mine")
+    (out / "model.safetensors").write_bytes(weights)
+    code, _, err = run_cli(["pretrain", *args, "--overwrite"])
+    assert code == 0, err[-2000:]
+
+
+def _evaluate_args(command, model, data, out):
+    window = ["--max-length", "64", "--doc-stride", "16"] if command == "squad" else []
+    return ["evaluate", command, "-m", str(model), "-f", str(data), "-o", str(out), *window]
+
+
+@pytest.mark.parametrize("command", ["classify", "ner", "squad"])
+@pytest.mark.parametrize("how", ["same-folder", "symlinked-model", "data-inside-output"])
+def test_evaluate_never_writes_into_the_model_it_scores(command, how, tiny_gpt2, tmp_path, monkeypatch):
+    """Issue 24 item 2 (-m cls -o cls --overwrite deleted the model), and cases not listed (principle 2): the
+    model reached through a symlink, the scored file inside the output folder. Refused before anything loads,
+    and the refusal without --overwrite does not suggest it."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "cls"
+    shutil.copytree(tiny_gpt2, model)
+    data = tmp_path / "dev.txt"
+    data.write_text("good\t1\n")
+    given, out = model, model
+    if how == "symlinked-model":
+        given = tmp_path / "link"
+        given.symlink_to(model)
+    elif how == "data-inside-output":
+        out = tmp_path / "results"
+        out.mkdir()
+        data = out / "dev.txt"
+        data.write_text("good\t1\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for extra in (["--overwrite"], []):
+        code, _, err = run_cli([*_evaluate_args(command, given, data, out), *extra])
+        line = err.strip().splitlines()[-1]
+        assert code == 2 and "this run reads" in line and "Traceback" not in err, err[-1500:]
+        assert "pass --overwrite" not in line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("setting", ["model.init_from", "tokenizer.path", "data.files"])
+def test_pretrain_never_writes_into_what_it_reads(setting, small_corpus, tiny_gpt2, tmp_path, monkeypatch):
+    """Principle 2 for pretraining: continuing from, or tokenizing with, the output folder itself, or reading a
+    data file inside it, is refused before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    shutil.copytree(tiny_gpt2, out)
+    value = f"[{out / 'docs.txt'}]" if setting == "data.files" else str(out)
+    shutil.copy(small_corpus, out / "docs.txt")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    shape = ["model.config={}"] if setting == "model.init_from" else []
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out), *shape, f"{setting}={value}",
+                            "--overwrite"])
+    assert code == 2 and "this run reads" in err.strip().splitlines()[-1], err[-1500:]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("whose", ["user-model", "hftool-run"])
+def test_tokenizer_train_refuses_a_model_folder(whose, tiny_gpt2, small_corpus, tmp_path, monkeypatch):
+    """Issue 24 principle 3: `tokenizer train -o <model folder> --overwrite` left a folder without its model. It
+    is refused, also when every file of the folder is hftool's own (a case not listed)."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_gpt2, model)
+    if whose == "hftool-run":
+        with claims_scope():
+            claim_output_dir(model, "--output", overwrite=False, resume=True)
+            fingerprint(model, *(p.name for p in model.iterdir() if p.name != MANIFEST and p.name != LOCK))
+    before = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    code, _, err = run_cli(["tokenizer", "train", str(small_corpus), "-o", str(model), "--overwrite",
+                            "--vocab-size", "300"])
+    assert code == 2 and "holds a model" in err.strip().splitlines()[-1], err[-1500:]
+    assert {p: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before
+
+
+HOLD_LOCK = """
+import sys, time
+from hftool.outputs import claim_output_dir
+claim_output_dir(sys.argv[1], "--output", overwrite=False)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_run_per_folder_a_live_lock_is_refused_a_stale_one_taken_over(small_corpus, tmp_path, monkeypatch):
+    """Issue 24 item 3: a second run into a folder another process is writing is refused in one line naming the
+    holder's PID; once that process is dead (killed: its lock file is left behind) the next run takes it over."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out), "--resume"])
+        line = err.strip().splitlines()[-1]
+        assert code == 2 and f"pid {holder.pid}" in line and "in use" in line, err[-1500:]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / LOCK).is_file()  # left by the killed process
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.max_steps=2"), "--resume"])
+    assert code == 0, err[-2000:]
+    assert f"took over {out / LOCK}, left by pid {holder.pid}" in err
+    assert not (out / LOCK).exists()  # released at the end of the run
+
+
+def test_a_run_that_fails_on_bad_data_leaves_nothing_that_blocks_its_rerun(small_corpus, tmp_path, monkeypatch):
+    """Issue 24 item 4: a JSONL line {"text": 5} left the manifest and the recipe, and the corrected rerun was
+    refused as 'a different recipe'."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": 5}\n')
+    out = tmp_path / "run"
+    args = [*tiny_pretrain_args(small_corpus, out, "train.max_steps=2"), f"data.files=[{data}]"]
+    code, _, err = run_cli(["pretrain", *args])
+    assert code == 2 and "corpus.jsonl:2" in err.strip().splitlines()[-1]
+    assert not out.exists()
+    text = small_corpus.read_text().split("\n\n")
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in text))
+    code, _, err = run_cli(["pretrain", *args])
+    assert code == 0, err[-2000:]
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_that_fails_after_its_claim_releases_it(existed, small_corpus, tmp_path, monkeypatch):
+    """Principle of item 4, a failure the data checks cannot see (fewer examples than one step, found by the
+    engine after the folder was claimed and the tokenizer saved): the folder is left as it was found (absent, or
+    empty), and the corrected command just runs."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    if existed:
+        out.mkdir()
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.batch_size=100000")])
+    assert code == 2 and "fewer than one optimizer step" in err.strip().splitlines()[-1], err[-1500:]
+    assert out.exists() == existed and (not existed or not any(out.iterdir()))
+    code, _, err = run_cli(["pretrain", *tiny_pretrain_args(small_corpus, out, "train.max_steps=2")])
+    assert code == 0, err[-2000:]
