@@ -37,6 +37,7 @@ def _packaged_recipes() -> Path:
 
 
 RECIPES_DIR = Path(os.environ["HFTOOL_RECIPES"]) if os.environ.get("HFTOOL_RECIPES") else _packaged_recipes()
+HOME = "~"  # an override value kept as text: the home directory for a path, null for any other key
 ACCELERATE_FOLDER = "accelerate"  # accelerate launch configs ship beside the recipes but are not recipes
 # command name -> "module:Class" of its recipe schema (imported by name, on use, by hftool.recipes.schema_for).
 SCHEMAS: dict[str, str] = {
@@ -57,7 +58,7 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
-        if value is None and type(None) in options:
+        if (value is None or value == HOME) and type(None) in options and str not in options:
             return None
         errors = []
         for option in options:
@@ -153,7 +154,8 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not sep or not key.strip():
             raise HftoolError(f"override '{item}' must look like section.key=value, e.g. train.max_steps=100")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            # YAML reads a bare ~ as null; on a command line it is the home directory (null for non-path keys)
+            value = HOME if raw.strip() == HOME else yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = nested

@@ -86,6 +86,16 @@ CASES = [
      "--repetition-penalty nan: must be a finite number"),
     ("pretrain-lr-nan", [*PRETRAIN, "train.lr=.nan", "train.output_dir={tmp}/run"], "train.lr=nan"),
     ("pretrain-lr-inf", [*PRETRAIN, "train.lr=.inf", "train.output_dir={tmp}/run"], "must be a finite number"),
+    # issue 24, output folders: below a file, ~ is the home directory, user files are no earlier run, inputs
+    ("pretrain-output-below-file", [*PRETRAIN, "train.output_dir={a_file}/sub"], "a-file.txt is a file, not a folder"),
+    ("pretrain-output-tilde", [*PRETRAIN, "train.output_dir=~"], "home or root"),
+    ("pretrain-output-holds-user-files", [*PRETRAIN, "train.output_dir={root}/user-folder"],
+     "already holds files hftool did not write (notes.txt)"),
+    ("tokenizer-output-is-a-model", ["tokenizer", "train", "-o", "{gpt2}", "--overwrite"], "holds a model"),
+    ("evaluate-classify-output-is-model", ["evaluate", "classify", "-m", "{gpt2}", "-f", "{ok_tsv}", "-o", "{gpt2}",
+                                           "--overwrite"], "is --model"),
+    ("evaluate-ner-output-holds-file", ["evaluate", "ner", "-m", "{gpt2}", "-f", "{conll_ok}", "-o", "{root}",
+                                        "--overwrite"], "holds --file"),
 ]
 
 
@@ -113,6 +123,8 @@ def inputs(tmp_path_factory, tiny_gpt2, minilm) -> dict[str, str]:
     bad_line.write_text('{"text": "one"}\n{"text": "two"}\n{"text": "thr\n')
     a_file = root / "a-file.txt"
     a_file.write_text("a user's file\n")
+    (root / "user-folder").mkdir()
+    (root / "user-folder" / "notes.txt").write_text("a user's notes\n")
     a_png = root / "mine.png"
     a_png.write_bytes(b"not really a png")
     squad = write_jsonl(root / "squad.jsonl", hand_examples())

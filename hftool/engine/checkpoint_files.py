@@ -67,11 +67,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path) -> None:
-    """Record the size and sha256 of every file of the checkpoint (the marker and the manifest aside)."""
+def write_manifest(folder: Path) -> dict[str, dict]:
+    """Record the size and sha256 of every file of the checkpoint (the marker and the manifest aside); returns
+    them by path inside ``folder``."""
     entries = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
                for p in content_files(folder)}
     write_json(folder / MANIFEST_FILE, {"files": entries})
+    return entries
 
 
 def verify_checkpoint(folder: Path) -> None:

@@ -6,9 +6,10 @@ A checkpoint folder ``step-NNNNNNNN`` holds only safetensors and JSON (the files
 
 Resuming verifies the newest complete checkpoint against its manifest and checks that each file parses;
 one that fails is skipped, with the reason, and moved aside (``rejected-step-...``) so rotation never keeps it
-in place of a good one. Sharded engines (FSDP, DeepSpeed) keep their model and optimizer shards in their
-libraries' own formats, written and read by Accelerate, and loaded only after the checks of
-:mod:`hftool.engine.checkpoint_pickles`.
+in place of a good one. In a claimed output folder every checkpoint file is fingerprinted in the folder's manifest
+once the checkpoint is complete, and rotation removes only files that still match (:mod:`hftool.outputs`).
+Sharded engines (FSDP, DeepSpeed) keep their model and optimizer shards in their libraries' own formats, written
+and read by Accelerate, and loaded only after the checks of :mod:`hftool.engine.checkpoint_pickles`.
 
 :class:`Checkpointer` saves and resumes a run across all its processes.
 """
@@ -45,6 +46,7 @@ from hftool.engine.checkpoint_files import (
 )
 from hftool.engine.checkpoint_pickles import check_pickles, weights_only_loads
 from hftool.errors import HftoolError
+from hftool.outputs import fingerprint, is_claimed, record, remove_owned, rename_recorded
 
 CHECKPOINT_PREFIX = "step-"
 TMP_PREFIX = f".tmp-{CHECKPOINT_PREFIX}"
@@ -125,6 +127,21 @@ class Checkpointer:
         self.settings, self.sharded = settings, sharded
         self.is_main = accelerator.is_main_process
         self.say = accelerator.print
+        self.out = folder.parent  # the run's output folder, whose manifest records the checkpoint files
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.out).as_posix()
+
+    def _tracked(self) -> bool:
+        return self.is_main and is_claimed(self.out)
+
+    def _remove(self, checkpoint: Path) -> list[str]:
+        """Delete a checkpoint of this folder; in a claimed folder only the files hftool wrote and that still
+        match, returning what was kept."""
+        if not self._tracked():
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            return []
+        return remove_owned(self.out, self._rel(checkpoint))
 
     def save(self, step: int, epoch: int, model, optimizer, scheduler) -> Path:
         """Write a checkpoint atomically: temporary folder, manifest, marker last, rename, then rotate old ones.
@@ -137,6 +154,8 @@ class Checkpointer:
         error = None
         try:
             if self.is_main:
+                if self._tracked():
+                    record(self.out, self._rel(tmp))
                 shutil.rmtree(tmp, ignore_errors=True)
                 with writing(tmp):
                     tmp.mkdir(parents=True)
@@ -151,13 +170,22 @@ class Checkpointer:
         try:
             if self.is_main:
                 write_json(tmp / STATE_FILE, {"global_step": step, "epoch": epoch, **self.settings})
-                write_manifest(tmp)
+                known = write_manifest(tmp)
                 write_synced(tmp / COMPLETE_MARKER, f"step {step}\n")
-                if final.exists():
-                    shutil.rmtree(final)
+                kept = self._remove(final) if final.exists() else []
+                if kept:
+                    raise HftoolError(f"{final} holds files hftool did not write or that changed "
+                                      f"({', '.join(kept[:5])}); move them away and resume")
                 os.replace(tmp, final)
+                if self._tracked():
+                    name = self._rel(final)
+                    fingerprint(self.out, name, done=[self._rel(tmp)],
+                                known={f"{name}/{k}": v for k, v in known.items()})
                 for old in complete_checkpoints(self.folder)[:-self.keep]:
-                    shutil.rmtree(old, ignore_errors=True)
+                    kept = self._remove(old)
+                    if kept:
+                        self.say(f"warning: kept {old}: it holds files hftool did not write or that changed "
+                                 f"({', '.join(kept[:5])})")
         except HftoolError as exc:
             error = exc
         self._raise_if_any_failed(error, tmp)
@@ -212,7 +240,10 @@ class Checkpointer:
             newer = [p for p in complete_checkpoints(self.folder)
                      if chosen is None or checkpoint_step(p) > checkpoint_step(chosen)]
             for checkpoint in newer:
-                self.say(f"moved the skipped checkpoint to {set_aside(checkpoint)}")
+                moved = set_aside(checkpoint)
+                if self._tracked():
+                    rename_recorded(self.out, self._rel(checkpoint), self._rel(moved))
+                self.say(f"moved the skipped checkpoint to {moved}")
         self.accelerator.wait_for_everyone()
         return chosen
 

@@ -39,6 +39,7 @@ from hftool.engine.metrics_log import MetricsLog, PendingLosses, Throughput
 from hftool.engine.processes import Processes
 from hftool.engine.signals import StopSignals
 from hftool.errors import HftoolError
+from hftool.outputs import fingerprint, is_claimed
 
 
 class TrainingTask(Protocol):
@@ -139,6 +140,7 @@ class Engine(Processes):
             self.accelerator.init_trackers("hftool", config=_scalar_items(tracker_config or {}))
         metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main,
                                  keep_through=start_step if resume else None)
+        self._record_logs()
         if metrics_log.dropped:
             self.print(f"{metrics_log.path}: removed {metrics_log.dropped} record(s) logged after step "
                        f"{start_step}, the step this run resumes from; they are logged again as it retrains them")
@@ -153,7 +155,15 @@ class Engine(Processes):
         result.resumed_from = resumed_from
         for tracker in self.accelerator.trackers:  # not end_training(): it also tears down the process group
             tracker.finish()
+        self._record_logs()
         return result
+
+    def _record_logs(self) -> None:
+        """Fingerprint the logs the run appends to (metrics.jsonl, TensorBoard's event files) in the output
+        folder's manifest, so that --overwrite knows them as hftool's (:mod:`hftool.outputs`)."""
+        if self.is_main and is_claimed(self.output_dir):
+            fingerprint(self.output_dir, *(name for name in ("metrics.jsonl", "tensorboard")
+                                           if (self.output_dir / name).exists()))
 
     def _total_steps(self, train_data) -> int:
         cfg = self.config
@@ -207,6 +217,7 @@ class Engine(Processes):
                 if (cfg.save_every and step % cfg.save_every == 0) or stop:
                     last_loss = pending.check() if pending else last_loss  # never checkpoint a diverged run
                     checkpoints.save(step, epoch, model, optimizer, scheduler)
+                    self._record_logs()
                 if stop:
                     self.print(f"\nstopped by {signals.name} after step {step}; resume with --resume")
                     interrupted = True

@@ -1,13 +1,12 @@
 """What a run leaves in its output folder: the claimed folder and saved recipe, the final model folder, the
 model card, JSON result files, and the summary a fine-tuning run reports. Every write goes through a temporary
-name and is recorded in the folder's manifest first (:mod:`hftool.outputs`), so nothing is half-written and
-``--overwrite`` knows what is hftool's.
+name recorded in the folder's manifest first, and each file is fingerprinted once written (:mod:`hftool.outputs`),
+so nothing is half-written and ``--overwrite`` knows by content what is hftool's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,23 +15,26 @@ import yaml
 from hftool import config as cfgmod
 from hftool.engine.report import plot_loss_curve, print_summary
 from hftool.errors import HftoolError
-from hftool.outputs import check_output_dir, claim_output_dir, move_into, record
+from hftool.outputs import (
+    Inputs,
+    check_claim,
+    check_output_dir,
+    claim_output_dir,
+    fingerprint,
+    move_into,
+    record,
+    write_text,
+)
 
 RECIPE_FILE = "hftool_recipe.yaml"
-# What a training run writes into its folder besides the model files (named in its manifest up front).
-RUN_FILES = (RECIPE_FILE, f"{RECIPE_FILE}.tmp", "checkpoints", "metrics.jsonl", "tensorboard", "loss_curve.png",
-             "loss_curve.tmp.png", ".final-tmp", ".tokenizer-tmp", "metrics.json", "predictions.json",
-             ".predictions.json.tmp")
 # Recipe sections that decide the model's shape: a checkpoint cannot be resumed when they change.
 SHAPE_FIELDS = ("objective", "model.", "tokenizer.")
 
 
-def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool,
-                       shape_fields: tuple[str, ...] = SHAPE_FIELDS) -> None:
-    """Refuse to mix runs in one folder; ``--resume`` continues, ``--overwrite`` replaces hftool's files.
-
-    A resume whose recipe changes the model's shape is refused before anything is written.
-    """
+def check_run_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool,
+                  shape_fields: tuple[str, ...] = SHAPE_FIELDS, inputs: Inputs | None = None) -> list[str]:
+    """Every check of :func:`prepare_output_dir`, writing nothing (run it before reading data or loading models);
+    returns the recipe fields a resume changes."""
     flag = "train.output_dir"
     out = check_output_dir(out, flag)
     saved = out / RECIPE_FILE
@@ -44,15 +46,31 @@ def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: boo
             raise HftoolError(f"--resume {out}: the recipe changes the model's shape ({'; '.join(shape)}); "
                               "its checkpoints cannot be loaded into that model. Resume with the saved "
                               f"recipe ({saved}) or start a new train.output_dir")
-    what = ("a run with a different recipe" if saved.is_file()
-            and saved.read_text(encoding="utf-8") != recipe_yaml else "an earlier run")
-    claim_output_dir(out, flag, overwrite, resume=resume and out.is_dir() and any(out.iterdir()),
-                     names=RUN_FILES, what=what, hint="pass --resume to continue it, ")
+    check_claim(out, flag, overwrite, resume=resume, inputs=inputs, **_claim_words(saved, recipe_yaml))
+    return changed
+
+
+def _claim_words(saved: Path, recipe_yaml: str) -> dict[str, str]:
+    different = saved.is_file() and saved.read_text(encoding="utf-8") != recipe_yaml
+    return {"what": "a run with a different recipe" if different else "an earlier run",
+            "hint": "pass --resume to continue it, "}
+
+
+def prepare_output_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool,
+                       shape_fields: tuple[str, ...] = SHAPE_FIELDS, inputs: Inputs | None = None) -> None:
+    """Refuse to mix runs in one folder; ``--resume`` continues, ``--overwrite`` replaces hftool's files; then
+    claim the folder (locked until the run ends) and save the recipe.
+
+    ``inputs`` (flag -> path) are the model, tokenizer and data the run reads: the folder may not be, hold or lie
+    inside any of them. A resume whose recipe changes the model's shape is refused before anything is written.
+    """
+    changed = check_run_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
+    saved = out / RECIPE_FILE
+    claim_output_dir(out, "train.output_dir", overwrite, resume=resume, inputs=inputs,
+                     **_claim_words(saved, recipe_yaml))
     if changed:
         print(f"warning: resuming {out} with a changed recipe: {', '.join(changed)}")
-    tmp = saved.with_suffix(".yaml.tmp")
-    tmp.write_text(recipe_yaml, encoding="utf-8")
-    os.replace(tmp, saved)
+    write_text(saved, recipe_yaml)
 
 
 def _changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -99,11 +117,8 @@ def save_tokenizer(tokenizer, out: Path) -> None:
 
 
 def write_json(path: Path, value) -> None:
-    """A JSON result file (predictions, metrics), recorded in the folder's manifest and written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    record(path.parent, path.name, tmp.name)
-    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """A JSON result file (predictions, metrics), written atomically and fingerprinted in the folder's manifest."""
+    write_text(path, json.dumps(value, indent=1, ensure_ascii=False) + "\n")
 
 
 def model_card(title: str, pipeline_tag: str, tags: list[str], facts: str, summary: dict, usage: str) -> str:
@@ -138,7 +153,9 @@ def training_fact(recipe, summary: dict, batch_size: int) -> str:
 
 def finish_report(out: Path, summary: dict, title: str, curve_title: str) -> None:
     """The loss curve beside the model folder and the summary table on the terminal (main process)."""
-    plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=curve_title)
+    record(out, "loss_curve.tmp.png")
+    if plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=curve_title):
+        fingerprint(out, "loss_curve.png", done=["loss_curve.tmp.png"])
     print_summary({**summary, "output": str(out)}, title=title)
 
 

@@ -19,7 +19,9 @@ from hftool.data.classification import (
 )
 from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
+from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
+    check_run_dir,
     fine_tune_summary,
     finish_report,
     model_card,
@@ -64,6 +66,7 @@ def warn_truncated(count: int, total: int, source: str, setting: str, max_length
         warn_main(f"{source}: truncated {count} of {total} text(s) longer than {setting}={max_length} tokens")
 
 
+@releases_claims
 def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrite: bool = False,
                           strict_resume: bool = False) -> dict:
     """Fine-tune a sequence classifier, evaluate at the end, save a text-classification model folder with
@@ -85,13 +88,16 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
     from hftool.loading import resolve_model
 
     flag = "model.name_or_path"
+    out = Path(recipe.train.output_dir).expanduser()
+    recipe_yaml, shape_fields = cfgmod.dump_yaml(recipe, COMMAND), ("model.", "data.label_names")
+    inputs = {flag: recipe.model.name_or_path, "--train-file": data.train_file,
+              "--validation-file": data.validation_file}
+    check_run_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
     ref = resolve_model(recipe.model.name_or_path, flag)
     tokenizer = load_tokenizer(ref, flag, recipe.model.trust_remote_code)
-    out = Path(recipe.train.output_dir).expanduser()
     engine = Engine(recipe.train, out)
     if engine.is_main:
-        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite,
-                           shape_fields=("model.", "data.label_names"))
+        prepare_output_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
     engine.wait()
     train_items, cut = encode_texts(tokenizer, train_examples, data.max_length)
     warn_truncated(cut, len(train_items), "training data", "data.max_length", data.max_length)
@@ -159,10 +165,12 @@ def load_trained(model_name: str):
     return tokenizer, model
 
 
+@releases_claims
 def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, data: ClassifyDataConfig,
                           batch_size: int = 64, mixed_precision: str = "auto", overwrite: bool = False) -> dict:
     """Score a classifier folder on a labelled file; writes ``predictions.json`` and ``metrics.json``."""
-    out = evaluate_output_dir(output_dir, batch_size, overwrite)
+    inputs = {"--model": model_name, "--file": file}
+    out = evaluate_output_dir(output_dir, batch_size, overwrite, inputs)
     examples = read_classification_file(file, "--file", data)
     examples = examples[:data.max_eval_examples] if data.max_eval_examples else examples
     tokenizer, model = load_trained(model_name)
@@ -176,7 +184,7 @@ def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, da
     task = ClassifyTask(tokenizer.pad_token_id, len(label2id), data.max_length, items, matthews=data.matthews)
     return score_and_write(model, task, out, batch_size, mixed_precision, overwrite,
                            {"model": model_name, "file": str(file), "truncated": cut},
-                           lambda task: [id2label[p] for p in task.last_predictions.values()])
+                           lambda task: [id2label[p] for p in task.last_predictions.values()], inputs)
 
 
 def classify_texts(model_name: str, texts: list[str], max_length: int = 512, batch_size: int = 32,

@@ -92,23 +92,21 @@ def write_jsonl_file(path: Path, records: list[dict]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def evaluate_output_dir(output_dir: str | Path, batch_size: int, overwrite: bool) -> Path:
-    """The checked ``--output-dir`` of ``hftool evaluate classify|ner``, refused before any model is loaded."""
-    from hftool.outputs import check_output_dir
+def evaluate_output_dir(output_dir: str | Path, batch_size: int, overwrite: bool, inputs: dict) -> Path:
+    """The checked ``--output-dir`` of ``hftool evaluate``, refused before any model is loaded; ``inputs`` (flag
+    -> path: the model and the file scored) may not be, hold or lie around it."""
+    from hftool.outputs import check_claim
 
     if batch_size < 1:
         raise HftoolError(f"--batch-size={batch_size} must be at least 1")
-    out = check_output_dir(output_dir, "--output-dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
-                          "own files there, or choose another folder")
-    return out
+    return check_claim(output_dir, "--output-dir", overwrite, inputs=inputs, what="files of an earlier evaluation")
 
 
 def score_and_write(model, task, out: Path, batch_size: int, mixed_precision: str, overwrite: bool,
-                    header: dict, predictions) -> dict:
-    """Evaluate ``model`` with ``task`` on the engine's processes; the main one writes ``metrics.json`` (the
-    ``header`` and the scores) and ``predictions.json`` (``predictions(task)``)."""
+                    header: dict, predictions, inputs: dict) -> dict:
+    """Evaluate ``model`` with ``task`` on the engine's processes; the main one claims ``out`` (``inputs`` as for
+    :func:`evaluate_output_dir`) and writes ``metrics.json`` (the ``header`` and the scores) and
+    ``predictions.json`` (``predictions(task)``)."""
     import torch
 
     from hftool.engine.config import TrainConfig
@@ -123,7 +121,7 @@ def score_and_write(model, task, out: Path, batch_size: int, mixed_precision: st
     with torch.no_grad(), engine.autocast():
         summary = {**header, **task.evaluate(model, engine)}
     if engine.is_main:
-        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
+        claim_output_dir(out, "--output-dir", overwrite, inputs=inputs, what="files of an earlier evaluation")
         write_json(out / "predictions.json", predictions(task))
         write_json(out / "metrics.json", summary)
     engine.wait()

@@ -11,7 +11,9 @@ from hftool.data.classification import warn_main
 from hftool.data.conll import NerDataConfig, TaggedSentence, read_conll_file, read_hub_ner, tag_list
 from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
+from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
+    check_run_dir,
     fine_tune_summary,
     finish_report,
     model_card,
@@ -61,6 +63,7 @@ def warn_truncated(count: int, total: int, source: str, setting: str, max_length
                   "truncated (their cut-off words are predicted O)")
 
 
+@releases_claims
 def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = False,
                      strict_resume: bool = False) -> dict:
     """Fine-tune a token classifier, evaluate at the end, save a token-classification model folder with
@@ -80,12 +83,16 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
     from hftool.loading import resolve_model
 
     flag = "model.name_or_path"
+    out = Path(recipe.train.output_dir).expanduser()
+    recipe_yaml = cfgmod.dump_yaml(recipe, COMMAND)
+    inputs = {flag: recipe.model.name_or_path, "--train-file": data.train_file,
+              "--validation-file": data.validation_file}
+    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
     ref = resolve_model(recipe.model.name_or_path, flag)
     tokenizer = load_tokenizer(ref, flag, recipe.model.trust_remote_code, split_words=True)
-    out = Path(recipe.train.output_dir).expanduser()
     engine = Engine(recipe.train, out)
     if engine.is_main:
-        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite, shape_fields=("model.",))
+        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
     engine.wait()
     train_items, cut = encode_sentences(tokenizer, train_sentences, data.max_length, label2id,
                                         data.label_all_tokens)
@@ -152,10 +159,12 @@ def load_trained(model_name: str, split_words: bool):
     return tokenizer, model
 
 
+@releases_claims
 def run_evaluate_ner(model_name: str, file: str, output_dir: str | Path, data: NerDataConfig,
                      batch_size: int = 64, mixed_precision: str = "auto", overwrite: bool = False) -> dict:
     """Score a token-classification folder on a tagged file; writes ``predictions.json`` and ``metrics.json``."""
-    out = evaluate_output_dir(output_dir, batch_size, overwrite)
+    inputs = {"--model": model_name, "--file": file}
+    out = evaluate_output_dir(output_dir, batch_size, overwrite, inputs)
     sentences = read_conll_file(file, "--file", data.tag_scheme)
     sentences = sentences[:data.max_eval_examples] if data.max_eval_examples else sentences
     tokenizer, model = load_trained(model_name, split_words=True)
@@ -168,7 +177,7 @@ def run_evaluate_ner(model_name: str, file: str, output_dir: str | Path, data: N
     task = NerTask(tokenizer.pad_token_id, id2label, data.max_length, sentences, items)
     return score_and_write(model, task, out, batch_size, mixed_precision, overwrite,
                            {"model": model_name, "file": str(file), "truncated": cut},
-                           lambda task: list(task.last_predictions.values()))
+                           lambda task: list(task.last_predictions.values()), inputs)
 
 
 def tag_texts(model_name: str, texts: list[str], max_length: int = 512) -> list[list[dict]]:

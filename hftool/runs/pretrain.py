@@ -14,30 +14,40 @@ from hftool.data.text import load_documents
 from hftool.data.tokenizer_training import train_tokenizer
 from hftool.errors import HftoolError
 from hftool.loading import ModelRef, load_tokenizer, resolve_model
-from hftool.runs.artifacts import finish_report, prepare_output_dir, save_tokenizer
+from hftool.outputs import releases_claims
+from hftool.runs.artifacts import check_run_dir, finish_report, prepare_output_dir, save_tokenizer
 from hftool.runs.pretrain_recipe import PretrainRecipe
 
 
+def run_inputs(recipe: PretrainRecipe) -> dict:
+    """The local paths a pretraining run reads, by setting: its output folder may not touch them."""
+    return {"model.init_from": recipe.model.init_from, "tokenizer.path": recipe.tokenizer.path,
+            "data.files": recipe.data.files, "data.validation_files": recipe.data.validation_files}
+
+
+@releases_claims
 def run_pretrain(recipe: PretrainRecipe, resume: bool = False, overwrite: bool = False,
                  strict_resume: bool = False) -> dict:
     """Run a pretraining recipe end to end and return the final metrics (also written to metrics.json)."""
     recipe.validate()
-    # torch, transformers and accelerate load only once the recipe is known to be good (fail fast).
-    from hftool.engine.trainer import Engine
-    from hftool.runs.pretrain_bert import setup_bert_pretraining
-    from hftool.runs.pretrain_causal_lm import setup_causal_lm
-
-    out = Path(recipe.train.output_dir).expanduser()
-    engine = Engine(recipe.train, out)
-    if engine.is_main:
-        prepare_output_dir(out, cfgmod.dump_yaml(recipe, "pretrain"), resume, overwrite)
-    engine.wait()
-
     if recipe.objective != "causal-lm" and recipe.data.streaming:
         raise HftoolError(f"data.streaming=true cannot be used with objective={recipe.objective}: pairs draw "
                           "their negatives from any document, so the corpus is held in memory; set "
                           "data.streaming=false (and data.max_documents to cap it)")
-    docs = load_documents(recipe.data, recipe.train.seed)
+    out = Path(recipe.train.output_dir).expanduser()
+    recipe_yaml = cfgmod.dump_yaml(recipe, "pretrain")
+    check_run_dir(out, recipe_yaml, resume, overwrite, inputs=run_inputs(recipe))
+    docs = load_documents(recipe.data, recipe.train.seed)  # bad data is refused before the folder is claimed
+    # torch, transformers and accelerate load only once the recipe and data are known to be good (fail fast).
+    from hftool.engine.trainer import Engine
+    from hftool.runs.pretrain_bert import setup_bert_pretraining
+    from hftool.runs.pretrain_causal_lm import setup_causal_lm
+
+    engine = Engine(recipe.train, out)
+    if engine.is_main:
+        prepare_output_dir(out, recipe_yaml, resume, overwrite, inputs=run_inputs(recipe))
+    engine.wait()
+
     tokenizer = obtain_tokenizer(recipe, engine, out, resume, docs.train)
     setup = setup_causal_lm if recipe.objective == "causal-lm" else setup_bert_pretraining
     job = setup(recipe, engine, docs, tokenizer)

@@ -27,8 +27,9 @@ from hftool.data.squad import (
 from hftool.engine.config import TrainConfig
 from hftool.errors import HftoolError
 from hftool.loading import cache_dir, load_config, load_model, load_tokenizer, resolve_model
-from hftool.outputs import check_output_dir, claim_output_dir
+from hftool.outputs import check_claim, claim_output_dir, releases_claims
 from hftool.runs.artifacts import (
+    check_run_dir,
     fine_tune_summary,
     finish_report,
     model_card,
@@ -117,12 +118,18 @@ def load_qa_model(ref, trust_remote_code: bool = False, name: str | None = None,
 
 # ---- hftool finetune squad --------------------------------------------------------------------------------
 
+@releases_claims
 def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: bool = False,
                        strict_resume: bool = False) -> dict:
     """Fine-tune on SQuAD, evaluate each epoch and at the end, and save a question-answering model folder
     with ``predictions.json`` (id -> answer text) and ``metrics.json``; returns the final metrics."""
     recipe.validate()
     data, settings = recipe.data, recipe.data.windows
+    out = Path(recipe.train.output_dir).expanduser()
+    recipe_yaml = cfgmod.dump_yaml(recipe, COMMAND)
+    inputs = {"model.name_or_path": recipe.model.name_or_path, "--train-file": data.train_file,
+              "--validation-file": data.validation_file}
+    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
     train_examples = load_split(data, "train")
     eval_examples = load_split(data, "validation")
 
@@ -137,10 +144,9 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     check_positions(ref, settings, flag, recipe.model.trust_remote_code)
     check_windows_fit(train_examples + eval_examples, tokenizer, settings)
 
-    out = Path(recipe.train.output_dir).expanduser()
     engine = Engine(recipe.train, out)
     if engine.is_main:
-        prepare_output_dir(out, cfgmod.dump_yaml(recipe, COMMAND), resume, overwrite, shape_fields=("model.",))
+        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
     engine.wait()
     with engine.accelerator.main_process_first():
         train_windows = cached_windows(train_examples, tokenizer, settings, cache_dir() / "squad")
@@ -203,6 +209,7 @@ hftool answer --model path/to/this/folder --question "..." --context "..."
 
 # ---- hftool evaluate squad --------------------------------------------------------------------------------
 
+@releases_claims
 def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path, settings: WindowSettings,
                        batch_size: int = 64, mixed_precision: str = "auto", strict: bool = False,
                        max_examples: int | None = None, overwrite: bool = False) -> dict:
@@ -211,10 +218,8 @@ def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path
     settings.validate()
     if batch_size < 1:
         raise HftoolError(f"--batch-size={batch_size} must be at least 1")
-    out = check_output_dir(output_dir, "--output-dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise HftoolError(f"--output-dir={out} already holds files; pass --overwrite to replace hftool's "
-                          "own files there, or choose another folder")
+    inputs = {"--model": model_name, "--file": file}
+    out = check_claim(output_dir, "--output-dir", overwrite, inputs=inputs, what="files of an earlier evaluation")
     if file:
         examples = read_squad_file(file, "--file", strict=strict, warn=warn_once)
     else:
@@ -245,7 +250,7 @@ def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path
     summary = {"model": str(ref.name_or_path), "file": file or "the Hub squad validation split",
                **metrics, "windows": len(windows)}
     if engine.is_main:
-        claim_output_dir(out, "--output-dir", overwrite, names=("predictions.json", "metrics.json"))
+        claim_output_dir(out, "--output-dir", overwrite, inputs=inputs, what="files of an earlier evaluation")
         write_json(out / "predictions.json", task.last_predictions)
         write_json(out / "metrics.json", summary)
     engine.wait()
