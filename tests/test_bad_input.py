@@ -86,6 +86,21 @@ CASES = [
      "--repetition-penalty nan: must be a finite number"),
     ("pretrain-lr-nan", [*PRETRAIN, "train.lr=.nan", "train.output_dir={tmp}/run"], "train.lr=nan"),
     ("pretrain-lr-inf", [*PRETRAIN, "train.lr=.inf", "train.output_dir={tmp}/run"], "must be a finite number"),
+    # issue 24: input checks
+    ("classify-batch-size-0", ["classify", "-m", "{minilm}", "--batch-size", "0", "hi"],
+     "--batch-size=0 must be at least 1"),
+    ("answer-batch-size-0", ["answer", "-m", "{gpt2}", "-q", "Who?", "-c", "Bob did.", "--batch-size", "0"],
+     "--batch-size=0 must be at least 1"),
+    ("evaluate-classify-max-examples-negative", ["evaluate", "classify", "-m", "{minilm}", "-f", "{ok_tsv}",
+                                                 "-o", "{tmp}/ev", "--max-examples", "-1"],
+     "--max-examples=-1 must be at least 1"),
+    ("classify-max-length-0", ["classify", "-m", "{minilm}", "--max-length", "0", "hi"],
+     "--max-length=0 must be at least 2"),
+    ("tag-max-length-0", ["tag", "-m", "{minilm}", "--max-length", "0", "hi"], "--max-length=0 must be at least 4"),
+    ("tokenizer-vocab-size-0", ["tokenizer", "train", "-o", "{tmp}/tok", "--vocab-size", "0"],
+     "--vocab-size=0 must be at least 1"),
+    ("tokenizer-vocab-size-below-bytes", ["tokenizer", "train", "-o", "{tmp}/tok", "--vocab-size", "100"],
+     "--vocab-size=100 is below the 256 bytes"),
 ]
 
 

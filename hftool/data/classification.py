@@ -17,6 +17,8 @@ from pathlib import Path
 from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
 
+MIN_MAX_LENGTH = 2  # a special token and one of the text's
+
 
 @dataclass(frozen=True)
 class TextExample:
@@ -41,8 +43,8 @@ class ClassifyDataConfig(SplitsConfig):
     matthews: bool = False  # also report Matthews correlation (CoLA's metric)
 
     def validate(self) -> None:
-        if self.max_length < 2:
-            raise HftoolError(f"data.max_length={self.max_length} must be at least 2")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise HftoolError(f"data.max_length={self.max_length} must be at least {MIN_MAX_LENGTH}")
         super().validate()
 
 

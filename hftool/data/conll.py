@@ -17,6 +17,8 @@ from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
 from hftool.metrics.entities import is_iob_tag
 
+MIN_MAX_LENGTH = 4  # special tokens and a word's first sub-token
+
 
 @dataclass(frozen=True)
 class TaggedSentence:
@@ -40,8 +42,8 @@ class NerDataConfig(SplitsConfig):
     def validate(self) -> None:
         if self.tag_scheme not in ("iob2", "iob1"):
             raise HftoolError(f"data.tag_scheme={self.tag_scheme} must be iob2 or iob1")
-        if self.max_length < 4:
-            raise HftoolError(f"data.max_length={self.max_length} must be at least 4")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise HftoolError(f"data.max_length={self.max_length} must be at least {MIN_MAX_LENGTH}")
         super().validate()
 
 
