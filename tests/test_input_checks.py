@@ -3,6 +3,7 @@ the exact head each command needs, label names, runs without validation data and
 
 from __future__ import annotations
 
+import json
 import typing
 
 import pytest
@@ -68,3 +69,43 @@ def test_not_a_number_is_one_line():
     code, _, err = run_cli(["classify", "-m", "x", "--batch-size", "many", "hi"])
     assert code == 2
     assert err.strip().splitlines() == ["error: --batch-size=many is not a whole number"]
+
+
+TINY_CLASSIFY = ["train.max_steps=2", "train.batch_size=4", "train.warmup_steps=0", "train.log_every=1",
+                 "train.save_every=0", "data.max_length=32", "train.mixed_precision=no", "train.report_to=none"]
+
+
+def test_finetune_classify_without_validation_data_trains_without_evaluation(shared_data, minilm, tmp_path):
+    """The recipe's quick line without --validation-file: training runs, no evaluation, a usable folder; the
+    model-writing progress bar of transformers is not written into a captured stderr."""
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["finetune", "classify", "-r", "classify-sst2-minilm", "--train-file",
+                                 str(shared_data / "sst2" / "train.tsv"), "data.max_train_examples=16",
+                                 f"train.output_dir={out}", *TINY_CLASSIFY])
+    assert code == 0, err[-2000:]
+    assert "16 training and 0 validation texts" in stdout + err
+    assert (out / "model.safetensors").is_file()
+    assert "Writing model shards" not in err
+    code, stdout, err = run_cli(["classify", "-m", str(out), "--json", "a charming film"])
+    assert code == 0, err[-2000:]
+    assert '"label": "' in stdout
+
+
+def test_finetune_classify_takes_labels_named_as_the_recipe_names_them(minilm, tmp_path):
+    """classify-sst2-minilm declares label_names [negative, positive]: a file may write those names, or the
+    integers; a label that is neither names the line."""
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "a fine film\tpositive\na dull film\tnegative\n" * 4
+                     + "a great film\t1\n")
+    out = tmp_path / "run"
+    code, _, err = run_cli(["finetune", "classify", "-r", "classify-sst2-minilm", "--train-file", str(train),
+                            "--validation-file", str(train), f"train.output_dir={out}", *TINY_CLASSIFY])
+    assert code == 0, err[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    train.write_text("sentence\tlabel\na fine film\tgood\n")
+    code, _, err = run_cli(["finetune", "classify", "-r", "classify-sst2-minilm", "--train-file", str(train),
+                            f"train.output_dir={tmp_path / 'other'}", *TINY_CLASSIFY])
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: {train}:2: label 'good' is neither one of data.label_names "
+                                        "(negative, positive) nor an index into them, in data.train"]

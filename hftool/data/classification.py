@@ -165,15 +165,19 @@ def label_list(examples: Sequence[TextExample], names: list[str] | None = None) 
 
 
 def apply_label_names(examples: list[TextExample], names: list[str] | None, source: str) -> list[TextExample]:
-    """Integer labels ``0..n-1`` renamed to ``data.label_names``."""
+    """Integer labels ``0..n-1`` renamed to ``data.label_names``; a label written as one of those names is
+    kept (README allows names or integers)."""
     if not names:
         return examples
     renamed = []
     for e in examples:
-        if not (e.label.isdigit() and int(e.label) < len(names)):
-            raise HftoolError(f"{e.where}: label '{e.label}' is not an index into data.label_names "
-                              f"({len(names)} names) of {source}")
-        renamed.append(TextExample(e.text, names[int(e.label)], e.where, e.text_pair))
+        if e.label.isdigit() and int(e.label) < len(names):
+            renamed.append(TextExample(e.text, names[int(e.label)], e.where, e.text_pair))
+        elif e.label in names:
+            renamed.append(e)
+        else:
+            raise HftoolError(f"{e.where}: label '{e.label}' is neither one of data.label_names "
+                              f"({', '.join(names)}) nor an index into them, in {source}")
     return renamed
 
 
