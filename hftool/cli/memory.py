@@ -25,6 +25,7 @@ def estimate_memory(
       hftool estimate-memory --recipe bloom-560m train.batch_size=2 data.block_size=1024
     """
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     from hftool.config import load_recipe
@@ -45,4 +46,6 @@ def estimate_memory(
         values = (row.parameters, row.gradients, row.optimizer, row.activations, row.transient, row.workspace,
                   row.total)
         table.add_row(row.strategy, row.precision, *(f"{v / MiB:,.0f}" for v in values))
-    Console().print(table)
+    console = Console()
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    Console(width=max(console.width, needed)).print(table)  # whole numbers and headers, even in a pipe
