@@ -112,6 +112,14 @@ CASES = [
      "BertForSequenceClassification checkpoint has no trained question-answering head"),
     ("answer-token-classification-head", ["answer", "-m", "{tok_cls}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW],
      "BertForTokenClassification checkpoint has no trained question-answering head"),
+    ("tokenizer-corpus-dev-zero", ["tokenizer", "train", "/dev/zero", "-o", "{tmp}/tok"],
+     "/dev/zero: holds NUL bytes at byte 0: not a text file"),
+    ("pretrain-corpus-dev-zero", [*PRETRAIN, "data.files=[/dev/zero]", "train.output_dir={tmp}/run"],
+     "/dev/zero: holds NUL bytes at byte 0"),
+    ("classify-input-dev-zero", ["classify", "-m", "{minilm}", "--input", "/dev/zero"],
+     "--input /dev/zero: holds NUL bytes"),
+    ("evaluate-ner-file-dev-zero", ["evaluate", "ner", "-m", "{minilm}", "-f", "/dev/zero", "-o", "{tmp}/ev"],
+     "--file /dev/zero: holds NUL bytes"),
 ]
 
 

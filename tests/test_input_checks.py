@@ -109,3 +109,56 @@ def test_finetune_classify_takes_labels_named_as_the_recipe_names_them(minilm, t
     assert code == 2
     assert err.strip().splitlines() == [f"error: {train}:2: label 'good' is neither one of data.label_names "
                                         "(negative, positive) nor an index into them, in data.train"]
+
+
+def _endless_fifo(path):
+    """A named pipe that a thread keeps writing lines into until its reader goes away."""
+    import os
+    import threading
+
+    os.mkfifo(path)
+
+    def write():
+        try:
+            with open(path, "w") as pipe:
+                while True:
+                    pipe.write("an endless stream of text\n" * 1000)
+        except (BrokenPipeError, OSError):
+            return
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_endless_stream_stops_at_the_input_cap(tmp_path, monkeypatch):
+    monkeypatch.setenv("HFTOOL_MAX_INPUT_BYTES", "100000")
+    fifo = tmp_path / "texts.txt"
+    writer = _endless_fifo(fifo)
+    code, _, err = run_cli(["classify", "-m", "unused", "--input", str(fifo)])
+    writer.join(timeout=10)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --input {fifo}: larger than 100,000 bytes, more than hftool reads at once; split the file, "
+        "stream it as JSON Lines (data.streaming=true), or raise HFTOOL_MAX_INPUT_BYTES"]
+
+
+def test_a_file_over_the_cap_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n" * 100)
+    monkeypatch.setenv("HFTOOL_MAX_INPUT_BYTES", "500")
+    code, _, err = run_cli(["tokenizer", "train", str(corpus), "-o", str(tmp_path / "tok")])
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: {corpus}: larger than 500 bytes")
+
+
+def test_a_json_lines_record_longer_than_the_line_cap_is_one_line(tmp_path, monkeypatch):
+    from hftool.data import files
+
+    monkeypatch.setattr(files, "MAX_LINE_CHARS", 100)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": "x" * 1000}) + "\n")
+    code, _, err = run_cli(["tokenizer", "train", str(corpus), "-o", str(tmp_path / "tok")])
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (f"error: {corpus}:2: a line longer than 100 characters; "
+                                            "is this a text file?")

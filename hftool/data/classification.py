@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hftool.data.files import read_input_text
 from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
 
@@ -58,13 +59,10 @@ def warn_main(message: str) -> None:
 
 def _rows(path: Path, flag: str):
     """``(line number, record dict, header)`` for a CSV, TSV or JSONL file."""
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise HftoolError(f"{flag} {path}: no such file")
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise HftoolError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_input_text(path, f"{flag} {path}")
     if suffix in (".jsonl", ".json"):
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -202,11 +200,8 @@ def read_input_texts(path: str | Path, flag: str, text_column: str = "text") -> 
     """Texts to label: a ``.txt`` file (one text per non-empty line) or a CSV / TSV / JSONL file's
     ``text_column``."""
     path = Path(path).expanduser()
-    if path.suffix.lower() == ".txt" and path.is_file():
-        try:
-            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as exc:
-            raise HftoolError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    if path.suffix.lower() == ".txt" and path.exists() and not path.is_dir():
+        texts = [line for line in read_input_text(path, f"{flag} {path}").splitlines() if line.strip()]
         if not texts:
             raise HftoolError(f"{flag} {path}: no texts found (empty file?)")
         return texts
