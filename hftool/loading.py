@@ -146,11 +146,9 @@ def load_model(auto_class, ref: ModelRef, name: str, flag: str, head: str | None
     """``auto_class.from_pretrained`` for ``ref``; with ``head``, a checkpoint without trained weights for that
     head is refused. ``with_info`` also returns transformers' loading info (missing keys ...)."""
     options = {**ref.load_kwargs(), **options}
-    if head is not None:
-        config = options.get("config") or load_config(ref, name, flag, options.get("trust_remote_code", False))
-        check_head_architecture(config, head, name, flag)
     model, info = load_pretrained(
         lambda: auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options), name, flag)
     if head is not None:
+        check_head_architecture(model.config, head, name, flag)
         check_head_loaded(model.config, info["missing_keys"], head, name, flag)
     return (model, info) if with_info else model
