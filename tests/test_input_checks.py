@@ -162,3 +162,9 @@ def test_a_json_lines_record_longer_than_the_line_cap_is_one_line(tmp_path, monk
     assert code == 2
     assert err.strip().splitlines()[-1] == (f"error: {corpus}:2: a line longer than 100 characters; "
                                             "is this a text file?")
+
+
+def test_an_override_error_blames_the_override_not_the_shipped_recipe():
+    code, _, err = run_cli(["estimate-memory", "data.block_size=1e10"])
+    assert code == 2
+    assert err.strip().splitlines() == ["error: command-line override: data.block_size='1e10' should be of type int"]
