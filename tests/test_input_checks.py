@@ -168,3 +168,10 @@ def test_an_override_error_blames_the_override_not_the_shipped_recipe():
     code, _, err = run_cli(["estimate-memory", "data.block_size=1e10"])
     assert code == 2
     assert err.strip().splitlines() == ["error: command-line override: data.block_size='1e10' should be of type int"]
+
+
+@pytest.mark.parametrize("group", ["finetune", "evaluate", "explain", "recipes", "tokenizer"])
+def test_group_help_pages_show_examples(group):
+    code, out, _ = run_cli([group, "--help"])
+    assert code == 0
+    assert "Examples:" in out and f"hftool {group} " in out

@@ -18,7 +18,11 @@ from hftool.cli.options import (
 from hftool.data import classification, conll
 from hftool.data.squad_windows import N_BEST
 
-app = typer.Typer(help="Score a trained model (SQuAD exact match and F1, classification accuracy, entity F1).",
+app = typer.Typer(help="Score a trained model (SQuAD exact match and F1, classification accuracy, entity F1)."
+                       "\n\nExamples:\n\n"
+                       "  hftool evaluate classify -m runs/classify-sst2-minilm -f sst2/dev-even.tsv\n\n"
+                       "  hftool evaluate ner -m runs/ner-conll2003-minilm -f conll2003/dev.txt\n\n"
+                       "  hftool evaluate squad -m runs/squad-minilm -f dev-v1.1.json",
                   no_args_is_help=True)
 
 

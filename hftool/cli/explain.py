@@ -10,7 +10,9 @@ from hftool.cli.options import OVERWRITE_FILE, bounded_int
 
 app = typer.Typer(
     help="See what a transformer does: positional encodings, attention, contextual embeddings and "
-         "predictions, as PNG pictures plus a table in the terminal.",
+         "predictions, as PNG pictures plus a table in the terminal.\n\nExamples:\n\n"
+         "  hftool explain attention --model gpt2 --text \"The robot must obey orders\" --layer -1\n\n"
+         "  hftool explain next-token --model gpt2 --text \"A robot must obey\"",
     no_args_is_help=True,
 )
 

@@ -8,7 +8,9 @@ import typer
 
 from hftool.cli.options import OVERWRITE, bounded_int
 
-app = typer.Typer(help="Train tokenizers (byte-level BPE or WordPiece).", no_args_is_help=True)
+app = typer.Typer(help="Train tokenizers (byte-level BPE or WordPiece).\n\nExamples:\n\n"
+                       "  hftool tokenizer train corpus.txt -o my-tokenizer --vocab-size 8000",
+                  no_args_is_help=True)
 
 
 @app.command("train")
