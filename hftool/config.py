@@ -263,7 +263,20 @@ def read_yaml(path: Path) -> dict:
 def build_config(cls: type[T], data: dict, overrides: list[str] | None = None, source: str = "recipe") -> T:
     """Merge command-line overrides into ``data`` and check everything against ``cls``."""
     merged = _merge(data, parse_overrides(overrides or []))
-    return _from_mapping(cls, merged, "", source)
+    try:
+        return _from_mapping(cls, merged, "", source)
+    except HftoolError:
+        if not overrides or not _holds(cls, data, source):
+            raise
+    return _from_mapping(cls, merged, "", "command-line override")  # raises, blaming the override, not the file
+
+
+def _holds(cls: type, data: dict, source: str) -> bool:
+    try:
+        _from_mapping(cls, data, "", source)
+    except HftoolError:
+        return False
+    return True
 
 
 def load_recipe(cls: type[T], name_or_path: str | None, overrides: list[str] | None = None) -> T:

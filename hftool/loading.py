@@ -33,6 +33,17 @@ HEADS = {
 }
 
 
+# The class-name endings of the checkpoints that carry each head. A checkpoint saved with another head is refused
+# even where the weights' names match (BERT's sequence- and token-classification heads are both ``classifier``).
+HEAD_ARCHITECTURES = {
+    "masked-lm": ("ForMaskedLM", "ForPreTraining"),
+    "causal-lm": ("ForCausalLM", "LMHeadModel"),
+    "question-answering": ("ForQuestionAnswering",),
+    "sequence-classification": ("ForSequenceClassification",),
+    "token-classification": ("ForTokenClassification",),
+}
+
+
 def cache_dir() -> Path:
     """hftool's one cache folder (tokenized blocks, SQuAD windows, the embedded corpus): ``$HFTOOL_CACHE``
     when set, else ``~/.cache/hftool``. Models and datasets stay in the Hugging Face caches."""
@@ -100,6 +111,20 @@ def check_head_loaded(config, missing_keys, head: str, name: str, flag: str = "-
                       f"saved with that head{example}")
 
 
+def check_head_architecture(config, head: str, name: str, flag: str = "--model") -> None:
+    """Refuse a checkpoint saved with a different head than ``head`` (a sentiment classifier for ``tag``)."""
+    saved = architecture_name(config)
+    if saved.endswith(HEAD_ARCHITECTURES[head]):
+        return
+    other = next((h for h, endings in HEAD_ARCHITECTURES.items() if saved.endswith(endings)), None)
+    if other is None:
+        return  # a bare body (BertModel) or an unknown class: the missing weights tell (check_head_loaded)
+    description, example = HEADS[head]
+    raise HftoolError(f"{flag} {name}: the {saved} checkpoint has no trained {description} head (it was saved "
+                      f"with a {HEADS[other][0]} head), so its predictions would be meaningless; pass a model "
+                      f"saved with that head{example}")
+
+
 def load_config(ref: ModelRef, name: str, flag: str, trust_remote_code: bool = False):
     """The checkpoint's config alone: enough to refuse an unsuitable model before reading its weights."""
     from transformers import AutoConfig
@@ -124,5 +149,6 @@ def load_model(auto_class, ref: ModelRef, name: str, flag: str, head: str | None
     model, info = load_pretrained(
         lambda: auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options), name, flag)
     if head is not None:
+        check_head_architecture(model.config, head, name, flag)
         check_head_loaded(model.config, info["missing_keys"], head, name, flag)
     return (model, info) if with_info else model

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hftool.errors import HftoolError
 from hftool.loading import load_config, load_tokenizer, resolve_model
 from hftool.models import config_class
 from hftool.tasks.causal_lm import causal_lm_loss_sum
@@ -25,6 +26,8 @@ MiB = 2**20
 # Working memory of the runtime itself (allocator, kernel scratch space, autograd engine), measured on a CPU
 # with this stack: the same ~100 MiB for a 5M- and a 30M-parameter model. A GPU adds its CUDA context on top.
 RUNTIME_WORKSPACE = 100 * MiB
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MEASURED_LAYERS = 2  # deeper models are extrapolated from one and two layers (measure_any_depth)
 
 
 @dataclass
@@ -98,15 +101,66 @@ def largest_block_parameters(model: torch.nn.Module) -> int:
     return max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What the meta-device model of one config shows: parameters, the largest block's, and per precision the
+    saved-activation bytes of one micro-batch and its largest saved tensor."""
+
+    params: int
+    block: int
+    activations: dict[str, tuple[int, int]]
+
+
+def measure(config, batch_size: int, seq_len: int) -> Measured:
+    shapes = meta_model(config, torch.float32)
+    return Measured(sum(p.numel() for p in shapes.parameters()), largest_block_parameters(shapes),
+                    {precision: activation_bytes(config, batch_size, seq_len, dtype)
+                     for precision, dtype in PRECISIONS.items()})
+
+
+def measure_any_depth(config, batch_size: int, seq_len: int) -> Measured:
+    """``measure`` for any number of layers in the time of two: every block has the same parameters and saves
+    the same tensors, so a deep model is the one-layer model plus (layers - 1) times what the second layer
+    adds. A million layers are never built."""
+    import copy
+
+    layers = config.num_hidden_layers
+    if layers <= MEASURED_LAYERS:
+        return _measure_or_refuse(config, batch_size, seq_len)
+    one, two = (_measure_or_refuse(_with_layers(copy.deepcopy(config), n), batch_size, seq_len) for n in (1, 2))
+    more = layers - 1
+    return Measured(one.params + more * (two.params - one.params), two.block,
+                    {precision: (one.activations[precision][0]
+                                 + more * (two.activations[precision][0] - one.activations[precision][0]),
+                                 two.activations[precision][1])
+                     for precision in PRECISIONS})
+
+
+def _with_layers(config, layers: int):
+    config.num_hidden_layers = layers
+    return config
+
+
+def _measure_or_refuse(config, batch_size: int, seq_len: int) -> Measured:
+    """Sizes whose tensors PyTorch cannot even describe (more than 2**63 elements) are one line, not a
+    traceback."""
+    try:
+        return measure(config, batch_size, seq_len)
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        raise HftoolError(f"the model or micro-batch is too large to estimate ({str(exc).splitlines()[0]}); "
+                          "check model.config, data.block_size and train.batch_size") from None
+
+
 def estimate(config, batch_size: int, seq_len: int, num_processes: int = 1) -> list[Footprint]:
     """Per-device footprints of every strategy and precision for one model config and micro-batch."""
-    shapes = meta_model(config, torch.float32)
-    params = sum(p.numel() for p in shapes.parameters())
-    block = largest_block_parameters(shapes)
+    measured = measure_any_depth(config, batch_size, seq_len)
+    params, block = measured.params, measured.block
     n = max(num_processes, 1)
     footprints = []
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        saved, largest = activation_bytes(config, batch_size, seq_len, dtype)
+    for precision in PRECISIONS:
+        saved, largest = measured.activations[precision]
         transient = 2 * largest + 4 * params
         half = precision != "fp32"
         copies = 2 * params if half else 0  # autocast's 16-bit weight copies

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 ENV = "HFTOOL_VERBOSE"
@@ -27,4 +28,16 @@ def configure(verbose_flag: bool = False) -> None:
         os.environ.setdefault(variable, "error")
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    if not sys.stderr.isatty():
+        hide_library_progress_bars()
     warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+
+
+def hide_library_progress_bars() -> None:
+    """No carriage-return bars (transformers' "Writing model shards", Hub downloads) in a log file or pipe:
+    the Hugging Face variable is read at import, and transformers' switch covers an import that came first."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

@@ -96,11 +96,45 @@ CASES = [
                                            "--overwrite"], "is --model"),
     ("evaluate-ner-output-holds-file", ["evaluate", "ner", "-m", "{gpt2}", "-f", "{conll_ok}", "-o", "{root}",
                                         "--overwrite"], "holds --file"),
+    # issue 24: input checks
+    ("classify-batch-size-0", ["classify", "-m", "{minilm}", "--batch-size", "0", "hi"],
+     "--batch-size=0 must be at least 1"),
+    ("answer-batch-size-0", ["answer", "-m", "{gpt2}", "-q", "Who?", "-c", "Bob did.", "--batch-size", "0"],
+     "--batch-size=0 must be at least 1"),
+    ("evaluate-classify-max-examples-negative", ["evaluate", "classify", "-m", "{minilm}", "-f", "{ok_tsv}",
+                                                 "-o", "{tmp}/ev", "--max-examples", "-1"],
+     "--max-examples=-1 must be at least 1"),
+    ("classify-max-length-0", ["classify", "-m", "{minilm}", "--max-length", "0", "hi"],
+     "--max-length=0 must be at least 2"),
+    ("tag-max-length-0", ["tag", "-m", "{minilm}", "--max-length", "0", "hi"], "--max-length=0 must be at least 4"),
+    ("tokenizer-vocab-size-0", ["tokenizer", "train", "-o", "{tmp}/tok", "--vocab-size", "0"],
+     "--vocab-size=0 must be at least 1"),
+    ("tokenizer-vocab-size-below-bytes", ["tokenizer", "train", "-o", "{tmp}/tok", "--vocab-size", "100"],
+     "--vocab-size=100 is below the 256 bytes"),
+    ("tag-sequence-classification-head", ["tag", "-m", "{seq_cls}", "Angela Merkel visited Paris."],
+     "BertForSequenceClassification checkpoint has no trained token-classification head"),
+    ("evaluate-ner-sequence-classification-head", ["evaluate", "ner", "-m", "{seq_cls}", "-f", "{conll_ok}",
+                                                   "-o", "{tmp}/ev"],
+     "BertForSequenceClassification checkpoint has no trained token-classification head"),
+    ("classify-token-classification-head", ["classify", "-m", "{tok_cls}", "a fine film"],
+     "BertForTokenClassification checkpoint has no trained sequence-classification head"),
+    ("answer-sequence-classification-head", ["answer", "-m", "{seq_cls}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW],
+     "BertForSequenceClassification checkpoint has no trained question-answering head"),
+    ("answer-token-classification-head", ["answer", "-m", "{tok_cls}", "-q", "Who?", "-c", "Bob did.", *QA_WINDOW],
+     "BertForTokenClassification checkpoint has no trained question-answering head"),
+    ("tokenizer-corpus-dev-zero", ["tokenizer", "train", "/dev/zero", "-o", "{tmp}/tok"],
+     "/dev/zero: holds NUL bytes at byte 0: not a text file"),
+    ("pretrain-corpus-dev-zero", [*PRETRAIN, "data.files=[/dev/zero]", "train.output_dir={tmp}/run"],
+     "/dev/zero: holds NUL bytes at byte 0"),
+    ("classify-input-dev-zero", ["classify", "-m", "{minilm}", "--input", "/dev/zero"],
+     "--input /dev/zero: holds NUL bytes"),
+    ("evaluate-ner-file-dev-zero", ["evaluate", "ner", "-m", "{minilm}", "-f", "/dev/zero", "-o", "{tmp}/ev"],
+     "--file /dev/zero: holds NUL bytes"),
 ]
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tiny_gpt2, minilm) -> dict[str, str]:
+def inputs(tmp_path_factory, tiny_gpt2, tiny_bert, minilm) -> dict[str, str]:
     """The bad inputs the table refers to, built once."""
     import torch
     from safetensors.torch import load_file
@@ -128,6 +162,7 @@ def inputs(tmp_path_factory, tiny_gpt2, minilm) -> dict[str, str]:
     a_png = root / "mine.png"
     a_png.write_bytes(b"not really a png")
     squad = write_jsonl(root / "squad.jsonl", hand_examples())
+    heads = _labelling_heads(tiny_bert, root)
     files = {"no_label_tsv": ("no_label.tsv", "sentence\tstars\ngood\t5\n"), "empty_tsv": ("empty.tsv", ""),
              "ok_tsv": ("ok.tsv", "sentence\tlabel\ngood\t1\n"),
              "empty_txt": ("empty.txt", "\n"), "conll_no_tag": ("conll_no_tag.txt", "EU B-ORG\nrejects\n"),
@@ -137,8 +172,24 @@ def inputs(tmp_path_factory, tiny_gpt2, minilm) -> dict[str, str]:
     return {"gpt2": str(tiny_gpt2), "minilm": str(minilm), "pickle_only": str(pickle_only),
             "truncated": str(truncated), "bad_config": str(bad_config), "text_int": str(text_int),
             "bad_line": str(bad_line), "a_file": str(a_file), "a_png": str(a_png), "squad": str(squad),
-            "root": str(root), "home": str(Path.home()),
+            "root": str(root), "home": str(Path.home()), **heads,
             **{key: str(root / name) for key, (name, _) in files.items()}}
+
+
+def _labelling_heads(tiny_bert: Path, root: Path) -> dict[str, str]:
+    """Tiny BERT folders saved with a sequence- and a token-classification head (labels as finetune saves them):
+    both heads are named ``classifier``, so only the saved architecture tells them apart."""
+    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification, BertForTokenClassification
+
+    labels = {0: "negative", 1: "positive"}
+    config = AutoConfig.from_pretrained(tiny_bert, id2label=labels, label2id={v: k for k, v in labels.items()})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    folders = {}
+    for key, cls in (("seq_cls", BertForSequenceClassification), ("tok_cls", BertForTokenClassification)):
+        cls(config).save_pretrained(root / key)
+        tokenizer.save_pretrained(root / key)
+        folders[key] = str(root / key)
+    return folders
 
 
 def _fill(arg: str, values: dict[str, str]) -> str:

@@ -254,11 +254,13 @@ def test_every_command_writes_a_png(tmp_path, tiny_gpt2, tiny_bert, minilm):
 @pytest.mark.parametrize("args, message", [
     (["embeddings", "--model", "unused", "-w", "bank", "-s", "a bank", "-s", "no such word"],
      "--word 'bank' is not in --sentence 'no such word'"),
-    (["positional-encoding", "--positions", "0"], "--positions 0: use a number from 1 to 10000"),
+    (["positional-encoding", "--positions", "0"], "--positions=0 must be at least 1"),
+    (["positional-encoding", "--positions", "10001"], "--positions 10001: use a number from 1 to 10000"),
     (["positional-encoding", "--d-model", "8", "--dim", "9"], "--dim 9: dimensions are numbered 0 to 7"),
     (["attention", "--model", "./no-such-model", "--text", "hi"], "--model ./no-such-model: no such folder"),
     (["next-token", "--model", "gpt2", "--text", "hi", "-o", "picture.jpg"], "use a name ending in .png"),
-    (["fill-mask", "--model", "bert", "--text", "[MASK]", "-k", "0"], "--top-k 0: use a number from 1"),
+    (["fill-mask", "--model", "bert", "--text", "[MASK]", "-k", "0"], "--top-k=0 must be at least 1"),
+    (["fill-mask", "--model", "bert", "--text", "[MASK]", "-k", "1001"], "--top-k 1001: use a number from 1"),
 ])
 def test_bad_input_fails_before_loading_anything(args, message):
     result = run_cli(*args)

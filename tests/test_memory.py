@@ -96,3 +96,34 @@ def test_cli_prints_every_strategy():
     assert code == 0, err
     for strategy in ("DDP", "FSDP", "ZeRO-2", "ZeRO-3"):
         assert strategy in out
+
+
+@pytest.mark.parametrize("recipe", ["gpt2-tiny", "bert-tiny-mlm-nsp"])
+def test_deep_models_are_extrapolated_exactly_from_two_layers(recipe):
+    """Every block has the same parameters and saved tensors: the four-layer estimate from one- and two-layer
+    models equals the one measured on the four-layer model."""
+    from hftool.memory import measure, measure_any_depth
+
+    config = recipe_model_config(load_recipe(PretrainRecipe, recipe, ["model.config.num_hidden_layers=4"]
+                                             if recipe.startswith("bert") else ["model.config.n_layer=4"]))
+    assert config.num_hidden_layers == 4
+    assert measure_any_depth(config, 2, 32) == measure(config, 2, 32)
+
+
+def test_absurd_sizes_answer_at_once():
+    """A million layers are estimated without building them; sizes PyTorch cannot describe are one line."""
+    code, out, err = run_cli(["estimate-memory", "model.config.n_layer=1000000"])
+    assert code == 0, err[-2000:]
+    assert "ZeRO-3" in out
+    code, out, err = run_cli(["estimate-memory", "data.block_size=10000000000", "model.config.n_positions=10000000000"])
+    assert code == 2
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1].startswith("error: the model or micro-batch is too large to estimate")
+
+
+def test_table_is_not_cut_to_80_columns():
+    """Written to a file or pipe (80 columns by default), the headers and numbers stay whole."""
+    code, out, err = run_cli(["estimate-memory", "model.config.n_layer=1000000"])
+    assert code == 0, err[-2000:]
+    assert "…" not in out
+    assert "optimizer" in out and "activations" in out

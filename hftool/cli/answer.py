@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from hftool.cli.options import QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH, QA_MODEL
+from hftool.cli.options import QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH, QA_MODEL, bounded_int
 
 
 def answer(
@@ -17,11 +17,11 @@ def answer(
     file: str = typer.Option(None, "--file", "-f", show_default=False,
                              help="JSONL of {\"question\", \"context\"} (\"id\" optional) instead of "
                                   "--question/--context."),
-    top_k: int = typer.Option(3, "--top-k", "-k", help="How many answers to show per question."),
+    top_k: int = bounded_int(3, "--top-k", "-k", low=1, help="How many answers to show per question."),
     max_length: int = QA_MAX_LENGTH,
     doc_stride: int = QA_DOC_STRIDE,
     max_answer_length: int = QA_MAX_ANSWER_LENGTH,
-    batch_size: int = typer.Option(32, "--batch-size", help="Windows per batch."),
+    batch_size: int = bounded_int(32, "--batch-size", low=1, help="Windows per batch."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per question instead of text."),
 ) -> None:
     """Answer a question from a context: the top answers with their scores and character spans.

@@ -6,7 +6,8 @@ import json
 
 import typer
 
-from hftool.cli.options import OVERWRITE_FILE
+from hftool.cli.options import OVERWRITE_FILE, bounded_int
+from hftool.data.classification import MIN_MAX_LENGTH
 
 
 def classify(
@@ -17,8 +18,9 @@ def classify(
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text in --input."),
     output: str = typer.Option(None, "--output", "-o", show_default=False,
                                help="Write one JSON object per text to this file instead of printing."),
-    max_length: int = typer.Option(512, "--max-length", help="Tokens per text (longer ones are truncated)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per batch."),
+    max_length: int = bounded_int(512, "--max-length", low=MIN_MAX_LENGTH,
+                                  help="Tokens per text (longer ones are truncated)."),
+    batch_size: int = bounded_int(32, "--batch-size", low=1, help="Texts per batch."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per text."),
     overwrite: bool = OVERWRITE_FILE,
 ) -> None:

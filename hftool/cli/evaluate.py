@@ -6,10 +6,23 @@ import typing
 
 import typer
 
-from hftool.cli.options import OVERWRITE, QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH, QA_MODEL
+from hftool.cli.options import (
+    MAX_EXAMPLES_HELP,
+    OVERWRITE,
+    QA_DOC_STRIDE,
+    QA_MAX_ANSWER_LENGTH,
+    QA_MAX_LENGTH,
+    QA_MODEL,
+    bounded_int,
+)
+from hftool.data import classification, conll
 from hftool.data.squad_windows import N_BEST
 
-app = typer.Typer(help="Score a trained model (SQuAD exact match and F1, classification accuracy, entity F1).",
+app = typer.Typer(help="Score a trained model (SQuAD exact match and F1, classification accuracy, entity F1)."
+                       "\n\nExamples:\n\n"
+                       "  hftool evaluate classify -m runs/classify-sst2-minilm -f sst2/dev-even.tsv\n\n"
+                       "  hftool evaluate ner -m runs/ner-conll2003-minilm -f conll2003/dev.txt\n\n"
+                       "  hftool evaluate squad -m runs/squad-minilm -f dev-v1.1.json",
                   no_args_is_help=True)
 
 
@@ -24,12 +37,12 @@ def squad(
     max_length: int = QA_MAX_LENGTH,
     doc_stride: int = QA_DOC_STRIDE,
     max_answer_length: int = QA_MAX_ANSWER_LENGTH,
-    n_best: int = typer.Option(N_BEST, "--n-best", help="Start/end candidates per window."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Windows per batch (per process)."),
+    n_best: int = bounded_int(N_BEST, "--n-best", low=1, help="Start/end candidates per window."),
+    batch_size: int = bounded_int(64, "--batch-size", low=1, help="Windows per batch (per process)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision",
                                         help="no, fp16, bf16, or auto (bf16 where the device supports it)."),
-    max_examples: int = typer.Option(None, "--max-examples", show_default=False,
-                                     help="Score only the first N questions."),
+    max_examples: int = bounded_int(None, "--max-examples", low=1, show_default=False,
+                                    help="Score only the first N questions."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Fail on answers whose text is not at answer_start "
                                      "(default: skip them)."),
@@ -87,11 +100,12 @@ def classify(
     text_pair_column: str = typer.Option(None, "--text-pair-column", show_default=False,
                                          help="Column holding the second text of a pair."),
     label_column: str = typer.Option("label", "--label-column", help="Column holding the label."),
-    max_length: int = typer.Option(128, "--max-length", help="Tokens per text (longer ones are truncated)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch (per process)."),
+    max_length: int = bounded_int(128, "--max-length", low=classification.MIN_MAX_LENGTH,
+                                  help="Tokens per text (longer ones are truncated)."),
+    batch_size: int = bounded_int(64, "--batch-size", low=1, help="Texts per batch (per process)."),
     matthews: bool = typer.Option(False, "--matthews", help="Also report Matthews correlation."),
     mixed_precision: str = MIXED_PRECISION,
-    max_examples: int = typer.Option(None, "--max-examples", show_default=False, help="Score the first N only."),
+    max_examples: int = bounded_int(None, "--max-examples", low=1, show_default=False, help=MAX_EXAMPLES_HELP),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Score a sequence-classification folder on a labelled file: accuracy and macro-F1.
@@ -119,10 +133,11 @@ def ner(
     output_dir: str = typer.Option("runs/evaluate-ner", "--output-dir", "-o",
                                    help="Folder for predictions.json and metrics.json."),
     tag_scheme: str = typer.Option("iob2", "--tag-scheme", help="iob2, or iob1 to convert IOB1 tags."),
-    max_length: int = typer.Option(128, "--max-length", help="Tokens per sentence (longer ones are truncated)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (per process)."),
+    max_length: int = bounded_int(128, "--max-length", low=conll.MIN_MAX_LENGTH,
+                                  help="Tokens per sentence (longer ones are truncated)."),
+    batch_size: int = bounded_int(64, "--batch-size", low=1, help="Sentences per batch (per process)."),
     mixed_precision: str = MIXED_PRECISION,
-    max_examples: int = typer.Option(None, "--max-examples", show_default=False, help="Score the first N only."),
+    max_examples: int = bounded_int(None, "--max-examples", low=1, show_default=False, help=MAX_EXAMPLES_HELP),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Score a token-classification folder on a tagged file: entity precision / recall / F1 (seqeval, strict IOB2).

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import typer
 
-from hftool.cli.options import OVERWRITE_FILE
+from hftool.cli.options import OVERWRITE_FILE, bounded_int
 
 app = typer.Typer(
     help="See what a transformer does: positional encodings, attention, contextual embeddings and "
-         "predictions, as PNG pictures plus a table in the terminal.",
+         "predictions, as PNG pictures plus a table in the terminal.\n\nExamples:\n\n"
+         "  hftool explain attention --model gpt2 --text \"The robot must obey orders\" --layer -1\n\n"
+         "  hftool explain next-token --model gpt2 --text \"A robot must obey\"",
     no_args_is_help=True,
 )
 
@@ -38,11 +40,11 @@ def _wrote(path: Path) -> None:
 
 @app.command("positional-encoding")
 def positional_encoding(
-    d_model: int = typer.Option(None, "--d-model",
-                                help="Width of the encoding; default 512, or the hidden size of --model."),
-    positions: int = typer.Option(100, "--positions", help="How many positions (rows) to compute and draw."),
-    dims: list[int] = typer.Option(
-        None, "--dim", help="Dimension to draw as a curve (repeatable); default a few, fast to slow."
+    d_model: int = bounded_int(None, "--d-model", low=2,
+                               help="Width of the encoding; default 512, or the hidden size of --model."),
+    positions: int = bounded_int(100, "--positions", low=1, help="How many positions (rows) to compute and draw."),
+    dims: list[int] = bounded_int(
+        None, "--dim", low=0, help="Dimension to draw as a curve (repeatable); default a few, fast to slow."
     ),
     model: str = typer.Option(None, "--model", "-m",
                               help="Also draw this model's learned position embeddings (GPT-2, BERT)."),
@@ -87,11 +89,11 @@ def positional_encoding(
 def attention(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     text: str = typer.Option(..., "--text", "-t", help="The text whose attention to show."),
-    layers: list[int] = typer.Option(
-        None, "--layer", "-l", help="Layer to show, 1 to N or -1 for the last (repeatable); all if unset."
+    layers: list[int] = bounded_int(
+        None, "--layer", "-l", low=-1, help="Layer to show, 1 to N or -1 for the last (repeatable); all if unset."
     ),
-    heads: list[int] = typer.Option(
-        None, "--head", help="Head to show, 1 to H or -1 for the last (repeatable); all if unset."
+    heads: list[int] = bounded_int(
+        None, "--head", low=-1, help="Head to show, 1 to H or -1 for the last (repeatable); all if unset."
     ),
     output: Path = typer.Option(Path("explain-attention.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
@@ -124,8 +126,8 @@ def embeddings(
     word: str = typer.Option(..., "--word", "-w", help="The word to follow across the sentences."),
     sentences: list[str] = typer.Option(..., "--sentence", "-s",
                                         help="A sentence containing the word (repeat, at least twice)."),
-    layer: int = typer.Option(-1, "--layer", "-l",
-                              help="Hidden state to use: 0 is the embedding layer, N block N, -1 the last."),
+    layer: int = bounded_int(-1, "--layer", "-l", low=-1,
+                             help="Hidden state to use: 0 is the embedding layer, N block N, -1 the last."),
     output: Path = typer.Option(Path("explain-embeddings.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
@@ -153,7 +155,7 @@ def embeddings(
 def fill_mask(
     model: str = typer.Option(..., "--model", "-m", help="A masked language model (BERT) with its MLM head."),
     text: str = typer.Option(..., "--text", "-t", help="Text with the tokenizer's mask token, e.g. [MASK]."),
-    top_k: int = typer.Option(10, "--top-k", "-k", help="How many candidates to show per mask."),
+    top_k: int = bounded_int(10, "--top-k", "-k", low=1, help="How many candidates to show per mask."),
     output: Path = typer.Option(Path("explain-fill-mask.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
@@ -181,7 +183,7 @@ def fill_mask(
 def next_token(
     model: str = typer.Option(..., "--model", "-m", help="A causal language model (GPT-2, BLOOM)."),
     text: str = typer.Option(..., "--text", "-t", help="The text to continue."),
-    top_k: int = typer.Option(10, "--top-k", "-k", help="How many candidates to show."),
+    top_k: int = bounded_int(10, "--top-k", "-k", low=1, help="How many candidates to show."),
     output: Path = typer.Option(Path("explain-next-token.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),

@@ -9,7 +9,11 @@ from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, ST
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
 app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering, text classification, "
-                       "named entities).",
+                       "named entities).\n\nExamples:\n\n"
+                       "  hftool finetune classify -r classify-sst2-minilm --train-file sst2/train.tsv\n\n"
+                       "  hftool finetune ner -r ner-conll2003-minilm --train-file conll2003/train.txt\n\n"
+                       "  hftool finetune squad -r squad-minilm --train-file train-v1.1.json "
+                       "--validation-file dev-v1.1.json",
                   no_args_is_help=True)
 
 

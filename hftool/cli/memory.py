@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.options import RECIPE_HELP
+from hftool.cli.options import RECIPE_HELP, bounded_int
 from hftool.cli.pretrain import OVERRIDES_HELP
 
 
 def estimate_memory(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     recipe: str = typer.Option("gpt2-tiny", "--recipe", "-r", help=RECIPE_HELP),
-    num_processes: int = typer.Option(8, "--num-processes", "-n", help="Devices the states are sharded over."),
+    num_processes: int = bounded_int(8, "--num-processes", "-n", low=1, help="Devices the states are sharded over."),
 ) -> None:
     """Estimate training memory per device: parameters, gradients, optimizer state and activations.
 
@@ -25,6 +25,7 @@ def estimate_memory(
       hftool estimate-memory --recipe bloom-560m train.batch_size=2 data.block_size=1024
     """
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     from hftool.config import load_recipe
@@ -45,4 +46,6 @@ def estimate_memory(
         values = (row.parameters, row.gradients, row.optimizer, row.activations, row.transient, row.workspace,
                   row.total)
         table.add_row(row.strategy, row.precision, *(f"{v / MiB:,.0f}" for v in values))
-    Console().print(table)
+    console = Console()
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    Console(width=max(console.width, needed)).print(table)  # whole numbers and headers, even in a pipe

@@ -8,7 +8,9 @@ import typer
 
 from hftool import config as cfg
 
-app = typer.Typer(help="List, show, copy and validate recipes (YAML configs shipped in the package).",
+app = typer.Typer(help="List, show, copy and validate recipes (YAML configs shipped in the package).\n\n"
+                       "Examples:\n\n  hftool recipes ls\n\n"
+                       "  hftool recipes cp gpt2-small my-gpt2.yaml && hftool pretrain -r my-gpt2.yaml",
                   no_args_is_help=True)
 
 

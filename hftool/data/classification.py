@@ -14,8 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hftool.data.files import read_input_text
 from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
+
+MIN_MAX_LENGTH = 2  # a special token and one of the text's
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ class ClassifyDataConfig(SplitsConfig):
     matthews: bool = False  # also report Matthews correlation (CoLA's metric)
 
     def validate(self) -> None:
-        if self.max_length < 2:
-            raise HftoolError(f"data.max_length={self.max_length} must be at least 2")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise HftoolError(f"data.max_length={self.max_length} must be at least {MIN_MAX_LENGTH}")
         super().validate()
 
 
@@ -56,13 +59,10 @@ def warn_main(message: str) -> None:
 
 def _rows(path: Path, flag: str):
     """``(line number, record dict, header)`` for a CSV, TSV or JSONL file."""
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise HftoolError(f"{flag} {path}: no such file")
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise HftoolError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_input_text(path, f"{flag} {path}")
     if suffix in (".jsonl", ".json"):
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -163,15 +163,19 @@ def label_list(examples: Sequence[TextExample], names: list[str] | None = None) 
 
 
 def apply_label_names(examples: list[TextExample], names: list[str] | None, source: str) -> list[TextExample]:
-    """Integer labels ``0..n-1`` renamed to ``data.label_names``."""
+    """Integer labels ``0..n-1`` renamed to ``data.label_names``; a label written as one of those names is
+    kept (README allows names or integers)."""
     if not names:
         return examples
     renamed = []
     for e in examples:
-        if not (e.label.isdigit() and int(e.label) < len(names)):
-            raise HftoolError(f"{e.where}: label '{e.label}' is not an index into data.label_names "
-                              f"({len(names)} names) of {source}")
-        renamed.append(TextExample(e.text, names[int(e.label)], e.where, e.text_pair))
+        if e.label.isdigit() and int(e.label) < len(names):
+            renamed.append(TextExample(e.text, names[int(e.label)], e.where, e.text_pair))
+        elif e.label in names:
+            renamed.append(e)
+        else:
+            raise HftoolError(f"{e.where}: label '{e.label}' is neither one of data.label_names "
+                              f"({', '.join(names)}) nor an index into them, in {source}")
     return renamed
 
 
@@ -196,11 +200,8 @@ def read_input_texts(path: str | Path, flag: str, text_column: str = "text") -> 
     """Texts to label: a ``.txt`` file (one text per non-empty line) or a CSV / TSV / JSONL file's
     ``text_column``."""
     path = Path(path).expanduser()
-    if path.suffix.lower() == ".txt" and path.is_file():
-        try:
-            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as exc:
-            raise HftoolError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    if path.suffix.lower() == ".txt" and path.exists() and not path.is_dir():
+        texts = [line for line in read_input_text(path, f"{flag} {path}").splitlines() if line.strip()]
         if not texts:
             raise HftoolError(f"{flag} {path}: no texts found (empty file?)")
         return texts

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hftool.data.classification import warn_main
+from hftool.data.files import read_input_text
 from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
 from hftool.metrics.entities import is_iob_tag
+
+MIN_MAX_LENGTH = 4  # special tokens and a word's first sub-token
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,8 @@ class NerDataConfig(SplitsConfig):
     def validate(self) -> None:
         if self.tag_scheme not in ("iob2", "iob1"):
             raise HftoolError(f"data.tag_scheme={self.tag_scheme} must be iob2 or iob1")
-        if self.max_length < 4:
-            raise HftoolError(f"data.max_length={self.max_length} must be at least 4")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise HftoolError(f"data.max_length={self.max_length} must be at least {MIN_MAX_LENGTH}")
         super().validate()
 
 
@@ -98,12 +101,9 @@ def read_conll_file(path: str | Path, flag: str, scheme: str = "iob2", need_tags
                     warn=warn_main) -> list[TaggedSentence]:
     """Sentences of a CoNLL file (token first, tag last on each line) or a JSONL file."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise HftoolError(f"{flag} {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise HftoolError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_input_text(path, f"{flag} {path}")
     check = SchemeCheck(scheme)
     if path.suffix.lower() in (".jsonl", ".json"):
         sentences = _read_jsonl(path, text, check, need_tags)

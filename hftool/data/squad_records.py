@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hftool.data.files import read_input_bytes
 from hftool.errors import HftoolError
 
 REQUIRED_FIELDS = ("id", "question", "context", "answers")
@@ -109,7 +110,7 @@ def parse_record(record, where: str, context: str | None = None, need_answers: b
 
 def _read_json_text(path: Path, flag: str) -> str:
     try:
-        raw = path.read_bytes()
+        raw = read_input_bytes(path, f"{flag} {path}")
     except FileNotFoundError:
         raise HftoolError(f"{flag} {path}: no such file") from None
     except IsADirectoryError:

@@ -15,6 +15,7 @@ MAX_LENGTH = 384  # tokens per window: question + context + special tokens (BERT
 DOC_STRIDE = 128  # context tokens shared by consecutive windows of one long context
 MAX_ANSWER_LENGTH = 30  # longest answer predicted, in tokens
 N_BEST = 20  # start/end candidates per window considered by post-processing
+MIN_MAX_LENGTH = 8  # the shortest window: special tokens, a question and some context
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class WindowSettings:
 
     def validate(self) -> None:
         """Checks that need no tokenizer: run before anything is read or tokenized."""
-        if self.max_length < 8:
-            raise HftoolError(f"{self.name('max_length')}={self.max_length} must be at least 8")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise HftoolError(f"{self.name('max_length')}={self.max_length} must be at least {MIN_MAX_LENGTH}")
         if self.doc_stride < 0:
             raise HftoolError(f"{self.name('doc_stride')}={self.doc_stride} must be 0 or more")
         if self.doc_stride >= self.max_length:

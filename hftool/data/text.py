@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from hftool.data.files import bounded_lines, read_input_bytes
 from hftool.errors import HftoolError
 
 TEXT_SUFFIXES = {".txt", ".raw", ".text", ".md", ""}
@@ -70,7 +71,7 @@ class Documents:
 def read_text_documents(path: Path, encoding_errors: str = "strict") -> list[str]:
     """Documents of a plain-text file: blocks separated by blank lines, stripped, empty ones dropped."""
     try:
-        raw = path.read_bytes()
+        raw = read_input_bytes(path, str(path))
     except FileNotFoundError:
         raise HftoolError(f"{path}: no such file; check data.files") from None
     except IsADirectoryError:
@@ -109,7 +110,7 @@ def read_jsonl_texts(path: Path, column: str) -> Iterator[str]:
         raise HftoolError(f"{path}: no such file; check data.files") from None
     with handle:
         try:
-            for number, line in enumerate(handle, start=1):
+            for number, line in enumerate(bounded_lines(handle, str(path)), start=1):
                 if not line.strip():
                     continue
                 try:

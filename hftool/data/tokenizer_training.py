@@ -31,6 +31,13 @@ def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
+def check_vocab_size(kind: str, vocab_size: int, setting: str = "tokenizer.vocab_size") -> None:
+    """Refuse a byte-level vocabulary too small for its 256 bytes, naming the flag or key that set it."""
+    if vocab_size < 300 and kind == "byte-bpe":
+        raise HftoolError(f"{setting}={vocab_size} is below the 256 bytes + specials that "
+                          "byte-level BPE needs; use at least 300")
+
+
 def train_tokenizer(
     texts: Iterable[str],
     kind: TokenizerKind = "byte-bpe",
@@ -50,9 +57,7 @@ def train_tokenizer(
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 300 and kind == "byte-bpe":
-        raise HftoolError(f"tokenizer.vocab_size={vocab_size} is below the 256 bytes + specials that "
-                          "byte-level BPE needs; use at least 300")
+    check_vocab_size(kind, vocab_size)
     if kind == "byte-bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

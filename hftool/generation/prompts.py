@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+from hftool.data.files import read_input_text
 from hftool.errors import HftoolError
 
 TLDR_SUFFIX = "\nTL;DR:"
@@ -92,7 +93,7 @@ def read_pairs(path: str, flag: str = "--pairs") -> list[tuple[str, str]]:
     if not file.is_file():
         raise HftoolError(f"{flag} {path}: no such file")
     pairs = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_input_text(file, f"{flag} {path}").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{flag} {path}:{number}"

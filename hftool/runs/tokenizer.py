@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hftool.data.text import DataConfig, load_documents
-from hftool.data.tokenizer_training import train_tokenizer
+from hftool.data.tokenizer_training import check_vocab_size, train_tokenizer
 from hftool.errors import HftoolError
 from hftool.outputs import check_claim, claim_output_dir, entries, releases_claims
 from hftool.runs.artifacts import save_tokenizer
@@ -21,6 +21,7 @@ def run_train_tokenizer(files: list[str], output: str | Path, kind: str, vocab_s
     """Train and save the tokenizer; returns the line that reports what was done."""
     if kind not in ("byte-bpe", "wordpiece"):
         raise HftoolError(f"--kind {kind}: use byte-bpe or wordpiece")
+    check_vocab_size(kind, vocab_size, "--vocab-size")
     inputs = {"files": list(files)}
     model_files = [name for name in entries(Path(output).expanduser()) if name in MODEL_FILES]
     if model_files:

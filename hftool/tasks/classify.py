@@ -49,7 +49,10 @@ class ClassifyRecipe:
 
 
 def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int) -> tuple[list[dict], int]:
-    """Token ids of each example (truncated to ``max_length``) and how many were longer than that."""
+    """Token ids of each example (truncated to ``max_length``) and how many were longer than that; no examples
+    (a run without validation data) encode to none, which the fast tokenizer cannot do itself."""
+    if not examples:
+        return [], 0
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
