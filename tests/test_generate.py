@@ -483,3 +483,21 @@ def test_a_recipe_name_shared_with_another_command_resolves_to_the_commands_own(
     assert config.load_recipe(PretrainRecipe, "shared-name").train.max_steps == 7
     with pytest.raises(HftoolError, match="ambiguous: generate/shared-name, pretrain/shared-name"):
         config.find_recipe("shared-name")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_prompt_progress_only_on_a_terminal(tiny_gpt2, tmp_path):
+    """Issue 24 item 16: the '\\r2/3 prompts' counter is for a terminal; a log file gets no carriage returns."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:3]) + "\n", encoding="utf-8")
+    recipe = GenerateRecipe(model=ModelSettings(name=str(tiny_gpt2)), decoding=DecodingSettings(max_new_tokens=2),
+                            batch_size=2)
+    for err, shown in ((io.StringIO(), False), (_Terminal(), True)):
+        run_generate(recipe, None, str(prompts), None, out=io.StringIO(), err=err)
+        assert ("\r" in err.getvalue()) == shown
+        assert ("3/3 prompts\n" in err.getvalue()) == shown
+        assert "3 prompt(s), " in err.getvalue()

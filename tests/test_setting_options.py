@@ -68,7 +68,7 @@ def test_each_setting_flag_comes_from_its_field_with_its_help_and_default(name):
 def _outside(bound) -> float:
     """A value the bound refuses: at an open low end, below a closed one, or above the high end."""
     if bound.high is not None:
-        return bound.high + 0.5
+        return bound.high + 1
     return bound.low if bound.low_open else bound.low - 1
 
 
@@ -79,9 +79,11 @@ BOUNDED = [f for f in SETTINGS if f.metadata["bound"] and not f.metadata["bound"
 def test_a_bound_gives_the_same_error_from_the_recipe_and_from_the_flag(item):
     bound = item.metadata["bound"]
     hint = typing.get_type_hints(GenerateRecipe if item.name == "batch_size" else DecodingSettings)[item.name]
+    hint = next(arg for arg in typing.get_args(hint) if arg is not type(None)) if typing.get_args(hint) else hint
     bad = hint(_outside(bound))
     section = "" if item.name == "batch_size" else "decoding."
-    sampling = ["decoding.do_sample=true"] if bound.when else []
+    # sampling: the bound's condition, or (continuations) greedy search's own limit of one per beam
+    sampling = ["decoding.do_sample=true"] if bound.when or item.name == "num_return_sequences" else []
     expected = f"{item.metadata['flag']} {bad}: {bound.why}"
     with pytest.raises(HftoolError) as from_recipe:
         load_recipe(GenerateRecipe, None, [f"{section}{item.name}={bad}", *sampling]).validate()

@@ -12,8 +12,9 @@ CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 DEFAULT_CONTEXT = 2048  # for models without learned positions (BLOOM's ALiBi) or a stated limit
 
 
-def check_causal_lm(config, flag: str, name: str) -> None:
-    """Refuse encoders (BERT ...) and encoder-decoders by their architecture, before the weights load."""
+def check_causal_lm(config, flag: str, name: str, command: str = "generate") -> None:
+    """Refuse encoders (BERT ...) and encoder-decoders by their architecture, before the weights load;
+    ``command`` is the one the user ran, so the refusal names it (translate, summarize, serve ...)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = getattr(config, "model_type", "?")
@@ -22,19 +23,19 @@ def check_causal_lm(config, flag: str, name: str) -> None:
         shown = architectures[0] if architectures else model_type
         raise HftoolError(
             f"{flag} {name} is a {shown} (encoder-decoder, model_type {model_type}), not a causal "
-            "language model; generate needs a decoder such as GPT-2 or BLOOM"
+            f"language model; {command} needs a decoder such as GPT-2 or BLOOM"
         )
     if architectures:
         if not any(a.endswith(CAUSAL_SUFFIXES) for a in architectures):
             raise HftoolError(
                 f"{flag} {name} is a {', '.join(architectures)} (model_type {model_type}), not a "
-                "causal language model; generate needs a decoder such as GPT-2 or BLOOM "
+                f"causal language model; {command} needs a decoder such as GPT-2 or BLOOM "
                 "(…ForCausalLM / …LMHeadModel)"
             )
     elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise HftoolError(
             f"{flag} {name}: model_type {model_type} has no causal-LM head in transformers; "
-            "generate needs a decoder such as GPT-2 or BLOOM"
+            f"{command} needs a decoder such as GPT-2 or BLOOM"
         )
 
 
@@ -44,8 +45,9 @@ def torch_dtype(name: str):
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def load_for_generation(settings: ModelSettings, flag: str = "--model"):
-    """Return ``(model, tokenizer)``: the model in eval mode on its device, the tokenizer padding on the left.
+def load_for_generation(settings: ModelSettings, flag: str = "--model", command: str = "generate"):
+    """Return ``(model, tokenizer)`` for ``command``: the model in eval mode on its device, the tokenizer padding
+    on the left.
 
     A tokenizer without a pad token pads with its end-of-text token, as GPT-2 and BLOOM generation expects.
     """
@@ -66,7 +68,7 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model"):
 
     remote = settings.trust_remote_code
     config = load_config(ref, settings.name, flag, remote)
-    check_causal_lm(config, flag, settings.name)
+    check_causal_lm(config, flag, settings.name, command)
     tokenizer = load_tokenizer(ref, settings.name, flag, remote)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

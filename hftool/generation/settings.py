@@ -22,6 +22,10 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = get_args(DType)  # the one list of weight dtypes: recipe type, flag check and loader
 DeviceMap = Literal["auto"]
 BATCH_SIZE = 8
+MAX_SEQUENCES = 64  # beams, or continuations per prompt: each is a full row of the batch
+SEED_RANGE = (0, 2**32 - 1)  # what transformers.set_seed takes (numpy's seeding refuses the rest)
+MIN_SCALE = 0.01  # smallest temperature / repetition penalty: dividing logits by less overflows to inf and NaN
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")  # decoding fields greedy and beam search ignore
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,16 @@ def setting(default: Any = dataclasses.MISSING, *, flag: str, help: str, short: 
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
+class SettingError(HftoolError):
+    """A setting outside its bound. ``str()`` names the command-line flag; ``field``, ``value`` and ``why`` let
+    another front end (the server's request fields) word the same refusal in its own names."""
+
+    def __init__(self, item: dataclasses.Field, value: Any, why: str):
+        shown = value if not isinstance(value, list) else ",".join(map(repr, value))
+        super().__init__(f"{item.metadata['flag']} {shown}: {why}")
+        self.field, self.value, self.why = item.name, value, why
+
+
 def check_fields(settings: Any) -> None:
     """Check every field of ``settings`` against its ``Bound``, and floats for finiteness, in field order."""
     for item in dataclasses.fields(settings):
@@ -86,9 +100,10 @@ class DecodingSettings:
                               help="Sample from the distribution, or always take the most likely token "
                                    "(greedy/beam).")
     temperature: float = setting(1.0, flag="--temperature", short="-t",
-                                 help="Sampling temperature, > 0; lower is more conservative.",
-                                 bound=Bound("must be > 0 when sampling; use --greedy for deterministic output",
-                                             low=0, low_open=True, when="do_sample"))
+                                 help=f"Sampling temperature, at least {MIN_SCALE}; lower is more conservative.",
+                                 bound=Bound(f"must be at least {MIN_SCALE} when sampling; for deterministic output "
+                                             "decode greedily (--greedy, or temperature 0 in a request)",
+                                             low=MIN_SCALE, when="do_sample"))
     top_k: int = setting(0, flag="--top-k", help="Sample among the k most likely tokens; 0 = off.",
                          bound=Bound("must be >= 0; 0 disables top-k filtering", low=0))
     top_p: float = setting(1.0, flag="--top-p",
@@ -96,22 +111,28 @@ class DecodingSettings:
                                 "in (0, 1].",
                            bound=Bound("must be in (0, 1]; 1 disables nucleus sampling", low=0, low_open=True,
                                        high=1))
-    num_beams: int = setting(1, flag="--num-beams", help="Beam search width; 1 = no beam search.",
-                             bound=Bound("must be at least 1 (1 = no beam search)", low=1))
+    num_beams: int = setting(1, flag="--num-beams",
+                             help=f"Beam search width, 1 to {MAX_SEQUENCES}; 1 = no beam search.",
+                             bound=Bound(f"must be 1 to {MAX_SEQUENCES} (1 = no beam search)", low=1,
+                                         high=MAX_SEQUENCES))
     num_return_sequences: int = setting(1, flag="--num-return-sequences",
-                                        help="Continuations per prompt (needs --sample, or --num-beams at least "
-                                             "as large).",
-                                        bound=Bound("must be at least 1", low=1))
+                                        help=f"Continuations per prompt, 1 to {MAX_SEQUENCES} (needs --sample, or "
+                                             "--num-beams at least as large).",
+                                        bound=Bound(f"must be 1 to {MAX_SEQUENCES}", low=1, high=MAX_SEQUENCES))
     repetition_penalty: float = setting(1.0, flag="--repetition-penalty",
                                         help="> 1 makes tokens already in the text less likely; 1 = off.",
-                                        bound=Bound("must be > 0; 1 disables it", low=0, low_open=True))
+                                        bound=Bound(f"must be at least {MIN_SCALE}; 1 disables it",
+                                                    low=MIN_SCALE))
     no_repeat_ngram_size: int = setting(0, flag="--no-repeat-ngram-size",
                                         help="Never repeat an n-gram of this size; 0 = off.",
                                         bound=Bound("must be >= 0; 0 disables it", low=0))
     stop: list[str] = setting(flag="--stop", default_factory=list,
                               help="Stop at this string (repeatable); it is trimmed from the output.")
     seed: int | None = setting(None, flag="--seed",
-                               help="Random seed for sampling; without one a fresh seed is drawn and recorded.")
+                               help="Random seed for sampling, 0 to 2**32-1; without one a fresh seed is drawn "
+                                    "and recorded.",
+                               bound=Bound(f"must be {SEED_RANGE[0]} to {SEED_RANGE[1]} (2**32-1)",
+                                           low=SEED_RANGE[0], high=SEED_RANGE[1]))
     fast_decode: bool = setting(True, flag="--fast-decode/--no-fast-decode",
                                 help="Greedy search of one prompt through hftool's fused GPT-2/BLOOM step (on by "
                                      "default; same tokens as model.generate). --no-fast-decode always uses "
@@ -234,5 +255,4 @@ def _field(settings: Any, name: str) -> dataclasses.Field:
 
 
 def _bad(item: dataclasses.Field, value, why: str):
-    shown = value if not isinstance(value, list) else ",".join(map(repr, value))
-    raise HftoolError(f"{item.metadata['flag']} {shown}: {why}")
+    raise SettingError(item, value, why)

@@ -31,14 +31,15 @@ def with_seed(decoding: DecodingSettings) -> DecodingSettings:
     return decoding
 
 
-def _prepare(recipe: GenerateRecipe):
-    """Load the model and build the generator (seeded) for a validated recipe."""
+def _prepare(recipe: GenerateRecipe, command: str):
+    """Load the model and build the generator (seeded) for a validated recipe; ``command`` names the command in
+    the refusal of a model that is not a decoder."""
     from transformers import set_seed
 
     from hftool.generation.decoding import Generator
     from hftool.generation.loading import load_for_generation
 
-    model, tokenizer = load_for_generation(recipe.model)
+    model, tokenizer = load_for_generation(recipe.model, command=command)
     generator = Generator(model, tokenizer, recipe.decoding)
     if recipe.decoding.seed is not None:
         set_seed(recipe.decoding.seed)
@@ -87,7 +88,7 @@ def run_generate(
     from hftool.generation.loading import context_length
     from hftool.generation.streaming import StopTrimmingStreamer
 
-    model, tokenizer, generator = _prepare(recipe)
+    model, tokenizer, generator = _prepare(recipe, "generate")
     context = context_length(model, tokenizer)
     if input_path is None:
         ids = generator.encode(prompt)
@@ -102,19 +103,26 @@ def run_generate(
                 out.write(sequence.text + "\n")
         results = [PromptResult(prompt, len(ids), sequences)]
     else:
-        done = [0]
-
-        def progress(count: int) -> None:
-            done[0] += count
-            err.write(f"\r{done[0]}/{len(prompts)} prompts")
-            err.flush()
-
-        results = run_prompts(generator, prompts, recipe.batch_size, context, on_batch=progress)
-        err.write("\n")
+        results = run_prompts(generator, prompts, recipe.batch_size, context, on_batch=_progress(err, len(prompts)))
     records = [result_record(r, decoding.used(), recipe.model.name, i) for i, r in enumerate(results)]
     _write_records(records, output_path, input_path is not None, out)
     _report(generator, len(prompts), "prompt(s)", err)
     return records
+
+
+def _progress(err: TextIO, total: int):
+    """The ``2/3 prompts`` counter, rewritten in place on a terminal; a file or pipe gets nothing (a log of
+    carriage returns helps nobody). The last count ends its line."""
+    if not (hasattr(err, "isatty") and err.isatty()):
+        return None
+    done = [0]
+
+    def progress(count: int) -> None:
+        done[0] += count
+        err.write(f"\r{done[0]}/{total} prompts" + ("\n" if done[0] >= total else ""))
+        err.flush()
+
+    return progress
 
 
 def _write_records(records: list[dict], output_path: str | None, to_stdout: bool, out: TextIO) -> None:
@@ -209,7 +217,7 @@ def run_summarize(
         return scores, "  ".join(f"{k.upper().replace('ROUGE', 'ROUGE-')} {100 * v:.2f}" for k, v in scores.items())
 
     return _prompt_each(
-        recipe, articles, references, max_context, output_path, out, err,
+        recipe, articles, references, max_context, output_path, out, err, command="summarize",
         prompt=summarization_prompt,
         keep=lambda text: first_sentences(text, sentences), score=score,
         fields=("article", "summary", "article_truncated"), settings={"sentences": sentences}, unit="article(s)",
@@ -262,14 +270,14 @@ def run_translate(
         return scores, f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}"
 
     return _prompt_each(
-        recipe, sentences, references, max_context, output_path, out, err,
+        recipe, sentences, references, max_context, output_path, out, err, command="translate",
         prompt=lambda tokenizer, sentence, context, new: translation_prompt(tokenizer, pairs, sentence, context, new),
         keep=first_line, score=score, fields=("source", "translation", "shots"), settings={}, unit="sentence(s)",
     )
 
 
-def _prompt_each(recipe, texts, references, max_context, output_path, out, err, *, prompt, keep, score, fields,
-                 settings, unit) -> dict:
+def _prompt_each(recipe, texts, references, max_context, output_path, out, err, *, command, prompt, keep, score,
+                 fields, settings, unit) -> dict:
     """What summarize and translate share: one prompt per text, batched generation, the answer cut from each
     output by ``keep``, one line per answer, JSON records, the score against references, the speed report.
 
@@ -279,7 +287,7 @@ def _prompt_each(recipe, texts, references, max_context, output_path, out, err, 
     from hftool.generation.loading import context_length
 
     recipe = dataclasses.replace(recipe, decoding=with_seed(recipe.decoding))
-    model, tokenizer, generator = _prepare(recipe)
+    model, tokenizer, generator = _prepare(recipe, command)
     context = max_context or context_length(model, tokenizer)
     prompts = [prompt(tokenizer, text, context, recipe.decoding.max_new_tokens) for text in texts]
     outputs = generate_in_batches(generator, [ids for ids, _, _ in prompts], recipe.batch_size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import logging
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ class ServeOptions:
 
     def validate(self) -> None:
         self.recipe.validate()
+        beams = self.recipe.decoding.num_beams
+        if beams != 1:
+            raise HftoolError(f"--num-beams {beams} (decoding.num_beams in the recipe): serve decodes one beam per "
+                              "sequence, greedy or sampled, streaming tokens as they come; set it to 1 (beam search: "
+                              "hftool generate)")
         for flag, value, low in (("--port", self.port, 0), ("--max-batch-size", self.max_batch_size, 1),
                                  ("--max-queue", self.max_queue, 1), ("--max-tokens-cap", self.max_tokens_cap, 1),
                                  ("--threads", 1 if self.threads is None else self.threads, 1)):
@@ -81,12 +87,13 @@ def build_served(options: ServeOptions):
         return Served(name=name, metrics=metrics, qa=load_qa_service(name, options.qa_window))
     from hftool.generation.loading import context_length, load_for_generation
 
-    model, tokenizer = load_for_generation(options.recipe.model)
+    model, tokenizer = load_for_generation(options.recipe.model, command="serve")
     context = context_length(model, tokenizer)
     batcher = Batcher(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
                       threads=options.threads)
     return Served(name=name, metrics=metrics, tokenizer=copy.deepcopy(tokenizer), batcher=batcher,
                   defaults=options.recipe.decoding, context=context,
+                  vocab_size=model.get_input_embeddings().num_embeddings,
                   max_tokens_cap=min(options.max_tokens_cap, context - 1))
 
 
@@ -107,6 +114,28 @@ def load_qa_service(name: str, window: tuple[int, int, int]):
     return QAService(load_qa_model(ref, name=name), tokenizer, settings, PartialState().device)
 
 
+class PathOnly(logging.Filter):
+    """Drops the query string from uvicorn's access lines: a client may put its API key there (``?api_key=``),
+    and a log is no place for a key. Every text argument of the line loses what follows its ``?``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(arg.partition("?")[0] if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def uvicorn_config(app, options: ServeOptions):
+    """uvicorn's settings for ``app``, its access log writing paths without their query strings."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
+                            timeout_graceful_shutdown=options.grace_s, limit_concurrency=None)
+    access = logging.getLogger("uvicorn.access")  # configured by uvicorn.Config above
+    if not any(isinstance(f, PathOnly) for f in access.filters):
+        access.addFilter(PathOnly())
+    return config
+
+
 def run_serve(options: ServeOptions) -> None:
     import uvicorn
 
@@ -121,9 +150,7 @@ def run_serve(options: ServeOptions) -> None:
     kind = "/v1/qa" if served.qa else "/v1/completions and /v1/chat/completions"
     print(f"serving {served.name} on http://{options.host}:{options.port} ({kind}); Ctrl-C to stop",
           file=sys.stderr)
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
-                            timeout_graceful_shutdown=options.grace_s, limit_concurrency=None)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, options))
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start;
     # ignoring it there makes a requested shutdown a clean exit 0 (what service managers expect).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

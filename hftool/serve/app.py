@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from hftool.errors import HftoolError
-from hftool.generation.settings import DecodingSettings
+from hftool.generation.settings import DecodingSettings, SettingError, check_fields
 from hftool.serve import schemas as s
 from hftool.serve.batcher import Batcher
 from hftool.serve.errors import ApiError, add_error_handlers
@@ -45,12 +46,14 @@ class Served:
     qa: object = None
     defaults: DecodingSettings = field(default_factory=DecodingSettings)
     context: int = 2048
+    vocab_size: int | None = None  # the model's embedding rows, which token-id prompts must stay below
     max_tokens_cap: int = 1024
     created: int = field(default_factory=lambda: int(time.time()))
 
 
 def create_app(served: Served, api_key: str | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
-    """The app for ``served``; ``api_key`` (when set) is required as ``Authorization: Bearer`` except on /health."""
+    """The app for ``served``; ``api_key`` (when set) is required as ``Authorization: Bearer`` (the scheme in any
+    case) except on /health."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -85,20 +88,19 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
     @app.post("/v1/completions")
     async def completions(body: s.CompletionRequest, request: Request):
         _check_model(served, body.model, generation=True)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        prompts = body.prompt_list()
         encoded = [_encode(served, p, "prompt" if len(prompts) == 1 else f"prompt.{i}")
                    for i, p in enumerate(prompts)]
         settings = _settings(served, body, body.max_tokens, encoded)
-        job, events = submit(served, encoded, settings, body.n, body.logprobs, body.stream)
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        echo = prompts if body.echo else None
+        job, events = submit(served, encoded, settings, body.logprobs, body.stream)
+        rid, created, n = f"cmpl-{uuid.uuid4().hex}", int(time.time()), job.n
+        echo = [p if isinstance(p, str) else served.tokenizer.decode(p) for p in prompts] if body.echo else None
         if body.stream:
-            return stream(request, job, events, CompletionChunks(served, rid, created, body, prompts, echo,
-                                                                    encoded))
-        choices, usage = await collect(request, job, events, encoded, body.n)
+            return stream(request, job, events, CompletionChunks(served, rid, created, body, n, echo, encoded))
+        choices, usage = await collect(request, job, events, encoded, n)
         return s.Completion(id=rid, created=created, model=served.name, usage=usage, choices=[
-            s.CompletionChoice(index=i, text=(echo[i // body.n] if echo else "") + text, finish_reason=reason,
-                               logprobs=completion_logprobs(lps, len(echo[i // body.n]) if echo else 0)
+            s.CompletionChoice(index=i, text=(echo[i // n] if echo else "") + text, finish_reason=reason,
+                               logprobs=completion_logprobs(lps, len(echo[i // n]) if echo else 0)
                                if body.logprobs is not None else None)
             for i, (text, reason, lps) in enumerate(choices)])
 
@@ -120,11 +122,11 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         settings = _settings(served, body, max_tokens, encoded)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        job, events = submit(served, encoded, settings, body.n, logprobs, body.stream)
+        job, events = submit(served, encoded, settings, logprobs, body.stream)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return stream(request, job, events, ChatChunks(served, rid, created, body, encoded))
-        choices, usage = await collect(request, job, events, encoded, body.n)
+            return stream(request, job, events, ChatChunks(served, rid, created, body, job.n, encoded))
+        choices, usage = await collect(request, job, events, encoded, job.n)
         return s.ChatCompletion(id=rid, created=created, model=served.name, usage=usage, choices=[
             s.ChatChoice(index=i, message=s.ChatMessage(content=text), finish_reason=reason,
                          logprobs=chat_logprobs(lps) if body.logprobs else None)
@@ -137,8 +139,8 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
         _check_model(served, body.model, generation=False)
         try:
             items = body.items()
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "question") from None
+        except s.MissingField as exc:
+            raise ApiError(400, str(exc), exc.param) from None
         examples = [QAExample(id=item.id or str(i + 1), question=item.question, context=item.context)
                     for i, item in enumerate(items)]
         try:
@@ -168,8 +170,18 @@ def _check_model(served: Served, model: str | None, generation: bool) -> None:
                        "squad output); /v1/qa needs one", "model", "wrong_endpoint")
 
 
-def _encode(served: Served, prompt: str, param: str) -> list[int]:
-    ids = served.tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+def _encode(served: Served, prompt: str | list[int], param: str) -> list[int]:
+    """A text prompt's token ids, or a token-id prompt checked against the vocabulary; as ``hftool generate``
+    does, an empty prompt starts from the begin-of-text token."""
+    if isinstance(prompt, list):
+        vocab = served.vocab_size or len(served.tokenizer)
+        bad = next((token for token in prompt if not 0 <= token < vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"'{param}' holds the token id {bad}; this model's ids are 0 to {vocab - 1}", param,
+                           "invalid_token_id")
+        ids = list(prompt)
+    else:
+        ids = served.tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
     if not ids:  # an empty prompt starts from the begin-of-text token, as hftool generate does
         start = served.tokenizer.bos_token_id
         start = served.tokenizer.eos_token_id if start is None else start
@@ -186,11 +198,29 @@ def _fit(served: Served, ids: list[int], param: str) -> list[int]:
     return ids
 
 
+# The request field that sets each decoding setting, where its name differs (the settings' own names otherwise).
+REQUEST_FIELDS = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
+
+
 def _settings(served: Served, body: s.Sampling, max_tokens: int | None, encoded: list[list[int]]):
-    """The request's decoding settings over the server's defaults (``--recipe``); temperature 0 is greedy."""
-    d = served.defaults
-    max_tokens = d.max_new_tokens if max_tokens is None else max_tokens
+    """The settings ``hftool generate`` would decode this request with: the server's recipe (``--recipe``)
+    with the fields the request gives laid over it, checked by the settings' own bounds (``hftool generate``'s
+    checks, answered as a 400 naming the request field). Temperature 0 is greedy."""
     name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+    given = {"max_new_tokens": max_tokens, "top_p": body.top_p, "top_k": body.top_k,
+             "repetition_penalty": body.repetition_penalty, "num_return_sequences": body.n, "seed": body.seed,
+             "stop": None if body.stop is None else list(body.stop)}
+    if body.temperature is not None:
+        given["do_sample"] = body.temperature != 0
+        if body.temperature != 0:
+            given["temperature"] = body.temperature
+    settings = dataclasses.replace(served.defaults, **{k: v for k, v in given.items() if v is not None})
+    try:
+        check_fields(settings)
+    except SettingError as exc:
+        param = name if exc.field == "max_new_tokens" else REQUEST_FIELDS.get(exc.field, exc.field)
+        raise ApiError(400, f"'{param}' = {json.dumps(exc.value)}: {exc.why}", param, "invalid_value") from None
+    max_tokens = settings.max_new_tokens
     if max_tokens > served.max_tokens_cap:
         raise ApiError(400, f"'{name}' = {max_tokens} is above this server's cap of {served.max_tokens_cap} "
                        "(--max-tokens-cap)", name, "max_tokens_too_large")
@@ -199,10 +229,4 @@ def _settings(served: Served, body: s.Sampling, max_tokens: int | None, encoded:
         raise ApiError(400, f"the prompt is {longest} tokens; with '{name}' = {max_tokens} that is "
                        f"{longest + max_tokens}, more than the model's {served.context} positions; lower '{name}' "
                        "or shorten the prompt", name, "context_length_exceeded")
-    do_sample = d.do_sample if body.temperature is None else body.temperature > 0
-    return dataclasses.replace(
-        d, max_new_tokens=max_tokens, do_sample=do_sample, num_beams=1, num_return_sequences=1,
-        temperature=d.temperature if body.temperature is None else body.temperature,
-        top_p=d.top_p if body.top_p is None else body.top_p, top_k=d.top_k if body.top_k is None else body.top_k,
-        repetition_penalty=d.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty,
-        stop=list(d.stop) if body.stop is None else list(body.stop), seed=body.seed)
+    return settings

@@ -19,6 +19,7 @@ The file is one thing, the thread and the per-step bookkeeping only it runs (``_
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -28,10 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hftool.generation.decoding import Generator, trim_at_stop
-from hftool.generation.settings import DecodingSettings
+from hftool.generation.settings import SAMPLING_ONLY, DecodingSettings
 
 _ids = itertools.count()
 GATHER_S = 0.003  # how long the decoder waits for another request to join a new batch
+# Settings the batcher applies to each row itself, so jobs that differ in them still share a batch: each row's
+# token budget and stop strings end it through the stopping criterion, and a job's continuations are its rows.
+PER_ROW = ("max_new_tokens", "stop", "num_return_sequences")
 
 
 class QueueFull(Exception):
@@ -44,7 +48,8 @@ class Closing(Exception):
 
 @dataclass
 class Job:
-    """One request: its prompts (token ids), ``n`` sequences each, and how to decode them.
+    """One request: its prompts (token ids), ``settings.num_return_sequences`` sequences each, and how to decode
+    them: ``settings`` are exactly those ``hftool generate`` would use (the server's recipe and the request).
 
     ``emit`` receives the events, from the decoding thread: ``("text", choice, delta, logprobs)``,
     ``("finish", choice, reason, tokens, logprobs, text)``, ``("error", message)`` and ``("end",)`` once every
@@ -52,14 +57,17 @@ class Job:
     """
 
     prompts: list[list[int]]
-    settings: DecodingSettings  # max_new_tokens, sampling knobs, stop strings, seed
+    settings: DecodingSettings
     emit: Callable[[tuple], None]
-    n: int = 1
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely ones'
     stream: bool = True  # False: no "text" events, only each choice's "finish" (fewer wake-ups of the loop)
     cancelled: threading.Event = field(default_factory=threading.Event)
     number: int = field(default_factory=lambda: next(_ids))
     cancel_counted: bool = False  # the decoding thread counts a cancelled job once, wherever it notices
+
+    @property
+    def n(self) -> int:
+        return self.settings.num_return_sequences
 
     @property
     def rows(self) -> int:
@@ -70,10 +78,12 @@ class Job:
         return max(len(p) for p in self.prompts)
 
     def key(self) -> tuple:
-        """Jobs with equal keys share one ``model.generate`` call; a seeded job runs alone (reproducible)."""
+        """Jobs with equal keys share one ``model.generate`` call: every setting but the per-row ones (and the
+        sampling knobs greedy search ignores) is equal. A sampled job runs alone (its seed reproduces it)."""
         s = self.settings
-        sampling = (s.temperature, s.top_k, s.top_p, s.seed, self.number) if s.do_sample else ()
-        return (s.do_sample, s.repetition_penalty, *sampling)
+        shared = tuple(repr(getattr(s, f.name)) for f in dataclasses.fields(s)
+                       if f.name not in PER_ROW and (s.do_sample or f.name not in SAMPLING_ONLY))
+        return (*shared, self.number) if s.do_sample else shared
 
 
 @dataclass
@@ -206,10 +216,7 @@ class Batcher:
                 for job in jobs for i in range(len(job.prompts)) for j in range(job.n)]
         prompts = [p for job in jobs for p in job.prompts for _ in range(job.n)]
         first = jobs[0].settings
-        settings = DecodingSettings(max_new_tokens=max(r.limit for r in rows), do_sample=first.do_sample,
-                                    temperature=first.temperature, top_k=first.top_k, top_p=first.top_p,
-                                    repetition_penalty=first.repetition_penalty, fast_decode=False)
-        generator = Generator(self.model, self.tokenizer, settings)
+        generator = Generator(self.model, self.tokenizer, batch_settings(first, max(r.limit for r in rows)))
         if first.do_sample and first.seed is not None:
             set_seed(first.seed)
         if self.metrics:
@@ -226,6 +233,13 @@ class Batcher:
                                 streamer=tracker, stopping_criteria=StoppingCriteriaList([tracker.criteria]),
                                 logits_processor=processors)
         tracker.end()
+
+
+def batch_settings(settings: DecodingSettings, max_new_tokens: int) -> DecodingSettings:
+    """What one ``generate`` call of a batch decodes with: a job's settings whole, but for the ones applied per
+    row (:data:`PER_ROW`): the batch runs to its longest row's budget, one sequence per row, and stop strings are
+    found by the tracker."""
+    return dataclasses.replace(settings, max_new_tokens=max_new_tokens, stop=[], num_return_sequences=1)
 
 
 def _find_stop(text: str, stops: list[str], since: int) -> int:

@@ -67,8 +67,11 @@ def validation_response(errors) -> JSONResponse:
         message = f"unknown field '{param}'; remove it (see the OpenAI API reference for the fields)"
     elif kind == "missing":
         message = f"'{param}' is required"
+    elif kind == "string_too_short" and error.get("input") == "":
+        message = f"'{param}' is empty; give some text"
     else:
         shown = json.dumps(error.get("input"), default=str)[:80]
-        message = f"'{param}' = {shown}: {error.get('msg', 'invalid')}" if param else error.get("msg", "invalid")
+        why = error.get("msg", "invalid").removeprefix("Value error, ")
+        message = f"'{param}' = {shown}: {why}" if param else why
     return error_response(400, message, param=param, code=kind)
 

@@ -13,11 +13,12 @@ from hftool.serve.metrics import Metrics
 
 class Guard:
     """Pure ASGI middleware (streaming responses pass through untouched): the API key, the body-size cap,
-    and the request counter and latency histogram. The key is compared in constant time and never logged."""
+    and the request counter and latency histogram. The key is compared in constant time and never logged; the
+    ``Bearer`` scheme is matched in any case (RFC 7235: auth schemes are case-insensitive)."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int, metrics: Metrics):
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.expected = api_key.encode() if api_key else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -48,8 +49,8 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large()
         if self.expected is not None and path != "/health":
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, given = headers.get(b"authorization", b"").strip().partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.expected):
                 return error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                       "authentication_error", code="invalid_api_key")
         return None

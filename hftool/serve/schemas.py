@@ -1,11 +1,15 @@
 """Request and response bodies in OpenAI's shapes.
 
-Requests are strict (``extra="forbid"``, no string-to-number coercion) so a misspelt or mistyped field is a 400
-naming it, not a silently ignored setting.
+Requests are strict (``extra="forbid"``, no string-to-number coercion, no Infinity or NaN) so a misspelt or
+mistyped field is a 400 naming it, not a silently ignored setting. The decoding fields' values are checked where
+``hftool generate`` checks its flags, by the bounds declared once in :mod:`hftool.generation.settings`, on the
+settings the request will decode with (:func:`hftool.serve.app._settings`); the limits here are the server's own
+(prompts per request, continuations, stop strings).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,7 +21,15 @@ MAX_LOGPROBS = 5
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class MissingField(ValueError):
+    """A request that leaves out a field another field needs; ``param`` names the one to add."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
 
 
 class StreamOptions(Strict):
@@ -28,12 +40,12 @@ class Sampling(Strict):
     """The decoding fields shared by completions and chat; None means the server's default (``--recipe``)."""
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # an extra: OpenAI has none, vLLM and TGI accept it
-    repetition_penalty: float | None = Field(None, gt=0)
-    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int | None = None
+    temperature: float | None = None  # 0: greedy; above 0: sampling at this temperature
+    top_p: float | None = None
+    top_k: int | None = None  # an extra: OpenAI has none, vLLM and TGI accept it
+    repetition_penalty: float | None = None
+    n: int | None = Field(None, le=MAX_N)  # None: the recipe's num_return_sequences (1 by default)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
@@ -53,7 +65,9 @@ class Sampling(Strict):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    """``prompt`` as OpenAI takes it: a text, a list of texts, one prompt of token ids, or a list of those."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -63,15 +77,41 @@ class CompletionRequest(Sampling):
         if isinstance(value, list):
             if not value:
                 raise ValueError("the prompt list is empty; give at least one prompt")
-            if len(value) > MAX_PROMPTS:
+            if not isinstance(value[0], int) and len(value) > MAX_PROMPTS:  # a list of ints is one prompt
                 raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return value
 
+    def prompt_list(self) -> list[str | list[int]]:
+        """Each prompt alone: a text or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
+
 
 class Message(Strict):
+    """A chat message; ``content`` is a text or OpenAI's list of content parts, of which only text parts are
+    taken (joined by newlines, as vLLM does): an image or audio part is refused, naming its type."""
+
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[dict]
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, value):
+        if isinstance(value, str):
+            return value
+        texts = []
+        for index, part in enumerate(value):
+            kind = part.get("type")
+            if kind != "text":
+                raise ValueError(f"content part {index} is of type {json.dumps(kind)}; this server takes text "
+                                 "only: give parts as {\"type\": \"text\", \"text\": \"...\"} or content as a string")
+            if not isinstance(part.get("text"), str) or set(part) != {"type", "text"}:
+                raise ValueError(f"content part {index}: a text part is {{\"type\": \"text\", \"text\": "
+                                 "\"...\"}, with a string and no other field")
+            texts.append(part["text"])
+        return "\n".join(texts)
 
 
 class ChatRequest(Sampling):
@@ -91,18 +131,22 @@ class QARequest(Strict):
     """One question (``question`` + ``context``) or a batch (``questions``), as ``hftool answer`` takes."""
 
     model: str | None = None
-    question: str | None = None
-    context: str | None = None
+    question: str | None = Field(None, min_length=1)
+    context: str | None = Field(None, min_length=1)
     questions: list[QAItem] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
     top_k: int = Field(3, ge=1, le=20)
 
     def items(self) -> list[QAItem]:
+        """The questions to answer; :class:`MissingField` names the field to add or remove."""
         if self.questions is not None:
             if self.question is not None or self.context is not None:
-                raise ValueError("give questions, or question with context, not both")
+                given = "question" if self.question is not None else "context"
+                raise MissingField("give questions, or question with context, not both", given)
             return self.questions
-        if self.question is None or self.context is None:
-            raise ValueError("give question and context (or questions: a list of them)")
+        if self.question is None:
+            raise MissingField("give question and context (or questions: a list of them)", "question")
+        if self.context is None:
+            raise MissingField("give context: the passage to find the answer to 'question' in", "context")
         return [QAItem(question=self.question, context=self.context, id="1")]
 
 

@@ -55,14 +55,15 @@ class _Mailbox:
 _mailboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one per event loop
 
 
-def submit(served, encoded, settings, n: int, logprobs: int | None, stream: bool):
-    """Queue the job; its events arrive on an asyncio queue of this request's own."""
+def submit(served, encoded, settings, logprobs: int | None, stream: bool):
+    """Queue the job (``settings.num_return_sequences`` choices per prompt); its events arrive on an asyncio
+    queue of this request's own."""
     loop = asyncio.get_running_loop()
     mailbox = _mailboxes.get(loop)
     if mailbox is None:
         mailbox = _mailboxes[loop] = _Mailbox(loop)
     events: asyncio.Queue = asyncio.Queue()
-    job = Job(encoded, settings, lambda event: mailbox.post(events, event), n=n, logprobs=logprobs, stream=stream)
+    job = Job(encoded, settings, lambda event: mailbox.post(events, event), logprobs=logprobs, stream=stream)
     try:
         served.batcher.submit(job)
     except QueueFull:
@@ -155,9 +156,9 @@ def stream(request: Request, job: Job, events: asyncio.Queue, chunks) -> Streami
 class CompletionChunks:
     """``text_completion`` chunks: text deltas, then one chunk with each choice's finish reason."""
 
-    def __init__(self, served, rid, created, body, prompts, echo, encoded):
+    def __init__(self, served, rid, created, body, n, echo, encoded):
         self.base = dict(id=rid, created=created, model=served.name)
-        self.n, self.echo, self.encoded, self.body = body.n, echo, encoded, body
+        self.n, self.echo, self.encoded, self.body = n, echo, encoded, body
         self.tokens = 0
 
     def _chunk(self, index, text, reason=None, logprobs=None):
@@ -187,9 +188,9 @@ class CompletionChunks:
 class ChatChunks:
     """``chat.completion.chunk``s: the assistant role first, content deltas, then each finish reason."""
 
-    def __init__(self, served, rid, created, body, encoded):
+    def __init__(self, served, rid, created, body, n, encoded):
         self.base = dict(id=rid, created=created, model=served.name)
-        self.body, self.encoded = body, encoded
+        self.body, self.n, self.encoded = body, n, encoded
         self.tokens = 0
 
     def _chunk(self, index, delta, reason=None, logprobs=None):
@@ -197,7 +198,7 @@ class ChatChunks:
                                                                    logprobs=logprobs)])
 
     def start(self):
-        for index in range(self.body.n):
+        for index in range(self.n):
             yield self._chunk(index, s.Delta(role="assistant", content=""))
 
     def event(self, event):
@@ -212,7 +213,7 @@ class ChatChunks:
 
     def end(self):
         if self.body.stream_options and self.body.stream_options.include_usage:
-            yield s.ChatChunk(**self.base, choices=[], usage=usage(self.encoded, self.body.n, self.tokens))
+            yield s.ChatChunk(**self.base, choices=[], usage=usage(self.encoded, self.n, self.tokens))
 
 
 def completion_logprobs(entries: list[dict], offset: int) -> s.LogProbs:
