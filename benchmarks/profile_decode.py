@@ -7,8 +7,8 @@ the rate a streaming sum reads memory (issue 16 asks for 0.7). This script says 
 2. the kernels' ceiling: the read and a one-row product by the largest matrix (the LM head), on 1 thread and on
    all threads, so the product kernel PyTorch offers is compared with the read on equal terms;
 3. each kind of one-row product a step makes, the input row against every layer's matrix in turn (as a step
-   streams them, so none is still in cache), by the kernel the fast path uses: the plain product (on ATen's
-   matrix-vector kernel in bfloat16, oneDNN off, as the fast path runs it) and, in float32, the row-block split;
+   streams them, so none is still in cache), by the kernel the fast path uses: the plain product (PyTorch's
+   default kernel, as the forward and the fast path run it) and, in float32, the row-block split;
    GB/s and the fraction of (1);
 4. steady decoding: fused steps alone (no prompt, no first-step check), and the same step's products alone in
    the step's order, taking turns, each round beside its own read; what is left is everything else a step does;
@@ -35,7 +35,7 @@ from bench_generate import bloom_560m_shaped, read_bandwidth
 from common import RESULTS, describe, machine
 from transformers import DynamicCache
 
-from hftool.generation.fastpath import greedy_tokens, onednn
+from hftool.generation.fastpath import greedy_tokens
 from hftool.generation.fastpath.matvec import MatVec
 from hftool.generation.fastpath.steps import step_builder
 
@@ -110,9 +110,8 @@ def steady_decoding(model, prompt: list[int], big: torch.Tensor, rounds: int, st
             step_ms.append(seconds * 1e3)
             step_fractions.append(bound_seconds / seconds)
         started = time.perf_counter()
-        with onednn.off(onednn.applies(model)):  # as the BLOOM step runs its products
-            for module in linears:
-                matvec.linear(rows[module.in_features], module.weight, module.bias)
+        for module in linears:
+            matvec.linear(rows[module.in_features], module.weight, module.bias)
         seconds = time.perf_counter() - started
         product_ms.append(seconds * 1e3)
         product_fractions.append(bound_seconds / seconds)
@@ -186,9 +185,8 @@ def main() -> None:
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         with torch.inference_mode():
             read_rate = statistics.median(read_bandwidth(big) for _ in range(3))
-            with onednn.off(onednn.applies(model)):  # the kernels the BLOOM step's products run on
-                ceiling = kernel_ceiling(model, big, args.repeats)
-                products = product_rates(model, read_rate, args.repeats)
+            ceiling = kernel_ceiling(model, big, args.repeats)
+            products = product_rates(model, read_rate, args.repeats)
             steady = steady_decoding(model, prompt, big, args.rounds)
         steps = step_profile(model, prompt, args.tokens)
         bound = read_rate / weight_bytes

@@ -1,6 +1,7 @@
-"""The decode fast path: fused steps with the forward's bits, the float32 row-block split with the plain
-product's bits, the switch that turns it off, and the fall-back to model.generate (warned once) when a
-transformers attribute it relies on is missing or its first-step check fails."""
+"""The decode fast path: fused steps with the forward's bits (float32 and bfloat16), no process-wide state touched
+with several threads decoding at once, the float32 row-block split with the plain product's bits, the switch that
+turns it off, and the fall-back to model.generate (warned once) when a transformers attribute it relies on is
+missing or its first-step check fails."""
 
 from __future__ import annotations
 
@@ -78,13 +79,10 @@ def test_fused_step_gives_bit_identical_logits_and_cache_to_the_forward(name, sp
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
-def test_bfloat16_step_gives_the_bits_of_the_forward_run_on_the_steps_kernels(name, request):
-    """In bfloat16 a step runs some modules with oneDNN off (BLOOM's blocks, the LM head): inside
-    ``matching_forward`` the model's forward does the same, so the two agree bit for bit; the oneDNN switch is
-    as it was after either."""
+def test_bfloat16_step_gives_the_bits_of_the_models_own_forward(name, request):
+    """In bfloat16 too, step after step, the logits are those of the plain forward on PyTorch's default kernels."""
     model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
     ids = torch.tensor([[5, 6, 7, 8]])
-    before = torch.backends.mkldnn.enabled
     with torch.inference_mode():
         fused_cache, model_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
         model(input_ids=ids, cache=fused_cache, use_cache=True)
@@ -94,51 +92,95 @@ def test_bfloat16_step_gives_the_bits_of_the_forward_run_on_the_steps_kernels(na
         for position, token in enumerate([5, 17, 230], start=ids.shape[1]):
             token_ids = torch.tensor([[token]])
             mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=-1)
-            with step.matching_forward():
-                expected = model(input_ids=token_ids, attention_mask=mask, cache=model_cache, use_cache=True,
-                                 logits_to_keep=1).logits
-            assert torch.backends.mkldnn.enabled == before
+            expected = model(input_ids=token_ids, attention_mask=mask, cache=model_cache, use_cache=True,
+                             logits_to_keep=1).logits
             assert torch.equal(step(token_ids, position), expected)
-            assert torch.backends.mkldnn.enabled == before
 
 
-@pytest.mark.parametrize(("name", "expected"), [("gpt2", {"addmm": {True}, "linear": {False}}),
-                                               ("bloom", {"linear": {False}, "baddbmm": {False}, "bmm": {False}})])
-def test_bfloat16_steps_switch_onednn_off_where_atens_kernels_win(name, expected, request):
-    """GPT-2: only the LM head (``F.linear``) runs with oneDNN off, its Conv1D products (``addmm``) keep it;
-    BLOOM: all its products and its attention's batched products. The switch is restored after each step."""
-    model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
+def _forward_greedy(model, ids: list[int], new_tokens: int) -> list[int]:
+    """Greedy search written as a loop over the model's own forward: what the fast path promises to equal."""
+    cache, tokens = DynamicCache(config=model.config), []
+    input_ids = torch.tensor([ids])
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
-        step = steps.step_builder(model)(model, cache)
-        seen: dict[str, set[bool]] = {}
-        before = torch.backends.mkldnn.enabled
-        with pytest.MonkeyPatch.context() as patch:
-            for module, name_ in ((matvec.F, "linear"), (matvec.torch, "addmm"), (torch, "baddbmm"),
-                                  (torch, "bmm"), (torch.Tensor, "baddbmm")):
-                original = getattr(module, name_)
-
-                def recording(*args, _original=original, _name=name_, **kwargs):
-                    seen.setdefault(_name, set()).add(torch.backends.mkldnn.enabled)
-                    return _original(*args, **kwargs)
-
-                patch.setattr(module, name_, recording)
-            step(torch.tensor([[8]]), 3)
-    assert seen == expected
-    assert torch.backends.mkldnn.enabled == before
+        for _ in range(new_tokens):
+            logits = model(input_ids=input_ids, attention_mask=torch.ones((1, len(ids) + len(tokens)),
+                                                                          dtype=torch.long),
+                           cache=cache, use_cache=True, logits_to_keep=1).logits
+            tokens.append(int(logits[0, -1].to(torch.float32).argmax()))
+            input_ids = torch.tensor([[tokens[-1]]])
+    return tokens
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["gpt2", "bloom"])
-def test_bfloat16_prompt_and_checked_forward_run_with_the_libraries_own_kernel_choice(name, request):
-    """oneDNN is switched off only inside the modules a step names, never around the model's forward: a prompt
-    run with it off took ATen's general bfloat16 kernel (9x slower for 200 tokens of the BLOOM-560m shape)."""
-    model = _load(request.getfixturevalue(f"tiny_{name}"))[0].to(torch.bfloat16)
-    before, seen = torch.backends.mkldnn.enabled, []
-    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(torch.backends.mkldnn.enabled),
-                                    with_kwargs=True)
-    assert fastpath.greedy_tokens(model, [5, 6, 7], 4, set(), "cpu") is not None
-    assert seen == [before, before]  # the prompt, then the forward the first step is checked against
+def test_tokens_are_greedy_search_over_the_models_own_forward(name, dtype, request):
+    """The guarantee as README and decoding.py state it, in both dtypes: greedy search over the forward."""
+    model, tokenizer = _load(request.getfixturevalue(f"tiny_{name}"))
+    model = model.to(dtype)
+    ids = tokenizer(PROMPT)["input_ids"]
+    assert fastpath.greedy_tokens(model, ids, 16, set(), "cpu") == _forward_greedy(model, ids, 16)
+
+
+# ---- no process-wide state: decoding from several threads at once ------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["gpt2", "bloom"])
+def test_two_threads_decoding_at_once_change_no_global_state_and_get_their_own_tokens(name, dtype, request):
+    """Two threads decode different prompts through one model at the same time while a third watches oneDNN's
+    process-wide switch (read from C++ and through a recording setter) and the model's and torch's forward
+    hooks: nothing is ever written or added, and each thread's tokens are its single-thread tokens."""
+    import threading
+
+    model, tokenizer = _load(request.getfixturevalue(f"tiny_{name}"))
+    model = model.to(dtype)
+    prompts = [tokenizer(PROMPT)["input_ids"], tokenizer("Every other token looks back.")["input_ids"]]
+    alone = [fastpath.greedy_tokens(model, ids, 24, set(), "cpu") for ids in prompts]
+    assert None not in alone
+
+    flag = type(torch.backends.mkldnn).__dict__["enabled"]  # the property behind torch.backends.mkldnn.enabled
+    writes: list[bool] = []
+    seen: set[bool] = set()
+    hooks_seen: list[str] = []
+    modules_before = {name_: type(module) for name_, module in model.named_modules()}
+    results: list[list[int] | None] = [None, None]
+    start, done = threading.Barrier(3), threading.Event()
+
+    def hooks() -> list[str]:
+        from torch.nn.modules import module as nn_module
+
+        found = [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+        return found + (["global"] if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                        else [])
+
+    def watch():
+        start.wait()
+        while not done.is_set():
+            seen.add(torch._C._get_mkldnn_enabled())
+            hooks_seen.extend(hooks())
+
+    def decode(i):
+        start.wait()
+        with torch.no_grad():
+            for _ in range(3):
+                results[i] = fastpath.greedy_tokens(model, prompts[i], 24, set(), "cpu")
+                if results[i] != alone[i]:
+                    return
+
+    before = torch._C._get_mkldnn_enabled()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flag, "setter", lambda value, _set=flag.setter: (writes.append(value), _set(value)))
+        watcher = threading.Thread(target=watch)
+        decoders = [threading.Thread(target=decode, args=(i,)) for i in range(2)]
+        for thread in [watcher, *decoders]:
+            thread.start()
+        for thread in decoders:
+            thread.join()
+        done.set()
+        watcher.join()
+    assert results == alone
+    assert writes == [] and seen == {before} and torch._C._get_mkldnn_enabled() == before
+    assert hooks_seen == []
+    assert {name_: type(module) for name_, module in model.named_modules()} == modules_before
 
 
 def test_only_gpt2_and_bloom_configurations_the_steps_mirror_are_taken(tiny_gpt2, tiny_bloom, tiny_bert):
@@ -255,7 +297,7 @@ def test_a_first_step_that_differs_from_the_forward_falls_back_before_streaming(
                 logits[0, -1, 0] = torch.nextafter(logits[0, -1, 0], torch.tensor(float("inf")))
                 return logits
 
-            return steps.FusedStep(changed, step.matching_forward)
+            return changed
 
         return build_changed
 

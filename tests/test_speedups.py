@@ -88,7 +88,7 @@ def test_model_switches_attention_for_training_only_and_restores_it(tmp_path):
     model.eval()
     before = model(input_ids=x).logits
     with use_fast_cpu_dropout(model):
-        assert model.config._attn_implementation == cpu_dropout.ATTENTION_NAME
+        assert model.config._attn_implementation.startswith(cpu_dropout.ATTENTION_NAME)
         assert not any(type(m) is torch.nn.Dropout for m in model.modules())
         assert torch.allclose(model(input_ids=x).logits, before, atol=1e-6)  # evaluation: no dropout, SDPA
         model.train()
@@ -97,6 +97,58 @@ def test_model_switches_attention_for_training_only_and_restores_it(tmp_path):
     assert model.config._attn_implementation == "sdpa"
     model.save_pretrained(tmp_path)
     assert cpu_dropout.ATTENTION_NAME not in (tmp_path / "config.json").read_text()
+
+
+def _registries() -> tuple[dict, dict]:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    return dict(AttentionInterface._global_mapping), dict(AttentionMaskInterface._global_mapping)
+
+
+class _FailsAtStep2(CausalLMTask):
+    calls = 0
+
+    def loss_sum(self, model, batch):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("training failed")
+        return super().loss_sum(model, batch)
+
+
+@pytest.mark.parametrize("task", [CausalLMTask, _FailsAtStep2], ids=["returns", "raises"])
+def test_a_training_run_leaves_the_model_and_the_attention_registry_as_they_were(task, tmp_path):
+    """The engine's CPU-dropout speed-up is scoped to the run: after training returns or raises, the caller's
+    model holds its own dropout modules (same objects, same train/eval mode as the model) and SDPA, and
+    transformers' attention-function and mask registries hold what they held before."""
+    import numpy as np
+
+    from hftool.engine import Engine, TrainConfig
+
+    model = tiny_gpt2(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    modules = dict(model.named_modules())
+    registries = _registries()
+    data = np.random.default_rng(0).integers(0, 97, size=(16, 12)).astype(np.int32)
+    config = TrainConfig(output_dir=str(tmp_path), mixed_precision="no", report_to="none", batch_size=4,
+                         max_steps=2, eval_every=0, save_every=0, fast_cpu_dropout=True)
+    seen_during = []
+
+    class Spy(task):
+        def loss_sum(self, model_, batch):
+            seen_during.append((model.config._attn_implementation,
+                                any(type(m) is cpu_dropout.FastDropout for m in model.modules())))
+            return super().loss_sum(model_, batch)
+
+    if task is _FailsAtStep2:
+        with pytest.raises(RuntimeError, match="training failed"):
+            Engine(config, tmp_path).fit(model, data, Spy())
+    else:
+        Engine(config, tmp_path).fit(model, data, Spy())
+    assert seen_during and seen_during[0][0].startswith(cpu_dropout.ATTENTION_NAME) and seen_during[0][1]
+    assert dict(model.named_modules()) == modules  # the same module objects, none swapped in
+    assert all(m.training == model.training for m in model.modules())
+    assert model.config._attn_implementation == "sdpa"
+    assert _registries() == registries
 
 
 def test_attention_dropout_is_applied_in_training():

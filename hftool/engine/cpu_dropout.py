@@ -11,18 +11,21 @@ Two measured costs (GPT-2, 4 layers x 256, batch 16 x 128, bf16, 2 cores):
   path. :func:`attention` computes attention explicitly with the fast mask when training with dropout and
   hands everything else (evaluation, inference, other devices) to transformers' SDPA function.
 
-:func:`use_fast_cpu_dropout` applies both to a model for the duration of training; the weights, the saved
-config and the model's behaviour in evaluation are unchanged.
+:func:`use_fast_cpu_dropout` applies both to a model for the duration of training and undoes both after, whether
+training returns or raises: the caller's model gets its own dropout modules back, and the attention function,
+registered with transformers under a name of this run's own, is unregistered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 
 import torch
 
-ATTENTION_NAME = "hftool_cpu_dropout"
+ATTENTION_NAME = "hftool_cpu_dropout"  # each run registers ATTENTION_NAME_<n>, so concurrent runs do not collide
+_runs = itertools.count()
 _LEVELS = 1 << 16
 
 
@@ -79,31 +82,52 @@ def attention_probabilities(module, query, key, attention_mask, scaling, is_caus
     return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
 
-def _register_attention() -> None:
+@contextlib.contextmanager
+def _registered_attention() -> Iterator[str]:
+    """A name under which transformers finds :func:`attention` (and SDPA's masks) within the block only."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(ATTENTION_NAME, attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    name = f"{ATTENTION_NAME}_{next(_runs)}"
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    try:
+        yield name
+    finally:  # transformers has register() but no unregister(): its class-wide mapping is the registry
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+@contextlib.contextmanager
+def _fast_dropout_modules(model: torch.nn.Module) -> Iterator[None]:
+    """``model``'s ``nn.Dropout`` layers replaced by :class:`FastDropout` within the block; the caller's own
+    modules put back after, in the train/eval mode the model ended in."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Dropout:
+                fast = FastDropout(child.p, child.inplace).train(child.training)
+                setattr(parent, name, fast)
+                swapped.append((parent, name, child, fast))
+    try:
+        yield
+    finally:
+        for parent, name, original, fast in reversed(swapped):
+            setattr(parent, name, original.train(fast.training))
 
 
 @contextlib.contextmanager
 def use_fast_cpu_dropout(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, ``model``'s ``nn.Dropout`` layers and (where the model takes a pluggable attention
-    function and uses SDPA) its attention dropout use the fast CPU masks. Dropout layers stay swapped
-    afterwards (they behave identically in evaluation); the attention implementation is restored."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Dropout:
-                setattr(parent, name, FastDropout(child.p, child.inplace).train(child.training))
+    function and uses SDPA) its attention dropout use the fast CPU masks; after it, the model and transformers'
+    attention registry are as they were."""
     config = getattr(model, "config", None)
     previous = getattr(config, "_attn_implementation", None)
     switch = previous == "sdpa" and hasattr(model, "set_attn_implementation") and model._can_set_attn_implementation()
-    if switch:
-        _register_attention()
-        model.set_attn_implementation(ATTENTION_NAME)
-    try:
-        yield
-    finally:
+    with contextlib.ExitStack() as undo:
+        undo.enter_context(_fast_dropout_modules(model))
         if switch:
-            model.set_attn_implementation(previous)
+            name = undo.enter_context(_registered_attention())
+            model.set_attn_implementation(name)
+            undo.callback(model.set_attn_implementation, previous)
+        yield

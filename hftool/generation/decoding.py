@@ -2,8 +2,12 @@
 search of a single prompt on GPT-2 or BLOOM, which goes through the decode fast path
 (:mod:`hftool.generation.fastpath`, switched off by ``decoding.fast_decode: false`` / ``--no-fast-decode``).
 
-The fast path returns the tokens ``generate`` returns: its first step is checked bit for bit against the model's
-forward on every call, and where it cannot run it says so and ``generate`` is used instead.
+What the fast path guarantees, in float32 and bfloat16 alike: each step's logits are bit-identical to the model's
+own forward (``model(input_ids=token, cache=...)``) for the same token and cache, run on the kernels PyTorch
+picks by default (the path sets no backend switch), so its tokens are those of a greedy loop over that forward.
+The first step of every call is checked against the forward, and where the path cannot run it says so and
+``generate`` is used instead. ``model.generate`` calls the same forward and the tests find its tokens too, but
+it is the forward, not ``generate``'s loop, that the path is checked against.
 """
 
 from __future__ import annotations

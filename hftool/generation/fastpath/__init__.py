@@ -6,6 +6,9 @@ GPT-2 and BLOOM, ``DynamicCache`` layers), so everything up to and including the
 guard: a missing attribute, or a first step whose logits or keys/values are not bit-identical to the model's own
 forward for the same token, turns the fast path off for that call with a one-time warning on stderr, never an
 exception. Nothing is streamed before that check has passed, so a fall-back repeats no output.
+
+A call changes nothing outside itself: no backend switch, no hook on the model, no module swapped; its cache
+is its own. So one model may decode in several threads at once, each thread getting its single-thread tokens.
 """
 
 from __future__ import annotations
@@ -78,8 +81,7 @@ def _checked_start(model, build, ids: list[int], max_new_tokens: int, eos_ids: s
 
     Returns the tokens chosen so far, the logits of the next position (None when generation is already done)
     and the step. The first step is also computed by the model's forward on the same cache; its logits and the
-    keys/values it appends must be bit-identical to the step's, or ``StepMismatch`` is raised. The prompt runs
-    with the libraries' own kernel choices; the checked forward with the step's (see ``onednn``).
+    keys/values it appends must be bit-identical to the step's, or ``StepMismatch`` is raised.
     """
     from transformers import DynamicCache
 
@@ -92,9 +94,7 @@ def _checked_start(model, build, ids: list[int], max_new_tokens: int, eos_ids: s
         return [int(first)], None, None
     step = build(model, cache, len(ids) + max_new_tokens)
     mask = torch.ones((1, len(ids) + 1), dtype=input_ids.dtype, device=device)
-    with step.matching_forward():
-        expected = model(input_ids=first, attention_mask=mask, cache=cache, use_cache=True,
-                         logits_to_keep=1).logits
+    expected = model(input_ids=first, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1).logits
     forward_cache = [(layer.keys, layer.values) for layer in cache.layers]
     logits = step(first, len(ids))
     if not torch.equal(logits, expected):

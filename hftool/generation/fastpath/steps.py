@@ -7,9 +7,10 @@ logits are bit-identical to ``model(...)``'s; the tests check the logits bit for
 ``model.generate``, and the fast path checks the first step against the forward on every run. Two things
 differ in how, not in what, is computed: the keys and values go into buffers allocated once
 (:class:`~hftool.generation.fastpath.cache.PreallocatedCache`), and large float32 weights may be multiplied in
-row blocks on several threads where that gives the same bits (:mod:`hftool.generation.fastpath.matvec`). In
-bfloat16/float16 a step runs some of its modules with oneDNN off (:mod:`hftool.generation.fastpath.onednn`),
-and the forward it is checked against is made to do the same.
+row blocks on several threads where that gives the same bits (:mod:`hftool.generation.fastpath.matvec`).
+Every operation runs on the kernel PyTorch picks for it by default, as in the forward: a step reads no backend
+switch and sets none (``torch.backends.mkldnn.enabled`` is process-wide), so steps may run in any number of
+threads at once, and in every dtype the logits are the forward's, bit for bit.
 Anything it does not mirror (other architectures or attention backends, cross-attention, BLOOM's
 ``slow_but_exact`` tensor-parallel split, Accelerate-dispatched weights, training mode) is not for the fast path.
 """
@@ -17,28 +18,13 @@ Anything it does not mirror (other architectures or attention backends, cross-at
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
-from hftool.generation.fastpath import onednn
 from hftool.generation.fastpath.cache import PreallocatedCache
 from hftool.generation.fastpath.matvec import MatVec
 
 
 class StepMismatch(Exception):
     """The model's cache or modules are not laid out as the step expects (a transformers change)."""
-
-
-@dataclass(frozen=True)
-class FusedStep:
-    """``step(token_ids, position) -> logits``, and ``matching_forward()``: a context in which the model's own
-    forward runs the same modules with oneDNN off as the step (:func:`onednn.off_inside`), for checking the two."""
-
-    run: Callable
-    matching_forward: Callable[[], AbstractContextManager]
-
-    def __call__(self, token, position: int):
-        return self.run(token, position)
 
 
 def step_builder(model) -> Callable | None:
@@ -63,7 +49,7 @@ def _check_layers(cache, layers: int) -> None:
         raise StepMismatch(f"the cache has {len(cache.layers)} layers, the model {layers}")
 
 
-def gpt2_decode_step(model, cache, capacity: int = 0) -> FusedStep:
+def gpt2_decode_step(model, cache, capacity: int = 0) -> Callable:
     """GPT-2's step ``step(token_ids, position) -> logits``, continuing ``cache`` (a filled ``DynamicCache``,
     extended in place): Conv1D as ``addmm``, SDPA over the cached keys/values, learned positions.
     ``capacity``: the positions the cache will reach, to allocate them once."""
@@ -80,7 +66,6 @@ def gpt2_decode_step(model, cache, capacity: int = 0) -> FusedStep:
     wte, wpe, ln_f, lm_head = transformer.wte.weight, transformer.wpe.weight, transformer.ln_f, model.lm_head
     convs = [conv for _, attn, _, mlp in blocks for conv in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)]
     matvec = MatVec([(c.weight, c.bias, False) for c in convs] + [(lm_head.weight, lm_head.bias, True)])
-    reduced = onednn.applies(model)
 
     def conv1d(layer, x):
         return matvec.addmm(layer.bias, x.view(-1, x.size(-1)), layer.weight).view(1, 1, -1)
@@ -100,13 +85,12 @@ def gpt2_decode_step(model, cache, capacity: int = 0) -> FusedStep:
             context = context.reshape(1, -1, 1, head_dim).transpose(1, 2).contiguous()
             hidden = conv1d(attn.c_proj, context.reshape(1, 1, -1).contiguous()) + hidden
             hidden = hidden + conv1d(mlp.c_proj, mlp.act(conv1d(mlp.c_fc, norm(ln_2, hidden))))
-        with onednn.off(reduced):  # the LM head only: GPT-2's Conv1D products are oneDNN's ground
-            return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
+        return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return FusedStep(step, lambda: onednn.off_inside([lm_head], reduced))
+    return step
 
 
-def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
+def bloom_decode_step(model, cache, capacity: int = 0) -> Callable:
     """BLOOM's step: fused QKV, ALiBi bias added by ``baddbmm``, float32 softmax, BLOOM's tanh GELU.
 
     For one new token and no padding the causal mask is all zeros, and adding zeros changes nothing, so the
@@ -128,7 +112,6 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
     linears = [layer for block in transformer.h for layer in (block.self_attention.query_key_value,
                block.self_attention.dense, block.mlp.dense_h_to_4h, block.mlp.dense_4h_to_h)]
     matvec = MatVec([(layer.weight, layer.bias, True) for layer in linears + [lm_head]])
-    reduced = onednn.applies(model)
 
     def norm(layer, x):
         return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
@@ -137,10 +120,6 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
         return matvec.linear(x, layer.weight, layer.bias)
 
     def step(token: torch.Tensor, position: int) -> torch.Tensor:
-        with onednn.off(reduced):  # every block and the LM head, as matching_forward hooks them
-            return blocks_and_head(token, position)
-
-    def blocks_and_head(token: torch.Tensor, position: int) -> torch.Tensor:
         hidden = norm(embeddings_norm, F.embedding(token, embeddings))
         mask = torch.ones((1, position + 1), dtype=torch.long, device=token.device)
         alibi = transformer.build_alibi_tensor(mask, heads, dtype=hidden.dtype)
@@ -164,4 +143,4 @@ def bloom_decode_step(model, cache, capacity: int = 0) -> FusedStep:
             hidden = residual + linear(mlp.dense_4h_to_h, activated)
         return matvec.linear(norm(ln_f, hidden), lm_head.weight, lm_head.bias)
 
-    return FusedStep(step, lambda: onednn.off_inside([*transformer.h, lm_head], reduced))
+    return step
