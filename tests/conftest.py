@@ -122,3 +122,19 @@ def corpus_wordpiece(small_corpus):
     from hftool.data.tokenizer_training import train_tokenizer
 
     return train_tokenizer(read_text_documents(small_corpus), "wordpiece", vocab_size=1000, lowercase=True)
+
+
+@pytest.fixture(scope="session")
+def chat_gpt2(tiny_gpt2, tmp_path_factory):
+    """The tiny GPT-2 folder with a chat template in its tokenizer (the serve tests' chat model)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chat-gpt2") / "model"
+    shutil.copytree(tiny_gpt2, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}assistant:{% endif %}")
+    tokenizer.save_pretrained(folder)
+    return folder

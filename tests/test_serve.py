@@ -22,8 +22,6 @@ from hftool.serve.app import create_app
 pytestmark = pytest.mark.integration  # a real HTTP server on a loopback port
 
 PROMPTS = ["The quick brown fox", "Attention lets every token", "Language models"]
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
 MAX_TOKENS = 12
 
 
@@ -53,19 +51,6 @@ class LiveServer:
     def stop(self):
         self.server.should_exit = True
         self.thread.join(30)
-
-
-@pytest.fixture(scope="module")
-def chat_gpt2(tiny_gpt2, tmp_path_factory):
-    """The tiny GPT-2 folder with a chat template in its tokenizer."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("chat-gpt2") / "model"
-    shutil.copytree(tiny_gpt2, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

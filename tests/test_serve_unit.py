@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import threading
 import time
 
@@ -28,8 +27,6 @@ from hftool.serve import batcher as batcher_module
 from hftool.serve.app import Served, create_app
 from hftool.serve.metrics import Metrics
 
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
 PROMPT = "The quick brown fox"
 
 # One non-default value per decoding setting (with what it needs to be valid alone). A new field of
@@ -57,19 +54,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def chat_gpt2(tiny_gpt2, tmp_path_factory):
-    """The tiny GPT-2 folder with a chat template in its tokenizer."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("chat-gpt2-unit") / "model"
-    shutil.copytree(tiny_gpt2, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
