@@ -95,16 +95,23 @@ def model_kind(name: str, trust_remote_code: bool = False) -> str:
 
 
 def build_all_served(options: ServeOptions) -> list:
-    """Every model of ``--model`` (repeated), or the recipe's, loaded once, sharing one :class:`Metrics`."""
+    """Every model of ``--model`` (repeated), or the recipe's, loaded once, sharing one :class:`Metrics`; every
+    name and config is checked before the first model loads."""
     from hftool.serve.metrics import Metrics
+    from hftool.serve.registry import Registry, split_model_arg
 
+    values = options.models or [options.recipe.model.name]
+    if not all(values):
+        raise HftoolError("--model is required (a folder, a Hub id or an alias), or a --recipe that names one")
+    Registry.check_names([split_model_arg(value)[0] for value in values])
+    kinds = [model_kind(split_model_arg(value)[1], options.recipe.model.trust_remote_code) for value in values]
     metrics = Metrics()
-    return [build_served(options, value, metrics) for value in options.models or [options.recipe.model.name]]
+    return [build_served(options, value, metrics, kind) for value, kind in zip(values, kinds, strict=True)]
 
 
-def build_served(options: ServeOptions, model: str | None = None, metrics=None):
-    """Load one model (``model``: a ``--model`` value, NAME=PATH or PATH; default the recipe's) and return the
-    :class:`Served` the app takes (the batcher is started by the app)."""
+def build_served(options: ServeOptions, model: str | None = None, metrics=None, kind: str | None = None):
+    """Load one model (``model``: a ``--model`` value, NAME=PATH or PATH; default the recipe's) of ``kind``
+    (default: read from its config) and return the :class:`Served` the app takes (the app starts the batcher)."""
     import dataclasses
 
     from hftool.serve.app import Served
@@ -118,7 +125,7 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None):
         raise HftoolError("--model is required (a folder, a Hub id or an alias), or a --recipe that names one")
     served_name, name = split_model_arg(value)
     metrics = metrics or Metrics()
-    kind = model_kind(name, options.recipe.model.trust_remote_code)
+    kind = kind or model_kind(name, options.recipe.model.trust_remote_code)
     if kind == "qa":
         return Served(name=served_name, metrics=metrics, qa=load_qa_service(name, options.qa_window))
     if kind != "generate":

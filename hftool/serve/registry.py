@@ -33,12 +33,15 @@ class Registry:
 
     def __init__(self, served: list):
         self.served = list(served)
-        self.by_name = {}
-        for item in self.served:
-            if item.name in self.by_name:
-                raise HftoolError(f"--model: two models are named '{item.name}'; name them apart with "
-                                  "--model NAME=PATH")
-            self.by_name[item.name] = item
+        self.check_names([item.name for item in self.served])
+        self.by_name = {item.name: item for item in self.served}
+
+    @staticmethod
+    def check_names(names: list[str]) -> None:
+        """Each served model needs a name of its own, for requests to pick it by."""
+        twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+        if twice is not None:
+            raise HftoolError(f"--model: two models are named '{twice}'; name them apart with --model NAME=PATH")
 
     def names(self) -> str:
         return ", ".join(f"'{item.name}'" for item in self.served)
@@ -56,8 +59,9 @@ class Registry:
             raise ApiError(404, f"model '{model}' is not served here; this server serves {self.names()}", "model",
                            "model_not_found", kind="not_found_error")
         if found.kind != kind:
+            fits = f": use {KINDS[found.kind][1]}" if found.kind else ""
             raise ApiError(400, f"{found.name} is {self.article(found.kind)}; {KINDS[kind][1]} needs "
-                           f"{self.article(kind)}: use {KINDS[found.kind][1]}", "model", "wrong_endpoint")
+                           f"{self.article(kind)}{fits}", "model", "wrong_endpoint")
         return found
 
     @staticmethod
@@ -66,5 +70,6 @@ class Registry:
         return f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
 
     def described(self) -> str:
-        return "; ".join(f"'{item.name}' ({KINDS[item.kind][1]})" if item.kind else f"'{item.name}'"
+        return "; ".join(f"'{item.name}' ({KINDS[item.kind][0]}: {KINDS[item.kind][1]})" if item.kind
+                         else f"'{item.name}'"
                          for item in self.served)
