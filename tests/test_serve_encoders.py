@@ -242,3 +242,21 @@ def test_requests_waiting_on_a_busy_model_share_its_next_call():
     assert isinstance(rest[2], ValueError)
     assert calls[:3] == [(["a"], 1), (["b", "c", "bad", "e"], 1), (["b", "c"], 1)]
     assert (["d"], 2) in calls
+
+
+def test_embedding_length_is_sentence_transformers_max_seq_length(minilm, monkeypatch, tmp_path):
+    """A folder's sentence_bert_config.json, or a Hub repository's cached one; else the model's own limit."""
+    from types import SimpleNamespace
+
+    from hftool.serve.encoders import embedding_length
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    tokenizer = SimpleNamespace(model_max_length=int(1e30))  # transformers' "no limit"
+    assert embedding_length(str(minilm), model, tokenizer) == 256
+    cached = {"sentence-transformers/all-MiniLM-L6-v2": str(minilm / "sentence_bert_config.json")}
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name: cached.get(repo))
+    assert embedding_length("sentence-transformers/all-MiniLM-L6-v2", model, tokenizer) == 256
+    assert embedding_length("someone/bert-without-it", model, tokenizer) == 512
+    (tmp_path / "sentence_bert_config.json").write_text("{}")
+    with pytest.raises(HftoolError, match="sentence_bert_config.json has no readable max_seq_length"):
+        embedding_length(str(tmp_path), model, tokenizer)

@@ -164,9 +164,15 @@ class Embedder:
 
 
 def embedding_length(name_or_path: str, model, tokenizer) -> int:
-    """The tokens an embedding reads: sentence-transformers' ``max_seq_length`` where the folder has its config
-    (256 for all-MiniLM-L6-v2), else the tokenizer's and the model's limit."""
+    """The tokens an embedding reads: sentence-transformers' ``max_seq_length`` where the folder (or the Hub
+    repository's cached files) has its config (256 for all-MiniLM-L6-v2), else the tokenizer's and the model's
+    limit."""
     config = Path(name_or_path) / "sentence_bert_config.json"
+    if not config.is_file() and not Path(name_or_path).exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, config.name)
+        config = Path(cached) if isinstance(cached, str) else config
     if config.is_file():
         try:
             return int(json.loads(config.read_text(encoding="utf-8"))["max_seq_length"])
