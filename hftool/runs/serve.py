@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from hftool.errors import HftoolError
 from hftool.generation.settings import GenerateRecipe
-from hftool.serve.registry import KINDS
 
 
 @dataclass
@@ -116,7 +115,6 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
 
     from hftool.serve.app import Served
     from hftool.serve.batcher import Batcher
-    from hftool.serve.encoders import Classifier, Embedder, Tagger
     from hftool.serve.metrics import Metrics
     from hftool.serve.registry import split_model_arg
 
@@ -129,8 +127,7 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
     if kind == "qa":
         return Served(name=served_name, metrics=metrics, qa=load_qa_service(name, options.qa_window))
     if kind != "generate":
-        encoder = {"classify": Classifier, "tag": Tagger, "embed": Embedder}[kind]
-        return Served(name=served_name, metrics=metrics, encoder=encoder(*load_encoder(name, kind)))
+        return Served(name=served_name, metrics=metrics, encoder=load_encoder(name, kind))
     from hftool.generation.loading import context_length, load_for_generation
 
     model, tokenizer = load_for_generation(dataclasses.replace(options.recipe.model, name=name), command="serve")
@@ -143,31 +140,32 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
                   max_tokens_cap=min(options.max_tokens_cap, context - 1))
 
 
-def load_encoder(name: str, kind: str) -> tuple:
-    """The model (eval mode, on this process's device) and tokenizer of an encoder ``kind``: those of ``hftool
-    classify`` and ``hftool tag``, or a bare encoder body for embeddings (with its tokens per text for ``embed``)."""
+def load_encoder(name: str, kind: str):
+    """The encoder service of ``kind`` on this process's device: the model and tokenizer ``hftool classify`` and
+    ``hftool tag`` load, or a bare encoder body for embeddings."""
     from accelerate import PartialState
+
+    from hftool.serve.encoders import Classifier, Embedder, Tagger, embedding_length
 
     device = PartialState().device
     if kind == "classify":
         from hftool.runs.classify import load_trained
 
         tokenizer, model = load_trained(name)
-        return model.to(device), tokenizer
+        return Classifier(model.to(device), tokenizer)
     if kind == "tag":
         from hftool.runs.ner import load_trained
 
         tokenizer, model = load_trained(name, split_words=False)
-        return model.to(device), tokenizer
+        return Tagger(model.to(device), tokenizer)
     from transformers import AutoModel
 
     from hftool.loading import load_model, load_tokenizer, resolve_model
-    from hftool.serve.encoders import embedding_length
 
     ref = resolve_model(name, "--model")
     tokenizer = load_tokenizer(ref, name, "--model")
     model = load_model(AutoModel, ref, name, "--model").to(device)
-    return model, tokenizer, embedding_length(ref.name_or_path, model, tokenizer)
+    return Embedder(model, tokenizer, embedding_length(ref.name_or_path, model, tokenizer))
 
 
 def load_qa_service(name: str, window: tuple[int, int, int]):
@@ -213,6 +211,7 @@ def run_serve(options: ServeOptions) -> None:
     import uvicorn
 
     from hftool.serve.app import create_app
+    from hftool.serve.registry import KINDS
 
     options.validate()
     warning = exposure_warning(options.host, options.api_key)
