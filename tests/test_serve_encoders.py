@@ -260,3 +260,14 @@ def test_embedding_length_is_sentence_transformers_max_seq_length(minilm, monkey
     (tmp_path / "sentence_bert_config.json").write_text("{}")
     with pytest.raises(HftoolError, match="sentence_bert_config.json has no readable max_seq_length"):
         embedding_length(str(tmp_path), model, tokenizer)
+
+
+@pytest.mark.parametrize("command, warning", [
+    ("classify", "warning: truncated 2 of 3 text(s) longer than 6 tokens"),
+    ("tag", "warning: 2 of 3 text(s) longer than 6 tokens were truncated"),
+])
+def test_the_cli_still_counts_truncated_texts(heads, command, warning):
+    """The CLI commands run the same code as the endpoints (classify_loaded, tag_loaded) and still warn of cuts."""
+    code, _, err = run_cli([command, "-m", str(heads[command]), "--max-length", "6", "hi", TEXTS[1], TEXTS[3]])
+    assert code == 0, err
+    assert warning in err
