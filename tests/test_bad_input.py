@@ -146,6 +146,10 @@ CASES = [
      "--input /dev/zero: holds NUL bytes"),
     ("evaluate-ner-file-dev-zero", ["evaluate", "ner", "-m", "{minilm}", "-f", "/dev/zero", "-o", "{tmp}/ev"],
      "--file /dev/zero: holds NUL bytes"),
+    # issue 27 item 2, serve endpoints: several models, each named apart, each checked before any loads
+    ("serve-two-models-one-name", ["serve", "-m", "m={gpt2}", "-m", "m={minilm}"],
+     "--model: two models are named 'm'; name them apart with --model NAME=PATH"),
+    ("serve-second-model-missing", ["serve", "-m", "{gpt2}", "-m", "{tmp}/no-such-model"], "no-such-model"),
 ]
 
 

@@ -74,7 +74,7 @@ def serve_recipe(loaded, monkeypatch, tmp_path):
         recipe = _recipe(load_recipe(GenerateRecipe, str(path), []), {})  # what generate and serve both run
         options = ServeOptions(recipe=recipe, max_batch_size=8, max_queue=8, threads=1)
         options.validate()
-        monkeypatch.setattr("hftool.runs.serve.is_qa_model", lambda name: False)
+        monkeypatch.setattr("hftool.runs.serve.model_kind", lambda name, trust_remote_code=False: "generate")
         client = TestClient(create_app(build_served(options), api_key=api_key))
         clients.append(client.__enter__())
         return client, recipe.decoding
@@ -310,6 +310,11 @@ def test_the_access_log_never_holds_a_query_string():
     assert not any("SECRET" in line or "?" in line for line in lines), lines
 
 
-def test_serve_refuses_an_encoder_naming_serve(tiny_bert):
+def test_serve_refuses_a_model_it_has_no_endpoint_for_naming_serve(tmp_path):
+    """A BERT saved with a multiple-choice head is neither a causal LM nor an encoder head hftool serves."""
+    from transformers import BertConfig
+
+    BertConfig(architectures=["BertForMultipleChoice"], vocab_size=50, hidden_size=8, num_hidden_layers=1,
+               num_attention_heads=2, intermediate_size=16).save_pretrained(tmp_path)
     with pytest.raises(HftoolError, match="serve needs a decoder"):
-        build_served(ServeOptions(recipe=GenerateRecipe(model=ModelSettings(name=str(tiny_bert)))))
+        build_served(ServeOptions(recipe=GenerateRecipe(model=ModelSettings(name=str(tmp_path)))))

@@ -33,15 +33,13 @@ def classify(
       hftool classify -m runs/classify-sst2-minilm --input reviews.txt --output labels.jsonl
     """
     from hftool.outputs import check_output_file
-    from hftool.runs.classify import classify_texts
+    from hftool.runs.classify import classify_texts, label_record
     from hftool.runs.labelled import texts_from, write_jsonl_file
 
     target = check_output_file(output, "--output", overwrite) if output else None
     chosen = texts_from(texts, input_file, text_column)
     results = classify_texts(model, chosen, max_length, batch_size)
-    records = [{"text": t, "label": r["label"], "score": round(r["score"], 4),
-                "probabilities": {k: round(v, 4) for k, v in r["probabilities"].items()}}
-               for t, r in zip(chosen, results, strict=True)]
+    records = [label_record(t, r) for t, r in zip(chosen, results, strict=True)]
     if target is not None:
         write_jsonl_file(target, records)
         typer.echo(f"wrote {len(records)} label(s) to {target}")

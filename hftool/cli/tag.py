@@ -34,14 +34,12 @@ def tag(
     """
     from hftool.outputs import check_output_file
     from hftool.runs.labelled import texts_from, write_jsonl_file
-    from hftool.runs.ner import tag_texts
+    from hftool.runs.ner import entity_record, tag_texts
 
     target = check_output_file(output, "--output", overwrite) if output else None
     chosen = texts_from(texts, input_file, text_column)
     results = tag_texts(model, chosen, max_length)
-    records = [{"text": t, "entities": [{"type": e["entity_group"], "text": e["word"], "start": e["start"],
-                                         "end": e["end"], "score": round(e["score"], 4)} for e in found]}
-               for t, found in zip(chosen, results, strict=True)]
+    records = [entity_record(t, found) for t, found in zip(chosen, results, strict=True)]
     if target is not None:
         write_jsonl_file(target, records)
         typer.echo(f"wrote the entities of {len(records)} text(s) to {target}")

@@ -190,17 +190,26 @@ def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, da
 def classify_texts(model_name: str, texts: list[str], max_length: int = 512, batch_size: int = 32,
                    pairs: list[str] | None = None) -> list[dict]:
     """Each text's label and the probability of every label (highest first)."""
-    import torch
     from accelerate import PartialState
 
     tokenizer, model = load_trained(model_name)
+    model = model.to(PartialState().device).eval()
+    results, cut, limit = classify_loaded(model, tokenizer, texts, max_length, batch_size, pairs)
+    if cut:
+        print(f"warning: truncated {cut} of {len(texts)} text(s) longer than {limit} tokens", file=sys.stderr)
+    return results
+
+
+def classify_loaded(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 32,
+                    pairs: list[str] | None = None) -> tuple[list[dict], int, int]:
+    """:func:`classify_texts` on a loaded model (in eval mode, on its device), the one path of ``hftool classify``
+    and ``POST /v1/classify``; also returns how many texts were truncated, and to how many tokens."""
+    import torch
+
+    device = model.device
     limit = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
     examples = [TextExample(t, None, f"text {i + 1}", pairs[i] if pairs else None) for i, t in enumerate(texts)]
     items, cut = encode_texts(tokenizer, examples, limit)
-    if cut:
-        print(f"warning: truncated {cut} of {len(items)} text(s) longer than {limit} tokens", file=sys.stderr)
-    device = PartialState().device
-    model = model.to(device).eval()
     id2label = {int(i): label for i, label in model.config.id2label.items()}
     task = ClassifyTask(tokenizer.pad_token_id, len(id2label), limit)
     results = []
@@ -211,4 +220,10 @@ def classify_texts(model_name: str, texts: list[str], max_length: int = 512, bat
                 ranked = sorted(((id2label[i], p) for i, p in enumerate(row)), key=lambda x: -x[1])
                 results.append({"label": ranked[0][0], "score": ranked[0][1],
                                 "probabilities": dict(ranked)})
-    return results
+    return results, cut, limit
+
+
+def label_record(text: str, result: dict) -> dict:
+    """What ``hftool classify --json`` prints for a text, and ``POST /v1/classify`` answers: scores to 4 places."""
+    return {"text": text, "label": result["label"], "score": round(result["score"], 4),
+            "probabilities": {k: round(v, 4) for k, v in result["probabilities"].items()}}

@@ -183,30 +183,49 @@ def run_evaluate_ner(model_name: str, file: str, output_dir: str | Path, data: N
 def tag_texts(model_name: str, texts: list[str], max_length: int = 512) -> list[list[dict]]:
     """Each text's entities (type, character span, mean score, text), words merged as the transformers
     pipeline's ``aggregation_strategy="simple"`` merges them."""
-    import torch
     from accelerate import PartialState
 
     tokenizer, model = load_trained(model_name, split_words=False)
-    limit = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
-    device = PartialState().device
-    model = model.to(device).eval()
-    id2label = {int(i): label for i, label in model.config.id2label.items()}
-    results, cut = [], 0
-    with torch.no_grad():
-        for text in texts:
-            encoded = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True,
-                                truncation=True, max_length=limit, return_overflowing_tokens=False)
-            cut += len(tokenizer(text)["input_ids"]) > limit
-            inputs = {k: torch.tensor([v], device=device) for k, v in encoded.items()
-                      if k in ("input_ids", "attention_mask", "token_type_ids")}
-            probabilities = model(**inputs).logits.float()[0].softmax(-1).cpu().numpy()
-            tokens = [{"entity": id2label[int(p.argmax())], "score": float(p.max()), "start": start, "end": end}
-                      for p, (start, end), special in zip(probabilities, encoded["offset_mapping"],
-                                                          encoded["special_tokens_mask"], strict=True)
-                      if not special]
-            results.append([{**entity, "word": text[entity["start"]:entity["end"]]}
-                            for entity in group_entities(tokens)])
+    model = model.to(PartialState().device).eval()
+    results, cut, limit = tag_loaded(model, tokenizer, texts, max_length)
     if cut:
         print(f"warning: {cut} of {len(texts)} text(s) longer than {limit} tokens were truncated (no entities "
               "found past the cut)", file=sys.stderr)
     return results
+
+
+def tag_loaded(model, tokenizer, texts: list[str], max_length: int = 512,
+               batch_size: int = 32) -> tuple[list[list[dict]], int, int]:
+    """:func:`tag_texts` on a loaded model (in eval mode, on its device), the one path of ``hftool tag`` and
+    ``POST /v1/tag``, ``batch_size`` texts per forward pass; also returns how many texts were truncated, and to
+    how many tokens."""
+    import torch
+
+    limit = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    results, cut = [], 0
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            encoded = tokenizer(chunk, return_offsets_mapping=True, return_special_tokens_mask=True,
+                                truncation=True, max_length=limit, padding=True)
+            full = [text for text, ids in zip(chunk, encoded["input_ids"], strict=True) if len(ids) >= limit]
+            cut += sum(len(ids) > limit for ids in tokenizer(full)["input_ids"]) if full else 0
+            inputs = {k: torch.tensor(v, device=model.device) for k, v in encoded.items()
+                      if k in ("input_ids", "attention_mask", "token_type_ids")}
+            probabilities = model(**inputs).logits.float().softmax(-1).cpu().numpy()
+            for text, rows, offsets, special, mask in zip(chunk, probabilities, encoded["offset_mapping"],
+                                                         encoded["special_tokens_mask"], encoded["attention_mask"],
+                                                         strict=True):
+                tokens = [{"entity": id2label[int(p.argmax())], "score": float(p.max()), "start": begin, "end": end}
+                          for p, (begin, end), is_special, real in zip(rows, offsets, special, mask, strict=True)
+                          if real and not is_special]
+                results.append([{**entity, "word": text[entity["start"]:entity["end"]]}
+                                for entity in group_entities(tokens)])
+    return results, cut, limit
+
+
+def entity_record(text: str, entities: list[dict]) -> dict:
+    """What ``hftool tag --json`` prints for a text, and ``POST /v1/tag`` answers: scores to 4 places."""
+    return {"text": text, "entities": [{"type": e["entity_group"], "text": e["word"], "start": e["start"],
+                                        "end": e["end"], "score": round(e["score"], 4)} for e in entities]}

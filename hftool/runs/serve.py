@@ -31,6 +31,7 @@ class ServeOptions:
     grace_s: float = 20.0
     log_level: str = "info"
     qa_window: tuple[int, int, int] = (384, 128, 30)  # max_length, doc_stride, max_answer_length, as hftool answer
+    models: list[str] = field(default_factory=list)  # the --model values (NAME=PATH or PATH); none: the recipe's
 
     def validate(self) -> None:
         self.recipe.validate()
@@ -65,36 +66,106 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
             "port can use the model")
 
 
-def is_qa_model(name: str) -> bool:
-    """An extractive-QA folder (``hftool finetune squad``) is served on /v1/qa instead of the generation API."""
+# The architectures' class-name endings that make a folder a model of each encoder kind (registry.KINDS).
+HEAD_KINDS = (("ForQuestionAnswering", "qa"), ("ForSequenceClassification", "classify"),
+              ("ForTokenClassification", "tag"))
+ENCODER_ENDINGS = ("ForMaskedLM", "ForPreTraining", "Model")  # a bare or pretraining encoder: embeddings
+
+
+def model_kind(name: str, trust_remote_code: bool = False) -> str:
+    """Which endpoints serve ``name``, from its config: a trained head's (/v1/qa, /v1/classify, /v1/tag), an
+    encoder's (/v1/embeddings: BERT-family bodies), else generation (whose loading refuses what is no causal LM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from hftool.generation.loading import CAUSAL_SUFFIXES
     from hftool.loading import load_config, resolve_model
 
-    config = load_config(resolve_model(name, "--model"), name, "--model")
-    return any(a.endswith("ForQuestionAnswering") for a in getattr(config, "architectures", None) or [])
+    config = load_config(resolve_model(name, "--model"), name, "--model", trust_remote_code)
+    architectures = getattr(config, "architectures", None) or []
+    for ending, kind in HEAD_KINDS:
+        if any(a.endswith(ending) for a in architectures):
+            return kind
+    if any(a.endswith(CAUSAL_SUFFIXES) for a in architectures) or getattr(config, "is_encoder_decoder", False):
+        return "generate"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and any(a.endswith(ENCODER_ENDINGS)
+                                                                       for a in architectures):
+        return "embed"
+    return "generate"
 
 
-def build_served(options: ServeOptions):
-    """Load the model and return the :class:`Served` the app takes (the batcher is started by the app)."""
+def build_all_served(options: ServeOptions) -> list:
+    """Every model of ``--model`` (repeated), or the recipe's, loaded once, sharing one :class:`Metrics`; every
+    name and config is checked before the first model loads."""
+    from hftool.serve.metrics import Metrics
+    from hftool.serve.registry import Registry, split_model_arg
+
+    values = options.models or [options.recipe.model.name]
+    if not all(values):
+        raise HftoolError("--model is required (a folder, a Hub id or an alias), or a --recipe that names one")
+    Registry.check_names([split_model_arg(value)[0] for value in values])
+    kinds = [model_kind(split_model_arg(value)[1], options.recipe.model.trust_remote_code) for value in values]
+    metrics = Metrics()
+    return [build_served(options, value, metrics, kind) for value, kind in zip(values, kinds, strict=True)]
+
+
+def build_served(options: ServeOptions, model: str | None = None, metrics=None, kind: str | None = None):
+    """Load one model (``model``: a ``--model`` value, NAME=PATH or PATH; default the recipe's) of ``kind``
+    (default: read from its config) and return the :class:`Served` the app takes (the app starts the batcher)."""
+    import dataclasses
+
     from hftool.serve.app import Served
     from hftool.serve.batcher import Batcher
     from hftool.serve.metrics import Metrics
+    from hftool.serve.registry import split_model_arg
 
-    name = options.recipe.model.name
-    if not name:
+    value = model or options.recipe.model.name
+    if not value:
         raise HftoolError("--model is required (a folder, a Hub id or an alias), or a --recipe that names one")
-    metrics = Metrics()
-    if is_qa_model(name):
-        return Served(name=name, metrics=metrics, qa=load_qa_service(name, options.qa_window))
+    served_name, name = split_model_arg(value)
+    metrics = metrics or Metrics()
+    kind = kind or model_kind(name, options.recipe.model.trust_remote_code)
+    if kind == "qa":
+        return Served(name=served_name, metrics=metrics, qa=load_qa_service(name, options.qa_window))
+    if kind != "generate":
+        return Served(name=served_name, metrics=metrics, encoder=load_encoder(name, kind))
     from hftool.generation.loading import context_length, load_for_generation
 
-    model, tokenizer = load_for_generation(options.recipe.model, command="serve")
+    model, tokenizer = load_for_generation(dataclasses.replace(options.recipe.model, name=name), command="serve")
     context = context_length(model, tokenizer)
     batcher = Batcher(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
                       threads=options.threads)
-    return Served(name=name, metrics=metrics, tokenizer=copy.deepcopy(tokenizer), batcher=batcher,
+    return Served(name=served_name, metrics=metrics, tokenizer=copy.deepcopy(tokenizer), batcher=batcher,
                   defaults=options.recipe.decoding, context=context,
                   vocab_size=model.get_input_embeddings().num_embeddings,
                   max_tokens_cap=min(options.max_tokens_cap, context - 1))
+
+
+def load_encoder(name: str, kind: str):
+    """The encoder service of ``kind`` on this process's device: the model and tokenizer ``hftool classify`` and
+    ``hftool tag`` load, or a bare encoder body for embeddings."""
+    from accelerate import PartialState
+
+    from hftool.serve.encoders import Classifier, Embedder, Tagger, embedding_length
+
+    device = PartialState().device
+    if kind == "classify":
+        from hftool.runs.classify import load_trained
+
+        tokenizer, model = load_trained(name)
+        return Classifier(model.to(device), tokenizer)
+    if kind == "tag":
+        from hftool.runs.ner import load_trained
+
+        tokenizer, model = load_trained(name, split_words=False)
+        return Tagger(model.to(device), tokenizer)
+    from transformers import AutoModel
+
+    from hftool.loading import load_model, load_tokenizer, resolve_model
+
+    ref = resolve_model(name, "--model")
+    tokenizer = load_tokenizer(ref, name, "--model")
+    model = load_model(AutoModel, ref, name, "--model").to(device)
+    return Embedder(model, tokenizer, embedding_length(ref.name_or_path, model, tokenizer))
 
 
 def load_qa_service(name: str, window: tuple[int, int, int]):
@@ -140,16 +211,16 @@ def run_serve(options: ServeOptions) -> None:
     import uvicorn
 
     from hftool.serve.app import create_app
+    from hftool.serve.registry import KINDS
 
     options.validate()
     warning = exposure_warning(options.host, options.api_key)
     if warning:
         print(warning, file=sys.stderr)
-    served = build_served(options)
+    served = build_all_served(options)
     app = create_app(served, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
-    kind = "/v1/qa" if served.qa else "/v1/completions and /v1/chat/completions"
-    print(f"serving {served.name} on http://{options.host}:{options.port} ({kind}); Ctrl-C to stop",
-          file=sys.stderr)
+    shown = ", ".join(f"{item.name} ({KINDS[item.kind][1]})" for item in served)
+    print(f"serving {shown} on http://{options.host}:{options.port}; Ctrl-C to stop", file=sys.stderr)
     server = uvicorn.Server(uvicorn_config(app, options))
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start;
     # ignoring it there makes a requested shutdown a clean exit 0 (what service managers expect).

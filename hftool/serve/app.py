@@ -1,4 +1,6 @@
-"""The FastAPI app: OpenAI's completions, chat and models endpoints, ``/v1/qa``, ``/health`` and ``/metrics``.
+"""The FastAPI app: OpenAI's completions, chat and models endpoints, the encoder endpoints
+(:mod:`~hftool.serve.encoders`: ``/v1/classify``, ``/v1/tag``, ``/v1/qa``, ``/v1/embeddings``), ``/health`` and
+``/metrics``; each request goes to the model its ``model`` field names (:mod:`~hftool.serve.registry`).
 
 Handlers only tokenize, check, queue and relay events (:mod:`~hftool.serve.streaming`); every error leaves in
 OpenAI's shape (:mod:`~hftool.serve.errors`); the API key and body cap are checked first
@@ -17,13 +19,14 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
-from hftool.errors import HftoolError
 from hftool.generation.settings import DecodingSettings, SettingError, check_fields
 from hftool.serve import schemas as s
 from hftool.serve.batcher import Batcher
+from hftool.serve.encoders import router as encoder_router
 from hftool.serve.errors import ApiError, add_error_handlers
 from hftool.serve.guard import Guard
 from hftool.serve.metrics import Metrics
+from hftool.serve.registry import Registry
 from hftool.serve.streaming import (
     ChatChunks,
     CompletionChunks,
@@ -37,45 +40,59 @@ from hftool.serve.streaming import (
 
 @dataclass
 class Served:
-    """What the app serves: a causal LM (``batcher``) or an extractive-QA model (``qa``), and its limits."""
+    """A model the app serves: a causal LM (``batcher``), an extractive-QA model (``qa``) or another encoder
+    (``encoder``: a classifier, tagger or embedder of :mod:`~hftool.serve.encoders`), and its limits."""
 
     name: str
     metrics: Metrics
     tokenizer: object = None  # the handlers' own copy: fast tokenizers refuse concurrent use across threads
     batcher: Batcher | None = None
     qa: object = None
+    encoder: object = None
     defaults: DecodingSettings = field(default_factory=DecodingSettings)
     context: int = 2048
     vocab_size: int | None = None  # the model's embedding rows, which token-id prompts must stay below
     max_tokens_cap: int = 1024
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def kind(self) -> str | None:
+        """Which endpoints serve it (a key of :data:`hftool.serve.registry.KINDS`)."""
+        if self.batcher is not None:
+            return "generate"
+        if self.qa is not None:
+            return "qa"
+        return self.encoder.kind if self.encoder is not None else None
 
-def create_app(served: Served, api_key: str | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
-    """The app for ``served``; ``api_key`` (when set) is required as ``Authorization: Bearer`` (the scheme in any
-    case) except on /health."""
+
+def create_app(served: Served | list[Served], api_key: str | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
+    """The app for ``served`` (one model or several, the first one's metrics counting for all); ``api_key`` (when
+    set) is required as ``Authorization: Bearer`` (the scheme in any case) except on /health."""
     from contextlib import asynccontextmanager
+
+    registry = Registry(served if isinstance(served, list) else [served])
+    batchers = [item.batcher for item in registry.served if item.batcher]
 
     @asynccontextmanager
     async def lifespan(app):
-        if served.batcher:
-            served.batcher.start()
+        for batcher in batchers:
+            batcher.start()
         yield
-        if served.batcher:
-            await asyncio.to_thread(served.batcher.close)
+        for batcher in batchers:
+            await asyncio.to_thread(batcher.close)
 
     app = FastAPI(title="hftool serve", lifespan=lifespan, docs_url=None, redoc_url=None)
-    metrics = served.metrics
-    if served.batcher:
-        metrics.queue_depth = lambda: served.batcher.depth
-        metrics.running = lambda: served.batcher.running
+    metrics = registry.served[0].metrics
+    if batchers:
+        metrics.queue_depth = lambda: sum(batcher.depth for batcher in batchers)
+        metrics.running = lambda: sum(batcher.running for batcher in batchers)
 
     add_error_handlers(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served.name}
+        return {"status": "ok", "model": registry.served[0].name, "models": [item.name for item in registry.served]}
 
     @app.get("/metrics")
     async def prometheus():
@@ -83,11 +100,11 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
 
     @app.get("/v1/models")
     async def models() -> s.ModelList:
-        return s.ModelList(data=[s.ModelCard(id=served.name, created=served.created)])
+        return s.ModelList(data=[s.ModelCard(id=item.name, created=item.created) for item in registry.served])
 
     @app.post("/v1/completions")
     async def completions(body: s.CompletionRequest, request: Request):
-        _check_model(served, body.model, generation=True)
+        served = registry.pick(body.model, "generate")
         prompts = body.prompt_list()
         encoded = [_encode(served, p, "prompt" if len(prompts) == 1 else f"prompt.{i}")
                    for i, p in enumerate(prompts)]
@@ -106,7 +123,7 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
 
     @app.post("/v1/chat/completions")
     async def chat(body: s.ChatRequest, request: Request):
-        _check_model(served, body.model, generation=True)
+        served = registry.pick(body.model, "generate")
         template = getattr(served.tokenizer, "chat_template", None)
         if not template:
             raise ApiError(400, f"the model {served.name} has no chat template in its tokenizer, so chat "
@@ -132,43 +149,11 @@ def create_app(served: Served, api_key: str | None = None, max_body_bytes: int =
                          logprobs=chat_logprobs(lps) if body.logprobs else None)
             for i, (text, reason, lps) in enumerate(choices)])
 
-    @app.post("/v1/qa")
-    async def qa(body: s.QARequest) -> s.QAResponse:
-        from hftool.data.squad import QAExample
-
-        _check_model(served, body.model, generation=False)
-        try:
-            items = body.items()
-        except s.MissingField as exc:
-            raise ApiError(400, str(exc), exc.param) from None
-        examples = [QAExample(id=item.id or str(i + 1), question=item.question, context=item.context)
-                    for i, item in enumerate(items)]
-        try:
-            found = await asyncio.to_thread(served.qa.answer, examples, body.top_k)
-        except HftoolError as exc:
-            raise ApiError(400, str(exc), "question") from None
-        return s.QAResponse(model=served.name, results=[
-            s.QAResult(id=item.id, question=e.question, answers=[
-                s.QAAnswer(text=a.text, score=round(a.probability, 4), start=a.start_char, end=a.end_char)
-                for a in answers])
-            for item, e, answers in zip(items, examples, found, strict=True)])
-
+    app.include_router(encoder_router(registry))
     return app
 
 
 # ---- checks ----------------------------------------------------------------------------------------------
-
-def _check_model(served: Served, model: str | None, generation: bool) -> None:
-    if model is not None and model != served.name:
-        raise ApiError(404, f"model '{model}' is not served here; this server serves '{served.name}'", "model",
-                       "model_not_found", kind="not_found_error")
-    if generation and served.batcher is None:
-        raise ApiError(400, f"{served.name} is a question-answering model; use POST /v1/qa", "model",
-                       "wrong_endpoint")
-    if not generation and served.qa is None:
-        raise ApiError(400, f"{served.name} is not an extractive question-answering model (hftool finetune "
-                       "squad output); /v1/qa needs one", "model", "wrong_endpoint")
-
 
 def _encode(served: Served, prompt: str | list[int], param: str) -> list[int]:
     """A text prompt's token ids, or a token-id prompt checked against the vocabulary; as ``hftool generate``

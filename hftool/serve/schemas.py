@@ -280,3 +280,113 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# ---- encoder endpoints: /v1/classify, /v1/tag, /v1/embeddings ---------------------------------------------
+
+MAX_INPUTS = 256  # texts in one classify, tag or embeddings request
+
+
+def _input_list(value, what: str):
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"the input list is empty; give at least one {what}")
+        if len(value) > MAX_INPUTS and not isinstance(value[0], int):  # a list of ints is one input
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request")
+    return value
+
+
+class TextsRequest(Strict):
+    """``input``: a text or a list of texts, as ``hftool classify`` and ``hftool tag`` take them."""
+
+    model: str | None = None
+    input: str | list[str]
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, value):
+        _input_list(value, "text")
+        texts = [value] if isinstance(value, str) else value
+        if any(not text.strip() for text in texts):
+            raise ValueError("a text is empty; give some text")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbeddingRequest(Strict):
+    """OpenAI's embeddings request: ``input`` a text, a list of texts, one list of token ids, or a list of those."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, value):
+        _input_list(value, "input")
+        inputs = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
+        if any(len(item) == 0 or (isinstance(item, str) and not item.strip()) for item in inputs):
+            raise ValueError("an input is empty; give some text or token ids")
+        return value
+
+    def inputs(self) -> list[str | list[int]]:
+        """Each input alone: a text or a list of token ids."""
+        if isinstance(self.input, str) or isinstance(self.input[0], int):
+            return [self.input]
+        return list(self.input)
+
+
+class LabelResult(BaseModel):
+    index: int
+    text: str
+    label: str
+    score: float
+    probabilities: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["classification"] = "classification"
+    model: str
+    results: list[LabelResult]
+
+
+class Entity(BaseModel):
+    type: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+class TagResult(BaseModel):
+    index: int
+    text: str
+    entities: list[Entity]
+
+
+class TagResponse(BaseModel):
+    object: Literal["tagging"] = "tagging"
+    model: str
+    results: list[TagResult]
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a base64 string of little-endian float32 with encoding_format "base64"
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
