@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hftool import config as cfgmod
 from hftool.data.classification import (
+    FLAG_COLUMNS,
     ClassifyDataConfig,
     TextExample,
     apply_label_names,
@@ -171,12 +172,13 @@ def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, da
     """Score a classifier folder on a labelled file; writes ``predictions.json`` and ``metrics.json``."""
     inputs = {"--model": model_name, "--file": file}
     out = evaluate_output_dir(output_dir, batch_size, overwrite, inputs)
-    examples = read_classification_file(file, "--file", data)
+    examples = read_classification_file(file, "--file", data, settings=FLAG_COLUMNS)
     examples = examples[:data.max_eval_examples] if data.max_eval_examples else examples
     tokenizer, model = load_trained(model_name)
     check_positions(model.config, data.max_length, "--max-length", "--model", model_name)
     label2id = {label: int(i) for label, i in model.config.label2id.items()}
-    ids = label_ids(examples, label2id, file, getattr(model.config, "hftool_integer_labels", False))
+    ids = label_ids(examples, label2id, file, getattr(model.config, "hftool_integer_labels", False),
+                    label_names_setting=None)
     items, cut = encode_texts(tokenizer, examples, data.max_length)
     warn_truncated(cut, len(items), file, "--max-length", data.max_length)
     with_labels(items, ids)

@@ -165,7 +165,7 @@ def run_evaluate_ner(model_name: str, file: str, output_dir: str | Path, data: N
     """Score a token-classification folder on a tagged file; writes ``predictions.json`` and ``metrics.json``."""
     inputs = {"--model": model_name, "--file": file}
     out = evaluate_output_dir(output_dir, batch_size, overwrite, inputs)
-    sentences = read_conll_file(file, "--file", data.tag_scheme)
+    sentences = read_conll_file(file, "--file", data.tag_scheme, scheme_setting="--tag-scheme")
     sentences = sentences[:data.max_eval_examples] if data.max_eval_examples else sentences
     tokenizer, model = load_trained(model_name, split_words=True)
     check_positions(model.config, data.max_length, "--max-length", "--model", model_name)
