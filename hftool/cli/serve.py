@@ -40,13 +40,13 @@ def serve(
 
       hftool serve --model bloom-560m --host 0.0.0.0 --port 8080 --api-key "$KEY"
     """
-    from hftool.cli.generate import _recipe
+    from hftool.cli.generation_flags import recipe_with_flags
     from hftool.config import load_recipe
     from hftool.generation.settings import GenerateRecipe
     from hftool.runs.serve import ServeOptions, run_serve
 
     base = load_recipe(GenerateRecipe, recipe, [])
-    run_serve(ServeOptions(recipe=_recipe(base, flags), host=host, port=port, api_key=api_key or None,
+    run_serve(ServeOptions(recipe=recipe_with_flags(base, flags), host=host, port=port, api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
                            threads=threads,
                            qa_window=(max_length, doc_stride, max_answer_length)))

@@ -20,6 +20,7 @@ from hftool.data.classification import (
 )
 from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
+from hftool.loading import load_tokenizer
 from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
     check_run_dir,
@@ -32,9 +33,9 @@ from hftool.runs.artifacts import (
     write_json,
 )
 from hftool.runs.labelled import (
+    OFFSETS_FOR,
     check_positions,
     evaluate_output_dir,
-    load_tokenizer,
     new_head_model,
     score_and_write,
     trained_head_model,
@@ -95,7 +96,8 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
               "--validation-file": data.validation_file}
     check_run_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
     ref = resolve_model(recipe.model.name_or_path, flag)
-    tokenizer = load_tokenizer(ref, flag, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code,
+                               offsets_for=OFFSETS_FOR, pad=True)
     engine = Engine(recipe.train, out)
     if engine.is_main:
         prepare_output_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
@@ -161,7 +163,7 @@ def load_trained(model_name: str):
     from hftool.loading import resolve_model
 
     ref = resolve_model(model_name, "--model")
-    tokenizer = load_tokenizer(ref, "--model")
+    tokenizer = load_tokenizer(ref, ref.name_or_path, "--model", offsets_for=OFFSETS_FOR, pad=True)
     model = trained_head_model(AutoModelForSequenceClassification, ref, HEAD, model_name, "--model", tokenizer)
     return tokenizer, model
 
