@@ -4,9 +4,9 @@ A name is resolved by :func:`hftool.hub.resolve_model` (local folder / Hub id / 
 failing fast offline); this module turns the resulting :class:`~hftool.hub.ModelRef` into a config, a
 tokenizer or a model with one error policy, and holds hftool's one cache location (:func:`cache_dir`).
 
-Every command loads through the three functions here: :func:`load_config`, :func:`load_tokenizer` (with the
-options a command's data needs: words given pre-split, character offsets, a pad token) and :func:`load_model`
-(with ``head``, the trained head the command needs; without it, a body that gets a fresh head to fine-tune).
+Three functions do it: :func:`load_config`, :func:`load_tokenizer` (with what a command's data needs of it:
+words given pre-split, character offsets, a pad token) and :func:`load_model` (with ``head``, the trained head
+the command needs; without it, a body that gets a fresh head to fine-tune).
 
 A checkpoint saved without that head (GPT-2's LM folder for question answering, MiniLM's plain ``BertModel``
 for fill-mask) would get random head weights and print confident nonsense; it is refused, naming the
