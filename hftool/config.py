@@ -239,8 +239,11 @@ def copy_new_file(source: Path, target: Path) -> None:
 
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping with ``safe_load``: tags such as ``!!python/object`` are refused, never run."""
+    from hftool.data.files import read_input_bytes
+
+    raw = read_input_bytes(path, str(path))  # a recipe is a user's file too: bounded, NUL refused
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HftoolError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:

@@ -4,6 +4,10 @@ A name is resolved by :func:`hftool.hub.resolve_model` (local folder / Hub id / 
 failing fast offline); this module turns the resulting :class:`~hftool.hub.ModelRef` into a config, a
 tokenizer or a model with one error policy, and holds hftool's one cache location (:func:`cache_dir`).
 
+Three functions do it: :func:`load_config`, :func:`load_tokenizer` (with what a command's data needs of it:
+words given pre-split, character offsets, a pad token) and :func:`load_model` (with ``head``, the trained head
+the command needs; without it, a body that gets a fresh head to fine-tune).
+
 A checkpoint saved without that head (GPT-2's LM folder for question answering, MiniLM's plain ``BertModel``
 for fill-mask) would get random head weights and print confident nonsense; it is refused, naming the
 architecture and the missing head. A folder that cannot be loaded (pickle weights only, truncated
@@ -32,6 +36,9 @@ HEADS = {
     "token-classification": ("token-classification", ", e.g. a folder written by 'hftool finetune ner'"),
 }
 
+
+# Byte-level BPE tokenizers need a space before each pre-split word to encode it as inside a sentence.
+PREFIX_SPACE_TYPES = ("gpt2", "bloom", "roberta", "deberta", "longformer", "bart")
 
 # The class-name endings of the checkpoints that carry each head. A checkpoint saved with another head is refused
 # even where the weights' names match (BERT's sequence- and token-classification heads are both ``classifier``).
@@ -125,26 +132,49 @@ def check_head_architecture(config, head: str, name: str, flag: str = "--model")
                       f"saved with that head{example}")
 
 
-def load_config(ref: ModelRef, name: str, flag: str, trust_remote_code: bool = False):
-    """The checkpoint's config alone: enough to refuse an unsuitable model before reading its weights."""
+def load_config(ref: ModelRef, name: str, flag: str, trust_remote_code: bool = False, **overrides):
+    """The checkpoint's config alone: enough to refuse an unsuitable model before reading its weights.
+    ``overrides`` replace fields (a fresh head's ``num_labels`` and label names)."""
     from transformers import AutoConfig
 
     return load_pretrained(lambda: AutoConfig.from_pretrained(
-        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs()), name, flag, "its config")
+        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs(), **overrides), name, flag,
+        "its config")
 
 
-def load_tokenizer(ref: ModelRef, name: str, flag: str, trust_remote_code: bool = False):
-    """The checkpoint's tokenizer (or a tokenizer-only folder's)."""
+def load_tokenizer(ref: ModelRef, name: str, flag: str, trust_remote_code: bool = False, *,
+                   split_words: bool = False, offsets_for: str | None = None, pad: bool = False):
+    """The checkpoint's tokenizer (or a tokenizer-only folder's), ready for what the command feeds it.
+
+    ``split_words``: texts come as words (NER), and byte-level BPE needs a space before each to encode it as
+    inside a sentence. ``offsets_for``: what needs character offsets or word ids (word alignment, question
+    answering); a slow tokenizer has none and is refused. ``pad``: batches are padded, so a tokenizer without
+    a pad token (GPT-2, BLOOM) pads with its end-of-text token.
+    """
     from transformers import AutoTokenizer
 
-    return load_pretrained(lambda: AutoTokenizer.from_pretrained(
-        ref.name_or_path, trust_remote_code=trust_remote_code, **ref.load_kwargs()), name, flag, "its tokenizer")
+    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
+    if split_words and load_config(ref, name, flag, trust_remote_code).model_type in PREFIX_SPACE_TYPES:
+        options["add_prefix_space"] = True
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(ref.name_or_path, **options), name, flag,
+                                "its tokenizer")
+    if offsets_for and not getattr(tokenizer, "is_fast", False):
+        raise HftoolError(f"{flag} {name}: the tokenizer {type(tokenizer).__name__} is a slow (Python) tokenizer "
+                          f"without offset mappings; {offsets_for} needs a fast tokenizer (a folder with "
+                          "tokenizer.json)")
+    if pad and tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise HftoolError(f"{flag} {name}: the tokenizer has neither a pad nor an end-of-text token to pad "
+                              "batches with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(auto_class, ref: ModelRef, name: str, flag: str, head: str | None = None,
                with_info: bool = False, **options):
     """``auto_class.from_pretrained`` for ``ref``; with ``head``, a checkpoint without trained weights for that
-    head is refused. ``with_info`` also returns transformers' loading info (missing keys ...)."""
+    head is refused (scoring, predicting); without it, missing head weights are initialised (fine-tuning puts a
+    fresh head on a body). ``with_info`` also returns transformers' loading info (missing keys ...)."""
     options = {**ref.load_kwargs(), **options}
     model, info = load_pretrained(
         lambda: auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options), name, flag)

@@ -150,6 +150,39 @@ CASES = [
     ("serve-two-models-one-name", ["serve", "-m", "m={gpt2}", "-m", "m={minilm}"],
      "--model: two models are named 'm'; name them apart with --model NAME=PATH"),
     ("serve-second-model-missing", ["serve", "-m", "{gpt2}", "-m", "{tmp}/no-such-model"], "no-such-model"),
+    # issue 24 (evaluate's flags, bounded prompt files): a command without a recipe names the flag the user typed,
+    # finetune names the recipe key; every prompt, article, sentence, pairs and reference file is bounded.
+    ("evaluate-classify-missing-label-column", ["evaluate", "classify", "-m", "{seq_cls}", "-f", "{no_label_tsv}",
+                                                "-o", "{tmp}/ev"],
+     "no_label.tsv:2: no column 'label' (columns: sentence, stars); pass --label-column"),
+    ("evaluate-classify-missing-text-column", ["evaluate", "classify", "-m", "{seq_cls}", "-f", "{ok_tsv}",
+                                               "-o", "{tmp}/ev", "--text-column", "review"],
+     "ok.tsv:2: no column 'review' (columns: sentence, label); pass --text-column"),
+    ("evaluate-classify-missing-pair-column", ["evaluate", "classify", "-m", "{seq_cls}", "-f", "{ok_tsv}",
+                                               "-o", "{tmp}/ev", "--text-pair-column", "hypothesis"],
+     "ok.tsv:2: no column 'hypothesis' (columns: sentence, label); pass --text-pair-column"),
+    ("finetune-classify-missing-column-recipe-key", [*CLASSIFY, "--train-file", "{no_label_tsv}",
+                                                     "train.output_dir={tmp}/run"],
+     "no_label.tsv:2: no column 'label' (columns: sentence, stars); set data.label_column"),
+    ("classify-input-missing-text-column", ["classify", "-m", "{seq_cls}", "--input", "{no_label_tsv}"],
+     "no_label.tsv:2: no column 'text' (columns: sentence, stars); pass --text-column"),
+    ("evaluate-ner-iob1", ["evaluate", "ner", "-m", "{tok_cls}", "-f", "{conll_iob1}", "-o", "{tmp}/ev"],
+     "this is IOB1, not IOB2; pass --tag-scheme iob1 to convert it"),
+    ("finetune-ner-iob1-recipe-key", [*NER, "--train-file", "{conll_iob1}", "train.output_dir={tmp}/run"],
+     "this is IOB1, not IOB2; pass data.tag_scheme=iob1 to convert it"),
+    ("generate-input-dev-zero", ["generate", "-m", "{gpt2}", "--input", "/dev/zero"],
+     "--input /dev/zero: holds NUL bytes at byte 0: not a text file"),
+    ("generate-input-jsonl-nul", ["generate", "-m", "{gpt2}", "--input", "{nul_jsonl}"],
+     "nul.jsonl: holds NUL bytes at byte 17"),
+    ("summarize-input-dev-zero", ["summarize", "-m", "{gpt2}", "--input", "/dev/zero"],
+     "--input /dev/zero: holds NUL bytes at byte 0"),
+    ("summarize-reference-nul", ["summarize", "-m", "{gpt2}", "--input", "{a_file}", "--reference", "{nul_txt}"],
+     "nul.txt: holds NUL bytes at byte 5"),
+    ("translate-input-dev-zero", ["translate", "-m", "{gpt2}", "--input", "/dev/zero"],
+     "--input /dev/zero: holds NUL bytes at byte 0"),
+    ("translate-pairs-dev-zero", ["translate", "-m", "{gpt2}", "--pairs", "/dev/zero", "Good morning."],
+     "--pairs /dev/zero: holds NUL bytes at byte 0"),
+    ("recipe-file-nul", ["generate", "-r", "{nul_yaml}", "-p", "hi"], "nul.yaml: holds NUL bytes at byte 8"),
 ]
 
 
@@ -186,7 +219,10 @@ def inputs(tmp_path_factory, tiny_gpt2, tiny_bert, minilm) -> dict[str, str]:
     files = {"no_label_tsv": ("no_label.tsv", "sentence\tstars\ngood\t5\n"), "empty_tsv": ("empty.tsv", ""),
              "ok_tsv": ("ok.tsv", "sentence\tlabel\ngood\t1\n"),
              "empty_txt": ("empty.txt", "\n"), "conll_no_tag": ("conll_no_tag.txt", "EU B-ORG\nrejects\n"),
-             "conll_not_iob": ("conll_not_iob.txt", "EU ORGANISATION\n"), "conll_ok": ("conll_ok.txt", "EU B-ORG\n")}
+             "conll_not_iob": ("conll_not_iob.txt", "EU ORGANISATION\n"), "conll_ok": ("conll_ok.txt", "EU B-ORG\n"),
+             "conll_iob1": ("conll_iob1.txt", "EU I-ORG\nrejects O\nPeter I-PER\n"),
+             "nul_txt": ("nul.txt", "hello\0world\n"), "nul_jsonl": ("nul.jsonl", '{"prompt": "hi"}\n\0\n'),
+             "nul_yaml": ("nul.yaml", "command:\0\n")}
     for name, text in files.values():
         (root / name).write_text(text)
     return {"gpt2": str(tiny_gpt2), "minilm": str(minilm), "pickle_only": str(pickle_only),
@@ -252,3 +288,24 @@ def test_jsonl_empty_records_are_counted(tmp_path):
     with contextlib.redirect_stderr(err):
         assert list(read_jsonl_texts(path, "text")) == ["a", "b"]
     assert "skipped 3 record(s) with empty 'text'" in err.getvalue()
+
+
+def test_evaluate_names_no_recipe_key(inputs, tmp_path):
+    """evaluate has no recipe: a label the model does not know asks to fix the file, not to set data.label_names."""
+    scored = tmp_path / "maybe.tsv"
+    scored.write_text("sentence\tlabel\ngood\tmaybe\n")
+    code, _, err = run_cli(["evaluate", "classify", "-m", inputs["seq_cls"], "-f", str(scored), "-o",
+                            str(tmp_path / "ev")])
+    assert code != 0
+    assert err.strip().splitlines() == [f"error: {scored}:2: label 'maybe' is not one the model was trained on "
+                                        f"(negative, positive); fix {scored}"]
+
+
+def test_a_prompt_on_stdin_is_bounded(inputs, monkeypatch):
+    """``generate -p - < /dev/zero`` ends in one line at the first NUL byte, not in reading forever."""
+    with open("/dev/zero") as zero:
+        monkeypatch.setattr("sys.stdin", zero)
+        code, _, err = run_cli(["generate", "-m", inputs["gpt2"], "-p", "-"])
+    assert code != 0
+    assert err.strip().splitlines() == ["error: --prompt -: holds NUL bytes at byte 0: not a text file (binary data, "
+                                        "or a device such as /dev/zero)"]

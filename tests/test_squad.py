@@ -20,9 +20,10 @@ from hftool.data.squad import (
     read_squad_file,
 )
 from hftool.engine.config import TrainConfig
+from hftool.engine.eval_sharding import balanced_length_order
 from hftool.engine.trainer import Engine
 from hftool.errors import HftoolError
-from hftool.tasks.squad import SquadTask, balanced_length_order
+from hftool.tasks.squad import SquadTask
 from hftool.tasks.squad_postprocess import Candidate, rank_answers, span_candidates
 
 

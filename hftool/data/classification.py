@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,18 @@ from hftool.data.splits import SplitsConfig, load_hub_split
 from hftool.errors import HftoolError
 
 MIN_MAX_LENGTH = 2  # a special token and one of the text's
+
+# What a message tells the user to change for each column: the recipe key (finetune), or the flag a command
+# without a recipe took it from (evaluate, classify).
+RECIPE_COLUMNS = {"text_column": "data.text_column", "text_pair_column": "data.text_pair_column",
+                  "label_column": "data.label_column"}
+FLAG_COLUMNS = {"text_column": "--text-column", "text_pair_column": "--text-pair-column",
+                "label_column": "--label-column"}
+
+
+def change(setting: str) -> str:
+    """How a message asks for another value: ``pass --flag`` or ``set data.key``."""
+    return f"pass {setting}" if setting.startswith("-") else f"set {setting}"
 
 
 @dataclass(frozen=True)
@@ -93,10 +105,9 @@ def _rows(path: Path, flag: str):
         yield number, dict(zip(header, row, strict=True)), header
 
 
-def _field(record: dict, column: str, where: str, columns: Sequence[str], flag_hint: str) -> str:
+def _field(record: dict, column: str, where: str, columns: Sequence[str], setting: str) -> str:
     if column not in record:
-        raise HftoolError(f"{where}: no column '{column}' (columns: {', '.join(columns)}); "
-                          f"set {flag_hint}")
+        raise HftoolError(f"{where}: no column '{column}' (columns: {', '.join(columns)}); {change(setting)}")
     value = record[column]
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise HftoolError(f"{where}: column '{column}' is {type(value).__name__}, expected text")
@@ -104,19 +115,21 @@ def _field(record: dict, column: str, where: str, columns: Sequence[str], flag_h
 
 
 def read_classification_file(path: str | Path, flag: str, data: ClassifyDataConfig, need_labels: bool = True,
-                             warn: Callable[[str], None] = warn_main) -> list[TextExample]:
+                             warn: Callable[[str], None] = warn_main,
+                             settings: Mapping[str, str] = RECIPE_COLUMNS) -> list[TextExample]:
     """Examples of a CSV/TSV/JSONL file; an empty text is skipped with a count, a missing column or an
-    empty file is an error naming the file (and line)."""
+    empty file is an error naming the file (and line) and the setting to change (``settings``: column field
+    -> recipe key or flag)."""
     path = Path(path).expanduser()
     examples: list[TextExample] = []
     empty = 0
     for number, record, header in _rows(path, flag):
         where = f"{path}:{number}"
         columns = header or list(record)
-        text = _field(record, data.text_column, where, columns, "data.text_column")
-        pair = (_field(record, data.text_pair_column, where, columns, "data.text_pair_column")
+        text = _field(record, data.text_column, where, columns, settings["text_column"])
+        pair = (_field(record, data.text_pair_column, where, columns, settings["text_pair_column"])
                 if data.text_pair_column else None)
-        label = (_field(record, data.label_column, where, columns, "data.label_column").strip()
+        label = (_field(record, data.label_column, where, columns, settings["label_column"]).strip()
                  if need_labels or data.label_column in record else None)
         if not text.strip() or (pair is not None and not pair.strip()):
             empty += 1
@@ -180,9 +193,10 @@ def apply_label_names(examples: list[TextExample], names: list[str] | None, sour
 
 
 def label_ids(examples: Sequence[TextExample], label2id: dict[str, int], source: str,
-              integer_labels: bool = False) -> list[int]:
-    """Each example's label id; a label outside the model's label set names the line. ``integer_labels``
-    (a model trained with ``data.label_names``) also takes the integers ``0..n-1`` the data was written with."""
+              integer_labels: bool = False, label_names_setting: str | None = "data.label_names") -> list[int]:
+    """Each example's label id; a label outside the model's label set names the line (and, where the command
+    has one, the setting that renames labels). ``integer_labels`` (a model trained with ``data.label_names``)
+    also takes the integers ``0..n-1`` the data was written with."""
     ids = []
     for e in examples:
         if integer_labels and e.label not in label2id and e.label.isdigit() and int(e.label) < len(label2id):
@@ -190,8 +204,9 @@ def label_ids(examples: Sequence[TextExample], label2id: dict[str, int], source:
             continue
         if e.label not in label2id:
             known = ", ".join(label2id)
+            rename = f" or {change(label_names_setting)}" if label_names_setting else ""
             raise HftoolError(f"{e.where}: label '{e.label}' is not one the model was trained on ({known}); "
-                              f"fix {source} or pass data.label_names")
+                              f"fix {source}{rename}")
         ids.append(label2id[e.label])
     return ids
 
@@ -206,4 +221,4 @@ def read_input_texts(path: str | Path, flag: str, text_column: str = "text") -> 
             raise HftoolError(f"{flag} {path}: no texts found (empty file?)")
         return texts
     data = ClassifyDataConfig(text_column=text_column)
-    return [e.text for e in read_classification_file(path, flag, data, need_labels=False)]
+    return [e.text for e in read_classification_file(path, flag, data, need_labels=False, settings=FLAG_COLUMNS)]

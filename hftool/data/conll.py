@@ -58,8 +58,9 @@ class SchemeCheck:
     alike, so hftool's score on a file equals seqeval strict on that file. Rewriting strays as ``B-`` for
     training only would teach the model entities the metric does not count."""
 
-    def __init__(self, scheme: str):
+    def __init__(self, scheme: str, setting: str = "data.tag_scheme"):
         self.scheme = scheme
+        self.iob1_hint = f"{setting}=iob1" if setting.startswith("data.") else f"{setting} iob1"  # how to ask for it
         self.strays: list[str] = []
         self.starts = 0
 
@@ -84,12 +85,11 @@ class SchemeCheck:
             return
         if len(self.strays) > self.starts:
             raise HftoolError(f"{self.strays[0]}: {len(self.strays)} entities start with I- and only {self.starts} "
-                              "with B-: this is IOB1, not IOB2; pass data.tag_scheme=iob1 (--tag-scheme iob1) to "
-                              "convert it")
+                              f"with B-: this is IOB1, not IOB2; pass {self.iob1_hint} to convert it")
         warn(f"{source}: {len(self.strays)} I- tag(s) follow O or a tag of another type (first at "
              f"{self.strays[0]}); kept as written, and scored as seqeval's strict IOB2 mode does: such a stray I- "
              "and the I- run it heads form no entity, in gold or predictions (seqeval's default conlleval mode "
-             "would start an entity there); pass data.tag_scheme=iob1 to read each stray I- as an entity start (B-)")
+             f"would start an entity there); pass {self.iob1_hint} to read each stray I- as an entity start (B-)")
 
 
 def check_tags(tags: Sequence[str], lines: Sequence[str], scheme: str) -> list[str]:
@@ -98,13 +98,14 @@ def check_tags(tags: Sequence[str], lines: Sequence[str], scheme: str) -> list[s
 
 
 def read_conll_file(path: str | Path, flag: str, scheme: str = "iob2", need_tags: bool = True,
-                    warn=warn_main) -> list[TaggedSentence]:
-    """Sentences of a CoNLL file (token first, tag last on each line) or a JSONL file."""
+                    warn=warn_main, scheme_setting: str = "data.tag_scheme") -> list[TaggedSentence]:
+    """Sentences of a CoNLL file (token first, tag last on each line) or a JSONL file; messages name
+    ``scheme_setting`` (the recipe key, or the flag of a command without a recipe)."""
     path = Path(path).expanduser()
     if not path.exists() or path.is_dir():
         raise HftoolError(f"{flag} {path}: no such file")
     text = read_input_text(path, f"{flag} {path}")
-    check = SchemeCheck(scheme)
+    check = SchemeCheck(scheme, scheme_setting)
     if path.suffix.lower() in (".jsonl", ".json"):
         sentences = _read_jsonl(path, text, check, need_tags)
     else:

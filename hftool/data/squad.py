@@ -34,7 +34,7 @@ from hftool.errors import HftoolError
 
 __all__ = [
     "PAD_TO_MULTIPLE_OF", "QAExample", "SquadDataConfig", "WindowSettings", "Windows", "answer_token_span",
-    "cached_windows", "check_examples", "check_fast_tokenizer", "check_windows_fit", "encode_windows",
+    "cached_windows", "check_examples", "check_windows_fit", "encode_windows",
     "parse_record", "read_hub_split", "read_questions_file", "read_squad_file", "warn_on_stderr",
     "windows_cache_key",
 ]
@@ -93,14 +93,6 @@ class SquadDataConfig:
 
 
 # ---- windows ----------------------------------------------------------------------------------------------
-
-def check_fast_tokenizer(tokenizer, flag: str) -> None:
-    """Windows need character offsets, which only fast (Rust) tokenizers give."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise HftoolError(f"{flag}: the tokenizer {type(tokenizer).__name__} is a slow (Python) tokenizer "
-                          "without offset mappings; question answering needs a fast tokenizer "
-                          "(a folder with tokenizer.json)")
-
 
 def _pair(tokenizer, questions: list[str], contexts: list[str]) -> tuple[list[str], list[str], int]:
     """(first texts, second texts, index of the context): the question goes on the side away from padding."""

@@ -47,3 +47,11 @@ class WindowSettings:
         for name in ("max_answer_length", "n_best"):
             if getattr(self, name) < 1:
                 raise HftoolError(f"{self.name(name)}={getattr(self, name)} must be at least 1")
+
+    def check_positions(self, config, where: str) -> None:
+        """A window longer than the model's position table (``config``'s, of the model ``where`` names) would
+        index past it."""
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions is not None and self.max_length > positions:
+            raise HftoolError(f"{self.name('max_length')}={self.max_length} is longer than the {positions} "
+                              f"positions of {where}; lower it")

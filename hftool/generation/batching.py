@@ -7,19 +7,18 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from hftool.data.files import existing_input, read_input_text
 from hftool.errors import HftoolError
 from hftool.generation.decoding import Generator, PromptResult, Sequence
 
 
 def read_prompts(path: str, column: str = "prompt", flag: str = "--input") -> list[str]:
     """Prompts from a ``.jsonl`` file (field ``column`` of each record) or a text file (one per line)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise HftoolError(f"{flag} {path}: no such file")
+    file = existing_input(path, flag)
     if file.suffix == ".jsonl":
         rows = read_jsonl_column(file, column, flag)
     else:
-        rows = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [line for line in read_input_text(file, f"{flag} {path}").splitlines() if line.strip()]
     if not rows:
         raise HftoolError(f"{flag} {path}: no usable rows (the file is empty or every line is blank)")
     return rows
@@ -28,7 +27,7 @@ def read_prompts(path: str, column: str = "prompt", flag: str = "--input") -> li
 def read_jsonl_column(file: Path, column: str, flag: str) -> list[str]:
     """The string field ``column`` of every record; blank lines are skipped, malformed ones refused."""
     values = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_input_text(file, f"{flag} {file}").splitlines(), start=1):
         if not line.strip():
             continue
         try:

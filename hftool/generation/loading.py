@@ -69,15 +69,8 @@ def load_for_generation(settings: ModelSettings, flag: str = "--model", command:
     remote = settings.trust_remote_code
     config = load_config(ref, settings.name, flag, remote)
     check_causal_lm(config, flag, settings.name, command)
-    tokenizer = load_tokenizer(ref, settings.name, flag, remote)
+    tokenizer = load_tokenizer(ref, settings.name, flag, remote, pad=True)
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise HftoolError(
-                f"{flag} {settings.name}: the tokenizer has neither a pad nor an end-of-text "
-                "token, so batches cannot be padded"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
     placement: dict = {}
     if settings.device_map == "auto":
         placement = {"device_map": "auto"}

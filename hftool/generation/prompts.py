@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-from hftool.data.files import read_input_text
+from hftool.data.files import existing_input, read_input_text
 from hftool.errors import HftoolError
 
 TLDR_SUFFIX = "\nTL;DR:"
@@ -89,9 +88,7 @@ def first_line(text: str) -> str:
 
 def read_pairs(path: str, flag: str = "--pairs") -> list[tuple[str, str]]:
     """Example pairs from a TSV file (``source<TAB>target`` per line) or JSONL (``{"source", "target"}``)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise HftoolError(f"{flag} {path}: no such file")
+    file = existing_input(path, flag)
     pairs = []
     for number, line in enumerate(read_input_text(file, f"{flag} {path}").splitlines(), start=1):
         if not line.strip():

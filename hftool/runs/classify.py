@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hftool import config as cfgmod
 from hftool.data.classification import (
+    FLAG_COLUMNS,
     ClassifyDataConfig,
     TextExample,
     apply_label_names,
@@ -19,6 +20,7 @@ from hftool.data.classification import (
 )
 from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
+from hftool.loading import load_tokenizer
 from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
     check_run_dir,
@@ -31,9 +33,9 @@ from hftool.runs.artifacts import (
     write_json,
 )
 from hftool.runs.labelled import (
+    OFFSETS_FOR,
     check_positions,
     evaluate_output_dir,
-    load_tokenizer,
     new_head_model,
     score_and_write,
     trained_head_model,
@@ -94,7 +96,8 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
               "--validation-file": data.validation_file}
     check_run_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
     ref = resolve_model(recipe.model.name_or_path, flag)
-    tokenizer = load_tokenizer(ref, flag, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code,
+                               offsets_for=OFFSETS_FOR, pad=True)
     engine = Engine(recipe.train, out)
     if engine.is_main:
         prepare_output_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
@@ -160,7 +163,7 @@ def load_trained(model_name: str):
     from hftool.loading import resolve_model
 
     ref = resolve_model(model_name, "--model")
-    tokenizer = load_tokenizer(ref, "--model")
+    tokenizer = load_tokenizer(ref, ref.name_or_path, "--model", offsets_for=OFFSETS_FOR, pad=True)
     model = trained_head_model(AutoModelForSequenceClassification, ref, HEAD, model_name, "--model", tokenizer)
     return tokenizer, model
 
@@ -171,12 +174,13 @@ def run_evaluate_classify(model_name: str, file: str, output_dir: str | Path, da
     """Score a classifier folder on a labelled file; writes ``predictions.json`` and ``metrics.json``."""
     inputs = {"--model": model_name, "--file": file}
     out = evaluate_output_dir(output_dir, batch_size, overwrite, inputs)
-    examples = read_classification_file(file, "--file", data)
+    examples = read_classification_file(file, "--file", data, settings=FLAG_COLUMNS)
     examples = examples[:data.max_eval_examples] if data.max_eval_examples else examples
     tokenizer, model = load_trained(model_name)
     check_positions(model.config, data.max_length, "--max-length", "--model", model_name)
     label2id = {label: int(i) for label, i in model.config.label2id.items()}
-    ids = label_ids(examples, label2id, file, getattr(model.config, "hftool_integer_labels", False))
+    ids = label_ids(examples, label2id, file, getattr(model.config, "hftool_integer_labels", False),
+                    label_names_setting=None)
     items, cut = encode_texts(tokenizer, examples, data.max_length)
     warn_truncated(cut, len(items), file, "--max-length", data.max_length)
     with_labels(items, ids)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from hftool.data.files import existing_input, read_input_text, read_stdin_text
 from hftool.errors import HftoolError
 from hftool.generation.batching import (
     generate_in_batches,
@@ -57,7 +58,7 @@ def _report(generator, count: int, what: str, err: TextIO) -> None:
 def _read_stdin(flag: str) -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise HftoolError(f"{flag}: nothing to read; pipe text on stdin or pass a file")
-    return sys.stdin.read()
+    return read_stdin_text(flag)
 
 
 def run_generate(
@@ -157,19 +158,14 @@ def _texts_and_references(
         if input_path in (None, "-"):
             raw = _read_stdin("--input -")
         else:
-            file = Path(input_path).expanduser()
-            if not file.is_file():
-                raise HftoolError(f"--input {input_path}: no such file")
-            raw = file.read_text(encoding="utf-8")
+            raw = read_input_text(existing_input(input_path, "--input"), f"--input {input_path}")
         texts = _split(raw, one_per_line)
         if not texts:
             raise HftoolError(f"--input {input_path or '-'}: no text to work on (empty or blank)")
         references = None
         if reference_path:
-            file = Path(reference_path).expanduser()
-            if not file.is_file():
-                raise HftoolError(f"--reference {reference_path}: no such file")
-            references = _split(file.read_text(encoding="utf-8"), one_per_line)
+            raw = read_input_text(existing_input(reference_path, "--reference"), f"--reference {reference_path}")
+            references = _split(raw, one_per_line)
     if references is not None and len(references) != len(texts):
         raise HftoolError(f"--reference: {len(references)} references for {len(texts)} inputs; give one each")
     return texts, references
@@ -178,6 +174,7 @@ def _texts_and_references(
 def _split(raw: str, one_per_line: bool) -> list[str]:
     if one_per_line:
         return [line.strip() for line in raw.splitlines() if line.strip()]
+    raw = raw.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as a text-mode read gives
     return [raw.strip()] if raw.strip() else []
 
 

@@ -1,5 +1,5 @@
-"""Loading for the labelling runs (classify, ner): tokenizer, a model with a fresh or a trained head, the
-pad token GPT-2 and BLOOM lack, and the output checks of the evaluate commands."""
+"""What the labelling runs (classify, ner) share: a model with a fresh or a trained head (loaded through
+:mod:`hftool.loading`), the pad token GPT-2 and BLOOM lack, and the output checks of the evaluate commands."""
 
 from __future__ import annotations
 
@@ -9,33 +9,8 @@ from pathlib import Path
 
 from hftool.errors import HftoolError
 
-# Byte-level BPE tokenizers need a space before each pre-split word to encode it as inside a sentence.
-PREFIX_SPACE_TYPES = ("gpt2", "bloom", "roberta", "deberta", "longformer", "bart")
-
-
-def load_tokenizer(ref, flag: str, trust_remote_code: bool = False, split_words: bool = False):
-    from transformers import AutoConfig, AutoTokenizer
-
-    from hftool.loading import load_pretrained
-
-    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
-    if split_words:
-        config = load_pretrained(lambda: AutoConfig.from_pretrained(ref.name_or_path, **options),
-                                 ref.name_or_path, flag, "its config")
-        if config.model_type in PREFIX_SPACE_TYPES:
-            options["add_prefix_space"] = True
-    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(ref.name_or_path, **options),
-                                ref.name_or_path, flag, "a tokenizer")
-    if not tokenizer.is_fast:
-        raise HftoolError(f"{flag} {ref.name_or_path}: hftool needs a fast (Rust) tokenizer for word "
-                          "alignment and character offsets; save the tokenizer with tokenizer.json")
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise HftoolError(f"{flag} {ref.name_or_path}: the tokenizer has neither a pad nor an end-of-text "
-                              "token to pad batches with")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
+# What the labelling tokenizer's offsets serve (NER's words, tag's character spans): a slow tokenizer is refused.
+OFFSETS_FOR = "word alignment"
 
 def set_pad_token(model, tokenizer) -> None:
     """GPT-2 and BLOOM have no pad token: the sequence-classification head finds each text's last token
@@ -48,20 +23,16 @@ def new_head_model(auto_class, ref, labels: list[str], flag: str, trust_remote_c
                    extra_config: dict | None = None):
     """The pretrained body with a fresh head for ``labels``; ``id2label``/``label2id`` go into its config,
     so the saved folder loads in transformers' pipelines with the label names."""
-    from transformers import AutoConfig
+    from hftool.loading import load_config, load_model
 
-    from hftool.loading import load_pretrained
-
-    options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
-    config = load_pretrained(lambda: AutoConfig.from_pretrained(
-        ref.name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)}, **options), ref.name_or_path, flag, "its config")
+    name = ref.name_or_path
+    config = load_config(ref, name, flag, trust_remote_code, num_labels=len(labels),
+                         id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
     for key, value in (extra_config or {}).items():
         setattr(config, key, value)
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
-    model = load_pretrained(lambda: auto_class.from_pretrained(ref.name_or_path, config=config, **options),
-                            ref.name_or_path, flag)
+    model = load_model(auto_class, ref, name, flag, config=config, trust_remote_code=trust_remote_code)
     set_pad_token(model, tokenizer)
     return model
 

@@ -11,6 +11,7 @@ from hftool.data.classification import warn_main
 from hftool.data.conll import NerDataConfig, TaggedSentence, read_conll_file, read_hub_ner, tag_list
 from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
+from hftool.loading import load_tokenizer
 from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
     check_run_dir,
@@ -23,9 +24,9 @@ from hftool.runs.artifacts import (
     write_json,
 )
 from hftool.runs.labelled import (
+    OFFSETS_FOR,
     check_positions,
     evaluate_output_dir,
-    load_tokenizer,
     new_head_model,
     score_and_write,
     trained_head_model,
@@ -89,7 +90,8 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
               "--validation-file": data.validation_file}
     check_run_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
     ref = resolve_model(recipe.model.name_or_path, flag)
-    tokenizer = load_tokenizer(ref, flag, recipe.model.trust_remote_code, split_words=True)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code, split_words=True,
+                               offsets_for=OFFSETS_FOR, pad=True)
     engine = Engine(recipe.train, out)
     if engine.is_main:
         prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
@@ -154,7 +156,8 @@ def load_trained(model_name: str, split_words: bool):
     from hftool.loading import resolve_model
 
     ref = resolve_model(model_name, "--model")
-    tokenizer = load_tokenizer(ref, "--model", split_words=split_words)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, "--model", split_words=split_words,
+                               offsets_for=OFFSETS_FOR, pad=True)
     model = trained_head_model(AutoModelForTokenClassification, ref, HEAD, model_name, "--model", tokenizer)
     return tokenizer, model
 
@@ -165,7 +168,7 @@ def run_evaluate_ner(model_name: str, file: str, output_dir: str | Path, data: N
     """Score a token-classification folder on a tagged file; writes ``predictions.json`` and ``metrics.json``."""
     inputs = {"--model": model_name, "--file": file}
     out = evaluate_output_dir(output_dir, batch_size, overwrite, inputs)
-    sentences = read_conll_file(file, "--file", data.tag_scheme)
+    sentences = read_conll_file(file, "--file", data.tag_scheme, scheme_setting="--tag-scheme")
     sentences = sentences[:data.max_eval_examples] if data.max_eval_examples else sentences
     tokenizer, model = load_trained(model_name, split_words=True)
     check_positions(model.config, data.max_length, "--max-length", "--model", model_name)

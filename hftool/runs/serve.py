@@ -171,18 +171,19 @@ def load_encoder(name: str, kind: str):
 def load_qa_service(name: str, window: tuple[int, int, int]):
     """The model, tokenizer and windows of ``hftool answer``, loaded once for every /v1/qa request."""
     from accelerate import PartialState
+    from transformers import AutoModelForQuestionAnswering
 
     from hftool.data.squad import WindowSettings
-    from hftool.loading import resolve_model
-    from hftool.runs.squad import check_positions, load_qa_model, load_qa_tokenizer
+    from hftool.loading import load_config, load_model, load_tokenizer, resolve_model
     from hftool.serve.qa import QAService
 
     settings = WindowSettings(*window, prefix="--")
     settings.validate()
     ref = resolve_model(name, "--model")
-    tokenizer = load_qa_tokenizer(ref, "--model")
-    check_positions(ref, settings, "--model")
-    return QAService(load_qa_model(ref, name=name), tokenizer, settings, PartialState().device)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, "--model", offsets_for="question answering")
+    settings.check_positions(load_config(ref, ref.name_or_path, "--model"), f"--model {ref.name_or_path}")
+    model = load_model(AutoModelForQuestionAnswering, ref, name, "--model", head="question-answering")
+    return QAService(model, tokenizer, settings, PartialState().device)
 
 
 class PathOnly(logging.Filter):

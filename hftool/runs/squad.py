@@ -18,7 +18,6 @@ from hftool.data.squad import (
     SquadDataConfig,
     WindowSettings,
     cached_windows,
-    check_fast_tokenizer,
     check_windows_fit,
     encode_windows,
     read_hub_split,
@@ -42,6 +41,8 @@ from hftool.tasks.squad import SquadTask, load_metric, local_batches
 from hftool.tasks.squad_postprocess import Answer, rank_answers
 
 COMMAND = "finetune squad"
+HEAD = "question-answering"
+OFFSETS_FOR = "question answering"  # windows map answers back to the context through character offsets
 
 
 @dataclass
@@ -88,34 +89,6 @@ def load_split(data: SquadDataConfig, split: str) -> list[QAExample]:
     return examples[:cap] if cap else examples
 
 
-# ---- model and tokenizer ----------------------------------------------------------------------------------
-
-def load_qa_tokenizer(ref, flag: str, trust_remote_code: bool = False):
-    """The model's tokenizer; windows need a fast one (character offsets)."""
-    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, trust_remote_code)
-    check_fast_tokenizer(tokenizer, f"{flag} {ref.name_or_path}")
-    return tokenizer
-
-
-def check_positions(ref, settings: WindowSettings, flag: str, trust_remote_code: bool = False) -> None:
-    """A window longer than the model's position table would index past it."""
-    config = load_config(ref, ref.name_or_path, flag, trust_remote_code)
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and settings.max_length > positions:
-        raise HftoolError(f"{settings.name('max_length')}={settings.max_length} is longer than the "
-                          f"{positions} positions of {flag} {ref.name_or_path}; lower it")
-
-
-def load_qa_model(ref, trust_remote_code: bool = False, name: str | None = None, flag: str = "--model",
-                  trained_head: bool = True):
-    """The question-answering model; ``trained_head`` refuses a checkpoint whose head would be random
-    (evaluate, answer), while fine-tuning puts a fresh head on an encoder on purpose."""
-    from transformers import AutoModelForQuestionAnswering  # torch: only once the inputs are checked
-
-    return load_model(AutoModelForQuestionAnswering, ref, name or ref.name_or_path, flag,
-                      head="question-answering" if trained_head else None, trust_remote_code=trust_remote_code)
-
-
 # ---- hftool finetune squad --------------------------------------------------------------------------------
 
 @releases_claims
@@ -135,13 +108,15 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
 
     # torch, transformers and accelerate load only once the recipe and the data are known to be good.
     from accelerate.utils import set_seed
+    from transformers import AutoModelForQuestionAnswering
 
     from hftool.engine.trainer import Engine
 
     flag = "model.name_or_path"
     ref = resolve_model(recipe.model.name_or_path, flag)
-    tokenizer = load_qa_tokenizer(ref, flag, recipe.model.trust_remote_code)
-    check_positions(ref, settings, flag, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code, offsets_for=OFFSETS_FOR)
+    settings.check_positions(load_config(ref, ref.name_or_path, flag, recipe.model.trust_remote_code),
+                             f"{flag} {ref.name_or_path}")
     check_windows_fit(train_examples + eval_examples, tokenizer, settings)
 
     engine = Engine(recipe.train, out)
@@ -157,8 +132,8 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
                  f"questions -> {len(eval_windows):,} windows")
 
     set_seed(recipe.train.seed)
-    model = load_qa_model(ref, recipe.model.trust_remote_code, recipe.model.name_or_path, flag,
-                          trained_head=False)
+    model = load_model(AutoModelForQuestionAnswering, ref, recipe.model.name_or_path, flag,
+                       trust_remote_code=recipe.model.trust_remote_code)  # a fresh head on an encoder
     task = SquadTask(settings, train_windows.pad_token_id, eval_examples, eval_windows, metric,
                      data.pad_to_max_length, data.pad_to_multiple_of)
     each_epoch = recipe.eval_each_epoch and recipe.train.eval_every == 0
@@ -229,13 +204,14 @@ def run_evaluate_squad(model_name: str, file: str | None, output_dir: str | Path
     examples = examples[:max_examples] if max_examples else examples
 
     import torch  # torch, transformers and accelerate load only once the inputs are checked
+    from transformers import AutoModelForQuestionAnswering
 
     from hftool.engine.trainer import Engine
 
     ref = resolve_model(model_name, "--model")
-    tokenizer = load_qa_tokenizer(ref, "--model")
-    check_positions(ref, settings, "--model")
-    model = load_qa_model(ref, name=model_name)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, "--model", offsets_for=OFFSETS_FOR)
+    settings.check_positions(load_config(ref, ref.name_or_path, "--model"), f"--model {ref.name_or_path}")
+    model = load_model(AutoModelForQuestionAnswering, ref, model_name, "--model", head=HEAD)
     check_windows_fit(examples, tokenizer, settings)
     engine = Engine(TrainConfig(output_dir=str(out), mixed_precision=mixed_precision,
                                 eval_batch_size=batch_size, report_to="none"), out)
@@ -267,13 +243,14 @@ def answer_questions(model_name: str, examples: list[QAExample], settings: Windo
         raise HftoolError(f"--top-k={top_k} must be at least 1")
     import torch  # torch, transformers and accelerate load only once the inputs are checked
     from accelerate import PartialState
+    from transformers import AutoModelForQuestionAnswering
     from transformers.utils import logging as transformers_logging
 
     ref = resolve_model(model_name, "--model")
-    tokenizer = load_qa_tokenizer(ref, "--model")
-    check_positions(ref, settings, "--model")
+    tokenizer = load_tokenizer(ref, ref.name_or_path, "--model", offsets_for=OFFSETS_FOR)
+    settings.check_positions(load_config(ref, ref.name_or_path, "--model"), f"--model {ref.name_or_path}")
     transformers_logging.disable_progress_bar()  # answers are the only output
-    model = load_qa_model(ref, name=model_name)
+    model = load_model(AutoModelForQuestionAnswering, ref, model_name, "--model", head=HEAD)
     check_windows_fit(examples, tokenizer, settings)
     windows = encode_windows(examples, tokenizer, settings)
     device = PartialState().device

@@ -17,19 +17,11 @@ import numpy as np
 
 from hftool.data.classification import ClassifyDataConfig, TextExample
 from hftool.engine.config import TrainConfig
+from hftool.engine.eval_sharding import Ordered, balanced_length_order, broadcast_metrics, gather_predictions
 from hftool.metrics.classification import classification_scores
-from hftool.tasks.squad import Ordered, balanced_length_order
+from hftool.tasks.labelling import LabelModelConfig, pad_batch
 
-PAD_TO_MULTIPLE_OF = 8
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@dataclass
-class LabelModelConfig:
-    """The pretrained model to fine-tune; a fresh classification head is put on top."""
-
-    name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -76,47 +68,6 @@ def with_labels(items: list[dict], labels: Sequence[int]) -> list[dict]:
     for item, label in zip(items, labels, strict=True):
         item["label"] = label
     return items
-
-
-def pad_batch(items: list[dict], pad_token_id: int, pad_to: int | None, max_length: int) -> dict:
-    """Input ids, attention mask (and token types) padded on the right as tensors."""
-    import torch
-
-    longest = max(len(item["input_ids"]) for item in items)
-    rounded = -(-longest // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
-    length = pad_to or max(longest, min(rounded, max_length))
-    input_ids = np.full((len(items), length), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros((len(items), length), dtype=np.int64)
-    with_types = "token_type_ids" in items[0]
-    token_type_ids = np.zeros((len(items), length), dtype=np.int64)
-    for row, item in enumerate(items):
-        size = len(item["input_ids"])
-        input_ids[row, :size] = item["input_ids"]
-        attention_mask[row, :size] = 1
-        if with_types:
-            token_type_ids[row, :size] = item["token_type_ids"]
-    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
-             "index": torch.tensor([item["index"] for item in items])}
-    if with_types:
-        batch["token_type_ids"] = torch.from_numpy(token_type_ids)
-    return batch
-
-
-def gather_predictions(engine, found: dict[int, object]) -> dict[int, object]:
-    """Every process's ``index -> prediction`` merged (each index is predicted by exactly one process)."""
-    if engine.num_processes == 1:
-        return found
-    from accelerate.utils import gather_object
-
-    return dict(gather_object(list(found.items())))
-
-
-def broadcast_metrics(engine, metrics: dict) -> dict:
-    if engine.num_processes == 1:
-        return metrics
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([metrics])[0]
 
 
 class ClassifyTask:

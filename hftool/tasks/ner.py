@@ -17,9 +17,9 @@ import numpy as np
 
 from hftool.data.conll import NerDataConfig, TaggedSentence
 from hftool.engine.config import TrainConfig
+from hftool.engine.eval_sharding import Ordered, balanced_length_order, broadcast_metrics, gather_predictions
 from hftool.metrics.entities import entity_scores
-from hftool.tasks.classify import LabelModelConfig, broadcast_metrics, gather_predictions, pad_batch
-from hftool.tasks.squad import Ordered, balanced_length_order
+from hftool.tasks.labelling import LabelModelConfig, pad_batch
 
 IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

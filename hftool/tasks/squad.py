@@ -12,12 +12,13 @@ predictions with the SQuAD v1.1 metric shipped in ``hftool/metrics/squad``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from hftool.data.squad import PAD_TO_MULTIPLE_OF, QAExample, Windows, WindowSettings
+from hftool.engine.eval_sharding import Ordered, balanced_length_order
 from hftool.tasks.squad_postprocess import Candidate, rank_answers, span_candidates
 
 METRIC_DIR = Path(__file__).resolve().parent.parent / "metrics" / "squad"
@@ -30,26 +31,6 @@ def load_metric():
     import evaluate
 
     return evaluate.load(str(METRIC_DIR), keep_in_memory=True)
-
-
-class Ordered(Sequence):
-    """``items`` seen through an index order, without copying them."""
-
-    def __init__(self, items: Sequence, order: np.ndarray):
-        self.items, self.order = items, order
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, index: int):
-        return self.items[int(self.order[index])]
-
-
-def balanced_length_order(lengths: np.ndarray, num_processes: int) -> np.ndarray:
-    """Longest first, dealt round-robin into one contiguous block per process: every block is sorted (little
-    padding per batch) and the blocks hold similar amounts of work."""
-    by_length = np.argsort(-lengths, kind="stable")
-    return np.concatenate([by_length[rank::num_processes] for rank in range(num_processes)])
 
 
 class SquadTask:
