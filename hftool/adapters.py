@@ -180,10 +180,10 @@ def base_model_ref(folder: Path, flag: str):
 
     base = read_adapter_config(folder, flag)["base_model_name_or_path"]
     try:
-        return resolve_model(base, flag)
+        return resolve_model(base, f"{ADAPTER_CONFIG} base_model_name_or_path")
     except HftoolError as exc:
-        raise HftoolError(f"{flag} {folder}: the adapter's base model {base} (base_model_name_or_path in "
-                          f"{ADAPTER_CONFIG}) cannot be loaded: {exc}; restore it or edit the path") from None
+        raise HftoolError(f"{flag} {folder}: the adapter's base model is missing: {exc} (restore the base model "
+                          f"or point base_model_name_or_path at it)") from None
 
 
 def load_for_inference(folder: str | Path, auto_class, flag: str = "--model", **options):

@@ -170,8 +170,9 @@ def test_continued_pretraining_with_lora_generates_like_its_merged_folder(tiny_g
     assert code == 0, err
     code, merged_text, err = run_cli([*generate, "-m", str(merged)])
     assert code == 0, err
-    code, base_text, err = run_cli([*generate, "-m", str(tiny_gpt2)])
-    assert adapter_text == merged_text and adapter_text != base_text
+    assert adapter_text == merged_text
+    trained = load_file(out / "adapter_model.safetensors")
+    assert all(trained[k].abs().sum() > 0 for k in trained if "lora_B" in k)  # lora_B starts at zero
 
 
 class _StopAfter:
@@ -206,8 +207,7 @@ def test_a_stopped_lora_run_resumes_to_the_uninterrupted_weights(tiny_bert, labe
         stopped = _finetune("classify", "classify-sst2-minilm", tiny_bert, labelled_files, tmp_path / "stopped",
                             "tsv", "data.label_names=null", "adapter.dropout=0.1")
     assert not (stopped / "adapter_model.safetensors").exists()
-    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["step-3"] or \
-        len(list((stopped / "checkpoints").iterdir())) == 1
+    assert len(list((stopped / "checkpoints").iterdir())) == 1
     _finetune("classify", "classify-sst2-minilm", tiny_bert, labelled_files, stopped, "tsv",
               "data.label_names=null", "adapter.dropout=0.1", "--resume")
     expected = load_file(reference / "adapter_model.safetensors")
