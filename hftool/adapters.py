@@ -10,7 +10,9 @@ wrapped or loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,6 +74,16 @@ class AdapterSettings:
         return self.kind != "none"
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """Hide peft's notes on GPT-2's Conv1D layers and its use of a method transformers renamed: nothing a user
+    can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def is_adapter_folder(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
@@ -116,12 +128,8 @@ def apply_adapter(model, settings: AdapterSettings, task: str):
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, modules_to_save=heads or None, task_type=TASK_TYPES[task],
                         base_model_name_or_path=_base_path(model))
-    import warnings
-
-    with warnings.catch_warnings():  # GPT-2's Conv1D layers: peft sets fan_in_fan_out itself and says so
-        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-        wrapped = get_peft_model(model, config)
-    return wrapped
+    with quiet_peft():
+        return get_peft_model(model, config)
 
 
 def is_adapter_model(model) -> bool:
@@ -149,7 +157,7 @@ def adapter_usage(folder_kind: str) -> str:
     labels = "" if folder_kind in ("CAUSAL_LM", "QUESTION_ANS") else (
         "  # add num_labels=, id2label= from config.json when the head has other than 2 labels")
     return f"""This folder is a LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`) over the base model
-named in `adapter_config.json`:
+named in `adapter_config.json`: load it with peft, or merge it first for the plain `transformers` lines above.
 
 ```python
 from peft import {auto}
@@ -191,22 +199,34 @@ def load_for_inference(folder: str | Path, auto_class, flag: str = "--model", **
     loading info (``missing_keys``: base weights neither the base checkpoint nor the adapter holds).
 
     ``options`` go to the base model's ``from_pretrained`` (dtype, device_map, config ...); the config defaults to
-    the adapter folder's own (the trained head's labels). A missing base is one line; other loading errors are
-    transformers' and peft's own (:func:`hftool.loading.load_model` turns them into one line).
+    the adapter folder's own (the trained head's labels). ``AutoModel`` (the bare body, as ``explain`` asks for)
+    gets the body of the merged task model, so the adapted layers are where peft expects them. A missing base is
+    one line; other loading errors are transformers' and peft's own (:func:`hftool.loading.load_model` turns them
+    into one line).
     """
-    from peft import PeftModel
-    from safetensors import safe_open
+    import transformers
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     folder = Path(folder)
     ref = base_model_ref(folder, flag)
+    peft_config = PeftConfig.from_pretrained(folder)
+    body_only = auto_class is transformers.AutoModel and peft_config.task_type in AUTO_CLASSES
+    if body_only:
+        auto_class = getattr(transformers, AUTO_CLASSES[peft_config.task_type])
     options = {**ref.load_kwargs(), "config": options.get("config") or AutoConfig.from_pretrained(folder), **options}
     base, info = auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options)
-    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as weights:
-        saved = set(weights.keys())
+    saved = load_file(str(folder / "adapter_model.safetensors"))
     missing = [k for k in info["missing_keys"] if f"base_model.model.{k}" not in saved]
-    model = PeftModel.from_pretrained(base, folder)
-    return model.merge_and_unload(), {**info, "missing_keys": missing}
+    with quiet_peft():
+        model = get_peft_model(base, peft_config)
+        unused = set_peft_model_state_dict(model, saved).unexpected_keys
+    if unused:
+        raise HftoolError(f"{flag} {folder}: {len(unused)} adapter weight(s) fit no layer of the base model "
+                          f"{ref.name_or_path} (e.g. {unused[0]}); was the adapter trained on another base model?")
+    merged = model.merge_and_unload().eval()
+    return (merged.base_model if body_only else merged), {**info, "missing_keys": missing}
 
 
 def merge(folder: str | Path, flag: str = "ADAPTER_FOLDER"):

@@ -88,8 +88,10 @@ folder, texts, extra = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv
 model = {auto}.from_pretrained(folder, **extra).eval()
 tokenizer = AutoTokenizer.from_pretrained(folder)
 assert not any(name.startswith("hftool") for name in sys.modules)
+def first_logits(output):  # question answering has start and end logits
+    return output["logits"] if "logits" in output else output["start_logits"]
 with torch.no_grad():
-    print(json.dumps([model(**tokenizer(t, return_tensors="pt")).logits[0].tolist() for t in texts]))
+    print(json.dumps([first_logits(model(**tokenizer(t, return_tensors="pt")))[0].tolist() for t in texts]))
 """
 
 
@@ -156,6 +158,42 @@ def test_tag_on_the_adapter_equals_tag_on_the_merged_folder(tagger, tmp_path):
     code, merged_out, err = run_cli(["tag", "-m", str(merged), *SENTENCES[:4]])
     assert code == 0, err
     assert adapter_out == merged_out
+
+
+def test_squad_lora_answers_and_explains_like_its_merged_folder(tiny_bert, tmp_path):
+    from squad_fixtures import hand_examples, write_jsonl
+    from transformers import AutoModelForQuestionAnswering
+
+    examples = hand_examples()
+    data = write_jsonl(tmp_path / "squad.jsonl", examples)
+    out = tmp_path / "qa"
+    code, _, err = run_cli(["finetune", "squad", "-r", "squad-minilm", f"model.name_or_path={tiny_bert}",
+                            "--train-file", str(data), "--validation-file", str(data), f"train.output_dir={out}",
+                            "data.max_length=64", "data.doc_stride=16", *TRAIN, *LORA])
+    assert code == 0, err[-3000:]
+    assert "qa_outputs" in json.loads((out / "adapter_config.json").read_text())["modules_to_save"]
+    texts = [examples[0].question]
+    plain = _plain_peft_logits("AutoPeftModelForQuestionAnswering", out, texts)[0]
+    from hftool.loading import load_model, load_tokenizer, resolve_model
+
+    ref = resolve_model(str(out))
+    model, tokenizer = load_model(AutoModelForQuestionAnswering, ref, str(out), "--model"), load_tokenizer(ref, "", "")
+    with torch.no_grad():
+        ours = model(**tokenizer(texts[0], return_tensors="pt"))
+    assert torch.allclose(plain, ours.start_logits[0], atol=1e-5)
+
+    merged = _merged(out, tmp_path)
+    ask = ["--question", examples[0].question, "--context", examples[0].context, "--max-length", "64",
+           "--doc-stride", "16", "--json"]
+    explain = ["explain", "attention", "-t", "the fox jumps", "--layer", "1"]
+    for command in (["answer", *ask], explain):
+        outputs = []
+        for folder in (out, merged):
+            extra = ["-o", str(tmp_path / f"{folder.name}.png")] if command is explain else []
+            code, shown, err = run_cli([*command, "-m", str(folder), *extra])
+            assert code == 0, err
+            outputs.append(shown.replace(str(tmp_path / f"{folder.name}.png"), "PNG"))
+        assert outputs[0] == outputs[1]
 
 
 def test_continued_pretraining_with_lora_generates_like_its_merged_folder(tiny_gpt2, small_corpus, tmp_path):
