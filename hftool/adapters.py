@@ -207,7 +207,7 @@ def load_for_inference(folder: str | Path, auto_class, flag: str = "--model", **
     import transformers
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import AutoConfig
+    from transformers import AutoConfig, GenerationConfig
 
     folder = Path(folder)
     ref = base_model_ref(folder, flag)
@@ -226,6 +226,8 @@ def load_for_inference(folder: str | Path, auto_class, flag: str = "--model", **
         raise HftoolError(f"{flag} {folder}: {len(unused)} adapter weight(s) fit no layer of the base model "
                           f"{ref.name_or_path} (e.g. {unused[0]}); was the adapter trained on another base model?")
     merged = model.merge_and_unload().eval()
+    if (folder / "generation_config.json").is_file() and merged.can_generate():  # the run's decoding defaults
+        merged.generation_config = GenerationConfig.from_pretrained(folder)
     return (merged.base_model if body_only else merged), {**info, "missing_keys": missing}
 
 

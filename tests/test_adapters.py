@@ -211,6 +211,27 @@ def test_continued_pretraining_with_lora_generates_like_its_merged_folder(tiny_g
     assert adapter_text == merged_text
     trained = load_file(out / "adapter_model.safetensors")
     assert all(trained[k].abs().sum() > 0 for k in trained if "lora_B" in k)  # lora_B starts at zero
+    assert _served_completion(out) == _served_completion(merged)
+    # the run's decoding defaults (written by pretrain) travel with the adapter into the merged folder
+    assert json.loads((merged / "generation_config.json").read_text())["top_p"] == 0.95
+
+
+def _served_completion(folder):
+    """A greedy completion from the app ``hftool serve --model FOLDER`` builds (in process, no port)."""
+    from fastapi.testclient import TestClient
+
+    from hftool.generation.settings import GenerateRecipe, ModelSettings
+    from hftool.runs.serve import ServeOptions, build_served
+    from hftool.serve.app import create_app
+
+    options = ServeOptions(recipe=GenerateRecipe(model=ModelSettings(name=str(folder))), max_batch_size=2,
+                           max_queue=2, threads=1)
+    options.validate()
+    with TestClient(create_app(build_served(options))) as client:
+        response = client.post("/v1/completions", json={"prompt": "The quick brown", "max_tokens": 8,
+                                                        "temperature": 0})
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["text"]
 
 
 class _StopAfter:
