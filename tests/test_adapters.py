@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from helpers import run_cli, tiny_pretrain_args
+from helpers import REPO, run_cli, tiny_pretrain_args
 from safetensors.torch import load_file
 
 from hftool.outputs import read_manifest
@@ -283,3 +283,27 @@ def test_a_resume_with_another_adapter_is_refused(classifier, tiny_bert, labelle
                             "--resume"])
     assert code != 0 and "adapter.r: 4 -> 2" in err and "Traceback" not in err
 
+
+
+@pytest.mark.integration
+def test_two_process_lora_equals_one_process_with_the_whole_batch(tiny_bert, labelled_files, tmp_path):
+    """Data parallelism holds for adapter runs: 2 processes of 2 examples train the adapter 1 process of 4 does."""
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    model = BertForPreTraining.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(tmp_path / "bert")
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "bert")
+    common = ["finetune", "classify", "-r", "classify-sst2-minilm", f"model.name_or_path={tmp_path / 'bert'}",
+              "--train-file", str(labelled_files / "train.tsv"), "--validation-file", str(labelled_files / "dev.tsv"),
+              "data.max_length=32", "data.label_names=null", *TRAIN, *LORA, "adapter.dropout=0", "train.max_steps=3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    two = subprocess.run([sys.executable, "-m", "hftool", *common, f"train.output_dir={tmp_path / 'two'}",
+                          "train.batch_size=2", "--num-processes", "2"], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=REPO)
+    assert two.returncode == 0, two.stderr[-3000:]
+    code, _, err = run_cli([*common, f"train.output_dir={tmp_path / 'one'}", "train.batch_size=4"])
+    assert code == 0, err
+    one, two = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-6), name
