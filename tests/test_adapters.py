@@ -307,3 +307,23 @@ def test_two_process_lora_equals_one_process_with_the_whole_batch(tiny_bert, lab
     assert one.keys() == two.keys()
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("decoder", ["tiny_gpt2", "tiny_bloom"])
+def test_a_decoder_classifier_with_lora_classifies_like_its_merged_folder(decoder, request, labelled_files,
+                                                                          tmp_path):
+    """GPT-2 and BLOOM as classifiers (their head is ``score``; GPT-2's layers are Conv1D), as the
+    classify-sst2-bloom-560m-lora recipe trains BLOOM."""
+    out = _finetune("classify", "classify-sst2-minilm", request.getfixturevalue(decoder), labelled_files,
+                    tmp_path / "run", "tsv", "data.label_names=null")
+    config = json.loads((out / "adapter_config.json").read_text())
+    expected = {"tiny_gpt2": {"c_attn", "c_proj", "c_fc"},
+                "tiny_bloom": {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}}[decoder]
+    assert set(config["target_modules"]) == expected and "score" in config["modules_to_save"]
+    merged = _merged(out, tmp_path)
+    shown = []
+    for folder in (out, merged):
+        code, text, err = run_cli(["classify", "-m", str(folder), "--json", *SENTENCES])
+        assert code == 0, err
+        shown.append(text)
+    assert shown[0] == shown[1]
