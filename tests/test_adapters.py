@@ -114,6 +114,7 @@ def _hftool_logits(auto_class, folder, texts):
         return torch.stack([model(**tokenizer(t, return_tensors="pt")).logits[0] for t in texts])
 
 
+@pytest.mark.integration  # peft alone, in a subprocess
 @pytest.mark.parametrize("kind", ["classify", "ner"])
 def test_plain_peft_loads_the_adapter_with_hftools_logits(kind, request):
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -131,6 +132,7 @@ def test_plain_peft_loads_the_adapter_with_hftools_logits(kind, request):
     assert torch.allclose(plain, ours, atol=1e-5)
 
 
+@pytest.mark.integration  # peft alone, in a subprocess
 def test_merge_writes_a_plain_model_with_the_adapters_outputs(classifier, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -160,6 +162,7 @@ def test_tag_on_the_adapter_equals_tag_on_the_merged_folder(tagger, tmp_path):
     assert adapter_out == merged_out
 
 
+@pytest.mark.integration  # peft alone, in a subprocess
 def test_squad_lora_answers_and_explains_like_its_merged_folder(tiny_bert, tmp_path):
     from squad_fixtures import hand_examples, write_jsonl
     from transformers import AutoModelForQuestionAnswering
