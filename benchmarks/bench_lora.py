@@ -9,7 +9,7 @@ peak memory. Goal (issue 26): LoRA within 1.5 points of the full fine-tune at a 
 
     python benchmarks/bench_lora.py            # one epoch of each task (hours on a small CPU)
     python benchmarks/bench_lora.py --quick    # 320 training examples per task: checks the plumbing
-    python benchmarks/bench_lora.py --tasks classify
+    python benchmarks/bench_lora.py --quick --tasks classify --train-examples 1600 --eval-examples 436
 
 Writes benchmarks/results/lora.json (git-ignored) and prints a markdown table.
 """
@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="320 training and 100 dev examples per task.")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     parser.add_argument("--seed", type=int, default=SHARED["seed"])
+    parser.add_argument("--train-examples", type=int, help="Cap on the training examples of each task.")
+    parser.add_argument("--eval-examples", type=int, help="Cap on the validation examples of each task.")
     args = parser.parse_args()
     for name in args.tasks:
         benchmark = TASKS[name][0]
@@ -119,6 +121,8 @@ def main() -> None:
 
     precision = resolve_mixed_precision("auto")
     settings = {**SHARED, **(QUICK if args.quick else FULL), "seed": args.seed}
+    for key in ("train_examples", "eval_examples"):
+        settings[key] = getattr(args, key) or settings[key]
     RESULTS.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     report = {"mode": "quick" if args.quick else "full", "settings": settings, "lora": LORA,
