@@ -117,11 +117,12 @@ def apply_adapter(model, settings: AdapterSettings, task: str):
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules(model, settings)
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    unknown = [t for t in targets if t not in present and not any(n.endswith(t) for n in present)]
+    names = [name for name, _ in model.named_modules()]
+    unknown = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
     if unknown:
+        layers = sorted({name.rsplit(".", 1)[-1] for name in names if name})
         raise HftoolError(f"adapter.target_modules: the {model.config.model_type} model has no layer named "
-                          f"{', '.join(unknown)}; its layers include {', '.join(sorted(present)[:12])}")
+                          f"{', '.join(unknown)}; its layers include {', '.join(layers[:16])}")
     heads = settings.modules_to_save
     if heads is None and task != "causal-lm":
         heads = [name for name in HEAD_MODULES if hasattr(model, name)]
@@ -150,11 +151,11 @@ def save_adapter(model, folder: Path, state_dict=None) -> None:
         generation.save_pretrained(folder)
 
 
-def adapter_usage(folder_kind: str) -> str:
+def adapter_usage(task_type: str) -> str:
     """The model card's lines on loading the adapter without hftool."""
     auto = {"SEQ_CLS": "AutoPeftModelForSequenceClassification", "TOKEN_CLS": "AutoPeftModelForTokenClassification",
-            "QUESTION_ANS": "AutoPeftModelForQuestionAnswering", "CAUSAL_LM": "AutoPeftModelForCausalLM"}[folder_kind]
-    labels = "" if folder_kind in ("CAUSAL_LM", "QUESTION_ANS") else (
+            "QUESTION_ANS": "AutoPeftModelForQuestionAnswering", "CAUSAL_LM": "AutoPeftModelForCausalLM"}[task_type]
+    labels = "" if task_type in ("CAUSAL_LM", "QUESTION_ANS") else (
         "  # add num_labels=, id2label= from config.json when the head has other than 2 labels")
     return f"""This folder is a LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`) over the base model
 named in `adapter_config.json`: load it with peft, or merge it first for the plain `transformers` lines above.

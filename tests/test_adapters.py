@@ -332,3 +332,17 @@ def test_a_decoder_classifier_with_lora_classifies_like_its_merged_folder(decode
         assert code == 0, err
         shown.append(text)
     assert shown[0] == shown[1]
+
+
+def test_a_target_layer_the_model_lacks_is_named(tiny_gpt2):
+    from transformers import AutoModelForCausalLM
+
+    from hftool.adapters import AdapterSettings, apply_adapter
+    from hftool.errors import HftoolError
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    with pytest.raises(HftoolError, match="no layer named query; its layers include .*c_attn"):
+        apply_adapter(model, AdapterSettings(kind="lora", target_modules=["c_attn", "query"]), "causal-lm")
+    wrapped = apply_adapter(model, AdapterSettings(kind="lora", target_modules=["mlp.c_proj"]), "causal-lm")
+    adapted = {name for name, _ in wrapped.named_modules() if name.endswith("lora_A")}
+    assert adapted and all(".mlp.c_proj." in name for name in adapted)  # a dotted path picks the MLP's c_proj only
