@@ -346,3 +346,17 @@ def test_a_target_layer_the_model_lacks_is_named(tiny_gpt2):
     wrapped = apply_adapter(model, AdapterSettings(kind="lora", target_modules=["mlp.c_proj"]), "causal-lm")
     adapted = {name for name, _ in wrapped.named_modules() if name.endswith("lora_A")}
     assert adapted and all(".mlp.c_proj." in name for name in adapted)  # a dotted path picks the MLP's c_proj only
+
+
+def test_adapter_weights_that_fit_no_layer_of_the_base_are_refused(classifier, tmp_path):
+    """An adapter trained on another base (its layer names differ) would silently leave the base unchanged."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(classifier, other)
+    weights = load_file(other / "adapter_model.safetensors")
+    save_file({k.replace(".query.", ".q_proj."): v for k, v in weights.items()}, other / "adapter_model.safetensors")
+    code, _, err = run_cli(["classify", "-m", str(other), "a fine film"])
+    assert code != 0 and "adapter weight(s) fit no layer of the base model" in err and "Traceback" not in err
