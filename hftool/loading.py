@@ -172,12 +172,19 @@ def load_tokenizer(ref: ModelRef, name: str, flag: str, trust_remote_code: bool 
 
 def load_model(auto_class, ref: ModelRef, name: str, flag: str, head: str | None = None,
                with_info: bool = False, **options):
-    """``auto_class.from_pretrained`` for ``ref``; with ``head``, a checkpoint without trained weights for that
-    head is refused (scoring, predicting); without it, missing head weights are initialised (fine-tuning puts a
-    fresh head on a body). ``with_info`` also returns transformers' loading info (missing keys ...)."""
-    options = {**ref.load_kwargs(), **options}
-    model, info = load_pretrained(
-        lambda: auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options), name, flag)
+    """``auto_class.from_pretrained`` for ``ref`` (an adapter folder loads its base model with the adapter merged
+    in, :mod:`hftool.adapters`); with ``head``, a checkpoint without trained weights for that head is refused
+    (scoring, predicting); without it, missing head weights are initialised (fine-tuning puts a fresh head on a
+    body). ``with_info`` also returns transformers' loading info (missing keys ...)."""
+    from hftool.adapters import is_adapter_folder, load_for_inference
+
+    if is_adapter_folder(ref.name_or_path):  # a LoRA adapter folder: its base model with the adapter merged in
+        model, info = load_pretrained(lambda: load_for_inference(ref.name_or_path, auto_class, flag, **options),
+                                      name, flag)
+    else:
+        options = {**ref.load_kwargs(), **options}
+        model, info = load_pretrained(
+            lambda: auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options), name, flag)
     if head is not None:
         check_head_architecture(model.config, head, name, flag)
         check_head_loaded(model.config, info["missing_keys"], head, name, flag)

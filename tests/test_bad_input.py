@@ -183,6 +183,22 @@ CASES = [
     ("translate-pairs-dev-zero", ["translate", "-m", "{gpt2}", "--pairs", "/dev/zero", "Good morning."],
      "--pairs /dev/zero: holds NUL bytes at byte 0"),
     ("recipe-file-nul", ["generate", "-r", "{nul_yaml}", "-p", "hi"], "nul.yaml: holds NUL bytes at byte 8"),
+    # LoRA adapters (issue 26 item 1): the recipe section, adapter folders whose base model is gone, merge
+    ("finetune-classify-lora-r-0", [*CLASSIFY, "adapter.kind=lora", "adapter.r=0", "train.output_dir={tmp}/run"],
+     "adapter.r=0 must be at least 1"),
+    ("finetune-classify-lora-dropout-1", [*CLASSIFY, "adapter.kind=lora", "adapter.dropout=1",
+                                          "train.output_dir={tmp}/run"], "adapter.dropout=1.0 must be in [0, 1)"),
+    ("pretrain-lora-fresh-model", [*PRETRAIN, "adapter.kind=lora", "train.output_dir={tmp}/run"],
+     "adapts a pretrained causal LM: set objective=causal-lm and model.init_from"),
+    ("pretrain-lora-resized-embeddings", [*PRETRAIN, "adapter.kind=lora", "model.init_from={gpt2}", "model.config={}",
+                                          "tokenizer.resize_embeddings=true", "train.output_dir={tmp}/run"],
+     "tokenizer.resize_embeddings=true adds embedding rows that adapter.kind=lora would never train"),
+    ("classify-adapter-base-missing", ["classify", "-m", "{lost_base}", "a fine film"],
+     "the adapter's base model is missing: adapter_config.json base_model_name_or_path /nowhere/base: no such"),
+    ("adapters-merge-base-missing", ["adapters", "merge", "{lost_base}", "-o", "{tmp}/merged"],
+     "the adapter's base model is missing"),
+    ("adapters-merge-not-an-adapter", ["adapters", "merge", "{gpt2}", "-o", "{tmp}/merged"],
+     "no adapter_config.json there"),
 ]
 
 
@@ -245,6 +261,11 @@ def _labelling_heads(tiny_bert: Path, root: Path) -> dict[str, str]:
         cls(config).save_pretrained(root / key)
         tokenizer.save_pretrained(root / key)
         folders[key] = str(root / key)
+    lost_base = root / "lost-base"  # an adapter folder whose base model was moved away
+    shutil.copytree(root / "seq_cls", lost_base)
+    (lost_base / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere/base",
+                                                               "peft_type": "LORA", "task_type": "SEQ_CLS"}))
+    folders["lost_base"] = str(lost_base)
     return folders
 
 

@@ -34,6 +34,7 @@ def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 def _register() -> None:
     from hftool.cli import (
+        adapters,
         answer,
         classify,
         env,
@@ -55,6 +56,7 @@ def _register() -> None:
     app.command("pretrain", help=pretrain.pretrain.__doc__)(pretrain.pretrain)
     app.add_typer(finetune.app, name="finetune")
     app.add_typer(evaluate.app, name="evaluate")
+    app.add_typer(adapters.app, name="adapters")
     app.command("answer", help=answer.answer.__doc__)(answer.answer)
     app.command("classify", help=classify.classify.__doc__)(classify.classify)
     app.command("tag", help=tag.tag.__doc__)(tag.tag)

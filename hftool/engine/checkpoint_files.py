@@ -197,16 +197,42 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ---- the training state -------------------------------------------------------------------------------
+def trained_weights(model: torch.nn.Module) -> dict[str, torch.nn.Parameter] | None:
+    """The weights a run with frozen ones (LoRA) trains, by name; None when every weight trains. Only those go
+    into its checkpoints: the frozen ones are the base model's, read again from it on resume (a BLOOM-560m LoRA
+    checkpoint is megabytes, not 2 GB)."""
+    weights = dict(model.named_parameters())
+    if all(w.requires_grad for w in weights.values()):
+        return None
+    return {name: w for name, w in weights.items() if w.requires_grad}
+
+
 def save_model(model: torch.nn.Module, folder: Path) -> None:
     path = folder / MODEL_FILE
+    trained = trained_weights(model)
     with writing(path):
-        safetensors.torch.save_model(model, str(path))
+        if trained is None:
+            safetensors.torch.save_model(model, str(path))
+        else:
+            safetensors.torch.save_file({k: w.detach().contiguous() for k, w in trained.items()}, str(path))
 
 
 def load_model(model: torch.nn.Module, folder: Path) -> None:
     path = folder / MODEL_FILE
+    device = str(next(model.parameters()).device)
+    trained = trained_weights(model)
     with reading(path):
-        safetensors.torch.load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
+        if trained is None:
+            safetensors.torch.load_model(model, str(path), strict=True, device=device)
+            return
+        saved = safetensors.torch.load_file(str(path), device=device)
+        if saved.keys() != trained.keys():
+            missing, extra = sorted(trained.keys() - saved.keys()), sorted(saved.keys() - trained.keys())
+            raise RuntimeError(f"it holds other trained weights than the model's (missing {missing[:2]}, "
+                               f"unexpected {extra[:2]})")
+        with torch.no_grad():
+            for name, weight in trained.items():
+                weight.copy_(saved[name])
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:

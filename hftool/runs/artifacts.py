@@ -28,7 +28,7 @@ from hftool.outputs import (
 
 RECIPE_FILE = "hftool_recipe.yaml"
 # Recipe sections that decide the model's shape: a checkpoint cannot be resumed when they change.
-SHAPE_FIELDS = ("objective", "model.", "tokenizer.")
+SHAPE_FIELDS = ("objective", "model.", "tokenizer.", "adapter.")
 
 
 def check_run_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool,
@@ -87,8 +87,10 @@ def _changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
 def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str, state_dict=None) -> None:
     """Save the model folder; files are written to a temporary folder first, then moved into place.
 
-    ``state_dict`` is the full (gathered) state when training was sharded (FSDP, DeepSpeed ZeRO-3).
+    ``state_dict`` is the full (gathered) state when training was sharded (FSDP, DeepSpeed ZeRO-3). A LoRA run
+    saves its adapter folder (:func:`hftool.adapters.save_adapter`) and says in the card how to load it.
     """
+    from hftool.adapters import adapter_usage, is_adapter_model, save_adapter
     from hftool.engine.checkpoint_files import writing  # imports torch: not needed to claim a folder (fail fast)
 
     tmp = out / ".final-tmp"
@@ -97,7 +99,11 @@ def write_final_artifacts(model, tokenizer, out: Path, summary: dict, card: str,
     try:
         with writing(tmp):
             tmp.mkdir(parents=True)
-            model.save_pretrained(tmp, state_dict=state_dict)
+            if is_adapter_model(model):
+                save_adapter(model, tmp, state_dict)
+                card += "\n" + adapter_usage(model.peft_config["default"].task_type)
+            else:
+                model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
             (tmp / "README.md").write_text(card, encoding="utf-8")

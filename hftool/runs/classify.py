@@ -86,12 +86,13 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
     from accelerate.utils import set_seed
     from transformers import AutoModelForSequenceClassification
 
+    from hftool.adapters import apply_adapter
     from hftool.engine.trainer import Engine
     from hftool.loading import resolve_model
 
     flag = "model.name_or_path"
     out = Path(recipe.train.output_dir).expanduser()
-    recipe_yaml, shape_fields = cfgmod.dump_yaml(recipe, COMMAND), ("model.", "data.label_names")
+    recipe_yaml, shape_fields = cfgmod.dump_yaml(recipe, COMMAND), ("model.", "data.label_names", "adapter.")
     inputs = {flag: recipe.model.name_or_path, "--train-file": data.train_file,
               "--validation-file": data.validation_file}
     check_run_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
@@ -114,6 +115,7 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
     set_seed(recipe.train.seed)
     model = new_head_model(AutoModelForSequenceClassification, ref, labels, flag, recipe.model.trust_remote_code,
                            tokenizer, {"hftool_integer_labels": bool(names)})
+    model = apply_adapter(model, recipe.adapter, HEAD)
     check_positions(model.config, data.max_length, "data.max_length", flag, recipe.model.name_or_path)
     task = ClassifyTask(tokenizer.pad_token_id, len(labels), data.max_length, eval_items,
                         data.pad_to_max_length, data.matthews)

@@ -80,6 +80,7 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
     from accelerate.utils import set_seed
     from transformers import AutoModelForTokenClassification
 
+    from hftool.adapters import apply_adapter
     from hftool.engine.trainer import Engine
     from hftool.loading import resolve_model
 
@@ -88,13 +89,13 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
     recipe_yaml = cfgmod.dump_yaml(recipe, COMMAND)
     inputs = {flag: recipe.model.name_or_path, "--train-file": data.train_file,
               "--validation-file": data.validation_file}
-    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
+    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
     ref = resolve_model(recipe.model.name_or_path, flag)
     tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code, split_words=True,
                                offsets_for=OFFSETS_FOR, pad=True)
     engine = Engine(recipe.train, out)
     if engine.is_main:
-        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
+        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
     engine.wait()
     train_items, cut = encode_sentences(tokenizer, train_sentences, data.max_length, label2id,
                                         data.label_all_tokens)
@@ -107,6 +108,7 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
     set_seed(recipe.train.seed)
     model = new_head_model(AutoModelForTokenClassification, ref, labels, flag, recipe.model.trust_remote_code,
                            tokenizer)
+    model = apply_adapter(model, recipe.adapter, HEAD)
     check_positions(model.config, data.max_length, "data.max_length", flag, recipe.model.name_or_path)
     task = NerTask(tokenizer.pad_token_id, dict(enumerate(labels)), data.max_length, eval_sentences, eval_items)
     result = engine.fit(model, train_items, task, resume=resume, strict_resume=strict_resume,

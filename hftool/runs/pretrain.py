@@ -30,6 +30,12 @@ def run_pretrain(recipe: PretrainRecipe, resume: bool = False, overwrite: bool =
                  strict_resume: bool = False) -> dict:
     """Run a pretraining recipe end to end and return the final metrics (also written to metrics.json)."""
     recipe.validate()
+    if recipe.adapter.enabled and (recipe.objective != "causal-lm" or not recipe.model.init_from):
+        raise HftoolError(f"adapter.kind={recipe.adapter.kind} adapts a pretrained causal LM: set objective=causal-lm "
+                          "and model.init_from (a fresh model trains all its weights), or adapter.kind=none")
+    if recipe.adapter.enabled and recipe.tokenizer.resize_embeddings:
+        raise HftoolError("tokenizer.resize_embeddings=true adds embedding rows that adapter.kind=lora would never "
+                          "train (LoRA freezes the embeddings); use the checkpoint's own tokenizer, or a full run")
     if recipe.objective != "causal-lm" and recipe.data.streaming:
         raise HftoolError(f"data.streaming=true cannot be used with objective={recipe.objective}: pairs draw "
                           "their negatives from any document, so the corpus is held in memory; set "

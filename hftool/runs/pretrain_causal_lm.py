@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
 
+from hftool.adapters import apply_adapter
 from hftool.data.text import Documents, StreamingBlocks, load_documents, pack_documents
 from hftool.errors import HftoolError
 from hftool.loading import cache_dir, load_model, resolve_model
@@ -47,11 +48,13 @@ def setup_causal_lm(recipe: PretrainRecipe, engine, docs: Documents, tokenizer) 
         model = load_model(AutoModelForCausalLM, ref, recipe.model.init_from, "model.init_from",
                            trust_remote_code=recipe.model.trust_remote_code)
         check_vocab_fits(model, tokenizer, recipe.tokenizer.resize_embeddings)
+        model = apply_adapter(model, recipe.adapter, "causal-lm")
     else:
         config = build_config(recipe.model.architecture, recipe.model.config, tokenizer, data.block_size)
         model = AutoModelForCausalLM.from_config(config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     engine.print(f"model: {model.config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-                 "parameters")
+                 f"parameters ({trainable / 1e6:.2f}M trained)")
 
     def save(trained, folder, summary, state_dict):
         trained.generation_config = GenerationConfig(

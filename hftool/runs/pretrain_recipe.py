@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hftool.adapters import AdapterSettings
 from hftool.data.bert_examples import BertExamplesConfig
 from hftool.data.text import DataConfig
 from hftool.engine.config import TrainConfig
@@ -50,6 +51,7 @@ class PretrainRecipe:
     data: DataConfig = field(default_factory=DataConfig)
     bert: BertExamplesConfig = field(default_factory=BertExamplesConfig)  # objectives mlm and mlm-nsp
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/pretrain"))
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)  # LoRA for continued causal-LM pretraining
 
     def validate(self) -> None:
         allowed = OBJECTIVE_ARCHITECTURES[self.objective]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hftool import config as cfgmod
+from hftool.adapters import AdapterSettings, apply_adapter
 from hftool.data.squad import (
     QAExample,
     SquadDataConfig,
@@ -63,6 +64,7 @@ class SquadRecipe:
         output_dir="runs/squad", lr=3e-5, batch_size=12, epochs=2, scheduler="linear", weight_decay=0.0,
         eval_batch_size=64))
     eval_each_epoch: bool = True  # evaluate at every epoch end (when train.eval_every is 0)
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)  # LoRA instead of a full fine-tune
 
     def validate(self) -> None:
         self.data.validate()
@@ -102,7 +104,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     recipe_yaml = cfgmod.dump_yaml(recipe, COMMAND)
     inputs = {"model.name_or_path": recipe.model.name_or_path, "--train-file": data.train_file,
               "--validation-file": data.validation_file}
-    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
+    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
     train_examples = load_split(data, "train")
     eval_examples = load_split(data, "validation")
 
@@ -121,7 +123,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
 
     engine = Engine(recipe.train, out)
     if engine.is_main:
-        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.",), inputs)
+        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
     engine.wait()
     with engine.accelerator.main_process_first():
         train_windows = cached_windows(train_examples, tokenizer, settings, cache_dir() / "squad")
@@ -134,6 +136,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     set_seed(recipe.train.seed)
     model = load_model(AutoModelForQuestionAnswering, ref, recipe.model.name_or_path, flag,
                        trust_remote_code=recipe.model.trust_remote_code)  # a fresh head on an encoder
+    model = apply_adapter(model, recipe.adapter, "question-answering")
     task = SquadTask(settings, train_windows.pad_token_id, eval_examples, eval_windows, metric,
                      data.pad_to_max_length, data.pad_to_multiple_of)
     each_epoch = recipe.eval_each_epoch and recipe.train.eval_every == 0

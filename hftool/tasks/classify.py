@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hftool.adapters import AdapterSettings
 from hftool.data.classification import ClassifyDataConfig, TextExample
 from hftool.engine.config import TrainConfig
 from hftool.engine.eval_sharding import Ordered, balanced_length_order, broadcast_metrics, gather_predictions
@@ -34,6 +35,7 @@ class ClassifyRecipe:
         output_dir="runs/classify", lr=2e-5, batch_size=32, epochs=3, scheduler="linear", weight_decay=0.0,
         eval_batch_size=128))
     group_by_length: bool = True  # batches of similar lengths (less padding); the order stays seeded
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)  # LoRA instead of a full fine-tune
 
     def validate(self) -> None:
         self.data.validate()

