@@ -8,7 +8,7 @@ from helpers import run_cli
 from hftool import config as cfg
 from hftool.errors import HftoolError
 from hftool.recipes import validate_recipe
-from hftool.runs.pretrain_recipe import PretrainRecipe
+from hftool.schemas.pretrain import PretrainRecipe
 
 ALL_RECIPES = cfg.list_recipes()
 

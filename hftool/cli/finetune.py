@@ -57,7 +57,8 @@ def squad(
     from hftool.config import load_recipe
     from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
-    from hftool.runs.squad import SquadRecipe, run_finetune_squad
+    from hftool.runs.squad import run_finetune_squad
+    from hftool.schemas.finetune import SquadRecipe
 
     flags = {"data.train_file": train_file, "data.validation_file": validation_file}
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
@@ -108,7 +109,7 @@ def classify(
     from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
     from hftool.runs.classify import run_finetune_classify
-    from hftool.tasks.classify import ClassifyRecipe
+    from hftool.schemas.finetune import ClassifyRecipe
 
     config = load_recipe(ClassifyRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
     check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
@@ -143,7 +144,7 @@ def ner(
     from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
     from hftool.runs.ner import run_finetune_ner
-    from hftool.tasks.ner import NerRecipe
+    from hftool.schemas.finetune import NerRecipe
 
     config = load_recipe(NerRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
     check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)

@@ -11,7 +11,7 @@ import typer
 
 from hftool.cli.options import OVERWRITE_FILE
 from hftool.cli.setting_options import given, options, with_options
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings, apply_flags
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings, apply_flags
 
 MODEL = options(ModelSettings, ["name"])
 PLACEMENT = [*options(GenerateRecipe, ["batch_size"]),

@@ -30,7 +30,7 @@ def estimate_memory(
 
     from hftool.config import load_recipe
     from hftool.memory import MiB, estimate, recipe_model_config
-    from hftool.runs.pretrain_recipe import PretrainRecipe
+    from hftool.schemas.pretrain import PretrainRecipe
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
     config.validate()

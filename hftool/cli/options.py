@@ -1,7 +1,7 @@
 """Options several commands share, defined once so their flags, help and defaults read the same everywhere.
 
 Every whole-number option is made by :func:`bounded_int`: its bound is declared once, where the option is, as
-the same :class:`~hftool.generation.settings.Bound` the typed settings use; ``--help`` shows it (``[x>=1]``)
+the same :class:`~hftool.schemas.generate.Bound` the typed settings use; ``--help`` shows it (``[x>=1]``)
 and parsing holds the value to it with hftool's one-line error, before the command runs.
 """
 
@@ -13,7 +13,7 @@ import typer
 
 from hftool.data.squad_windows import DOC_STRIDE, MAX_ANSWER_LENGTH, MAX_LENGTH, MIN_MAX_LENGTH
 from hftool.errors import HftoolError
-from hftool.generation.settings import Bound
+from hftool.schemas.generate import Bound
 
 
 class BoundedInt:

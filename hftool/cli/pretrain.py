@@ -44,7 +44,7 @@ def pretrain(
     from hftool.environment import check_bf16_pays
     from hftool.launch import launched_by_a_distributed_launcher, relaunch
     from hftool.runs.pretrain import run_pretrain
-    from hftool.runs.pretrain_recipe import PretrainRecipe
+    from hftool.schemas.pretrain import PretrainRecipe
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
     config.validate()

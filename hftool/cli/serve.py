@@ -6,7 +6,7 @@ import typer
 
 from hftool.cli.options import QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH
 from hftool.cli.setting_options import options, with_options
-from hftool.generation.settings import ModelSettings
+from hftool.schemas.generate import ModelSettings
 
 
 @with_options(*options(ModelSettings, ["name", "dtype", "device_map", "trust_remote_code"]))
@@ -42,8 +42,8 @@ def serve(
     """
     from hftool.cli.generate import _recipe
     from hftool.config import load_recipe
-    from hftool.generation.settings import GenerateRecipe
     from hftool.runs.serve import ServeOptions, run_serve
+    from hftool.schemas.generate import GenerateRecipe
 
     base = load_recipe(GenerateRecipe, recipe, [])
     run_serve(ServeOptions(recipe=_recipe(base, flags), host=host, port=port, api_key=api_key or None,

@@ -1,6 +1,6 @@
 """Command-line options built from typed settings, so a flag's name, help and checks are declared once.
 
-A settings dataclass declares each field with ``hftool.generation.settings.setting`` (flag, help, bounds).
+A settings dataclass declares each field with ``hftool.schemas.generate.setting`` (flag, help, bounds).
 ``options`` turns fields into Typer options and ``with_options`` appends them to a command's signature; the
 command takes them as ``**flags``, keyed by parameter name, and overlays the ones the user typed on its recipe.
 """

@@ -18,7 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from hftool.errors import HftoolError
-from hftool.generation.settings import DecodingSettings, SettingError, check_fields
+from hftool.schemas.fields import SettingError, check_fields
+from hftool.schemas.generate import DecodingSettings
 from hftool.serve import schemas as s
 from hftool.serve.batcher import Batcher
 from hftool.serve.errors import ApiError, add_error_handlers

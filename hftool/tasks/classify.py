@@ -11,41 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from hftool.data.classification import ClassifyDataConfig, TextExample
-from hftool.engine.config import TrainConfig
+from hftool.data.classification import TextExample
 from hftool.metrics.classification import classification_scores
 from hftool.tasks.squad import Ordered, balanced_length_order
 
 PAD_TO_MULTIPLE_OF = 8
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@dataclass
-class LabelModelConfig:
-    """The pretrained model to fine-tune; a fresh classification head is put on top."""
-
-    name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
-    trust_remote_code: bool = False
-
-
-@dataclass
-class ClassifyRecipe:
-    """A sequence-classification fine-tuning run: model, data and training settings."""
-
-    model: LabelModelConfig = field(default_factory=LabelModelConfig)
-    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        output_dir="runs/classify", lr=2e-5, batch_size=32, epochs=3, scheduler="linear", weight_decay=0.0,
-        eval_batch_size=128))
-    group_by_length: bool = True  # batches of similar lengths (less padding); the order stays seeded
-
-    def validate(self) -> None:
-        self.data.validate()
-        self.train.validate()
 
 
 def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int) -> tuple[list[dict], int]:
