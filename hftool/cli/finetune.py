@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
+from hftool.cli.options import OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
+from hftool.cli.setting_options import option
+from hftool.schemas.pretrain import LaunchOptions
 
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
@@ -34,7 +36,7 @@ def squad(
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
     strict_resume: bool = STRICT_RESUME,
-    num_processes: int = NUM_PROCESSES,
+    num_processes: int = option(LaunchOptions, "num_processes"),
 ) -> None:
     """Fine-tune an encoder (BERT, MiniLM, ...) for extractive question answering on SQuAD v1.1.
 
@@ -90,7 +92,7 @@ def classify(
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
     strict_resume: bool = STRICT_RESUME,
-    num_processes: int = NUM_PROCESSES,
+    num_processes: int = option(LaunchOptions, "num_processes"),
 ) -> None:
     """Fine-tune a sequence classifier (sentiment, topic, entailment) on CSV / TSV / JSONL or a Hub dataset.
 
@@ -126,7 +128,7 @@ def ner(
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
     strict_resume: bool = STRICT_RESUME,
-    num_processes: int = NUM_PROCESSES,
+    num_processes: int = option(LaunchOptions, "num_processes"),
 ) -> None:
     """Fine-tune a token classifier for named entities on CoNLL files, JSONL (tokens + tags) or a Hub dataset.
 
