@@ -6,9 +6,20 @@ from pathlib import Path
 
 from hftool import config as cfg
 from hftool.errors import HftoolError
-from hftool.schemas import RECIPES
+from hftool.schemas.finetune import ClassifyRecipe, NerRecipe, SquadRecipe
+from hftool.schemas.generate import GenerateRecipe
+from hftool.schemas.pretrain import PretrainRecipe
 
-__all__ = ["schema_for", "validate_recipe"]
+__all__ = ["RECIPES", "schema_for", "validate_recipe"]
+
+# command (a recipe's top-level ``command:``) -> the schema its recipes follow
+RECIPES: dict[str, type] = {
+    "pretrain": PretrainRecipe,
+    "finetune squad": SquadRecipe,
+    "finetune classify": ClassifyRecipe,
+    "finetune ner": NerRecipe,
+    "generate": GenerateRecipe,
+}
 
 
 def schema_for(command: str) -> type:

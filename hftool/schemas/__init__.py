@@ -9,20 +9,6 @@
 - :mod:`~hftool.schemas.explain`: ``explain`` options.
 
 The CLI derives its options from these fields (``hftool.cli.setting_options``); a recipe's module is named for
-its command family, as its folder in ``recipes/`` is.
+its command family, as its folder in ``recipes/`` is, and ``hftool.recipes.RECIPES`` maps each command to its
+recipe class. This package imports none of its modules: the engine and the CLI import the one they need.
 """
-
-from __future__ import annotations
-
-from hftool.schemas.finetune import ClassifyRecipe, NerRecipe, SquadRecipe
-from hftool.schemas.generate import GenerateRecipe
-from hftool.schemas.pretrain import PretrainRecipe
-
-# command (a recipe's top-level ``command:``) -> the schema its recipes follow
-RECIPES: dict[str, type] = {
-    "pretrain": PretrainRecipe,
-    "finetune squad": SquadRecipe,
-    "finetune classify": ClassifyRecipe,
-    "finetune ner": NerRecipe,
-    "generate": GenerateRecipe,
-}
