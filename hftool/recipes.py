@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from hftool import config as cfg
-from hftool.config import SCHEMAS
 from hftool.errors import HftoolError
+from hftool.schemas.finetune import ClassifyRecipe, NerRecipe, SquadRecipe
+from hftool.schemas.generate import GenerateRecipe
+from hftool.schemas.pretrain import PretrainRecipe
 
-__all__ = ["SCHEMAS", "schema_for", "validate_recipe"]
+__all__ = ["RECIPES", "schema_for", "validate_recipe"]
+
+# command (a recipe's top-level ``command:``) -> the schema its recipes follow
+RECIPES: dict[str, type] = {
+    "pretrain": PretrainRecipe,
+    "finetune squad": SquadRecipe,
+    "finetune classify": ClassifyRecipe,
+    "finetune ner": NerRecipe,
+    "generate": GenerateRecipe,
+}
 
 
 def schema_for(command: str) -> type:
-    if command not in SCHEMAS:
-        raise HftoolError(f"unknown recipe command '{command}'; known: {', '.join(sorted(SCHEMAS))}")
-    module, name = SCHEMAS[command].split(":")
-    return getattr(importlib.import_module(module), name)
+    if command not in RECIPES:
+        raise HftoolError(f"unknown recipe command '{command}'; known: {', '.join(sorted(RECIPES))}")
+    return RECIPES[command]
 
 
 def validate_recipe(path: Path, overrides: list[str]) -> str:

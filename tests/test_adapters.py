@@ -223,8 +223,8 @@ def _served_completion(folder):
     """A greedy completion from the app ``hftool serve --model FOLDER`` builds (in process, no port)."""
     from fastapi.testclient import TestClient
 
-    from hftool.generation.settings import GenerateRecipe, ModelSettings
     from hftool.runs.serve import ServeOptions, build_served
+    from hftool.schemas.generate import GenerateRecipe, ModelSettings
     from hftool.serve.app import create_app
 
     options = ServeOptions(recipe=GenerateRecipe(model=ModelSettings(name=str(folder))), max_batch_size=2,
@@ -306,12 +306,18 @@ def test_two_process_lora_equals_one_process_with_the_whole_batch(tiny_bert, lab
                           "train.batch_size=2", "--num-processes", "2"], capture_output=True, text=True, env=env,
                          timeout=300, cwd=REPO)
     assert two.returncode == 0, two.stderr[-3000:]
-    code, _, err = run_cli([*common, f"train.output_dir={tmp_path / 'one'}", "train.batch_size=4"])
+    threads = torch.get_num_threads()  # one thread, as each of the two processes: the same products' bits
+    torch.set_num_threads(1)
+    try:
+        code, _, err = run_cli([*common, f"train.output_dir={tmp_path / 'one'}", "train.batch_size=4"])
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0, err
     one, two = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
     for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-6), name
+        # Adam turns last-bit gradient differences (reduction order) into ~1e-6 steps; a wrong batch moves ~lr.
+        assert torch.allclose(one[name], two[name], atol=1e-5), (name, (one[name] - two[name]).abs().max())
 
 
 @pytest.mark.parametrize("decoder", ["tiny_gpt2", "tiny_bloom"])
@@ -337,8 +343,9 @@ def test_a_decoder_classifier_with_lora_classifies_like_its_merged_folder(decode
 def test_a_target_layer_the_model_lacks_is_named(tiny_gpt2):
     from transformers import AutoModelForCausalLM
 
-    from hftool.adapters import AdapterSettings, apply_adapter
+    from hftool.adapters import apply_adapter
     from hftool.errors import HftoolError
+    from hftool.schemas.adapter import AdapterSettings
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
     with pytest.raises(HftoolError, match="no layer named query; its layers include .*c_attn"):

@@ -199,6 +199,13 @@ CASES = [
      "the adapter's base model is missing"),
     ("adapters-merge-not-an-adapter", ["adapters", "merge", "{gpt2}", "-o", "{tmp}/merged"],
      "no adapter_config.json there"),
+    # issue 25, schemas part: a flag's bound comes from its schema field and is held while parsing
+    ("serve-max-queue-0", ["serve", "-m", "{gpt2}", "--max-queue", "0"], "--max-queue=0 must be at least 1"),
+    ("serve-port-too-large", ["serve", "-m", "{gpt2}", "--port", "70000"], "--port=70000 must be from 0 to 65535"),
+    ("tokenizer-kind-unknown", ["tokenizer", "train", "--kind", "unigram", "-o", "{tmp}/tok"],
+     "--kind=unigram is not one of: byte-bpe, wordpiece"),
+    ("summarize-sentences-0", ["summarize", "-m", "{gpt2}", "-i", "{a_file}", "--sentences", "0"],
+     "--sentences=0 must be at least 1"),
 ]
 
 

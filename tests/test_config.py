@@ -7,8 +7,8 @@ from helpers import run_cli
 
 from hftool import config as cfg
 from hftool.errors import HftoolError
-from hftool.recipes import validate_recipe
-from hftool.runs.pretrain_recipe import PretrainRecipe
+from hftool.recipes import schema_for, validate_recipe
+from hftool.schemas.pretrain import PretrainRecipe
 
 ALL_RECIPES = cfg.list_recipes()
 
@@ -24,6 +24,8 @@ def test_every_recipe_validates_and_says_how_to_run(path):
     assert text.startswith("#") and "hftool" in text.split("command:")[0], "recipe must open with how to run it"
     resolved = validate_recipe(path, [])
     assert resolved.startswith("command:")
+    # its schema lives in hftool.schemas in the module of its folder (how a bare name in two folders resolves)
+    assert cfg._recipe_folder(schema_for(cfg.recipe_command(path))) == path.relative_to(cfg.RECIPES_DIR).parts[0]
 
 
 def test_real_shapes():

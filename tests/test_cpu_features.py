@@ -14,7 +14,7 @@ from hftool.config import load_recipe
 from hftool.cost import estimated_seconds, long_cpu_run_warning
 from hftool.engine import Engine, TrainConfig
 from hftool.errors import HftoolError
-from hftool.runs.pretrain_recipe import PretrainRecipe
+from hftool.schemas.pretrain import PretrainRecipe
 
 pytestmark = [pytest.mark.cpu_features,
               pytest.mark.skipif(torch.cuda.is_available(), reason="checks CPU-only decisions; a GPU is visible")]

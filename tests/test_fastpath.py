@@ -16,8 +16,8 @@ from hftool.generation import fastpath
 from hftool.generation.decoding import Generator
 from hftool.generation.fastpath import matvec, steps
 from hftool.generation.fastpath.matvec import MatVec
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.runs.generate import run_generate
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings
 
 PROMPT = "Attention lets every token look at every other token."
 

@@ -15,8 +15,8 @@ from hftool.generation.batching import run_prompts
 from hftool.generation.decoding import Generator
 from hftool.generation.loading import load_for_generation
 from hftool.generation.metrics import bleu_chrf, rouge
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.runs.generate import run_generate, run_summarize, run_translate
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings
 
 PROMPTS = [
     "The quick brown fox",
@@ -295,7 +295,7 @@ def test_single_prompt_streams_and_reports_tokens_per_second(tiny_bloom, bloom):
 
 def test_recipe_then_overrides_then_flags(tiny_gpt2, tmp_path):
     from hftool.config import load_recipe
-    from hftool.generation.settings import apply_flags
+    from hftool.schemas.generate import apply_flags
 
     recipe = load_recipe(GenerateRecipe, "bloom-560m", ["decoding.top_p=0.8", f"model.name={tiny_gpt2}"])
     assert (recipe.decoding.top_p, recipe.decoding.temperature) == (0.8, 0.7)
@@ -469,7 +469,7 @@ def test_bfloat16_greedy_equals_model_generate_and_leaves_the_onednn_switch_alon
 
 def test_a_recipe_name_shared_with_another_command_resolves_to_the_commands_own(tmp_path, monkeypatch):
     from hftool import config
-    from hftool.runs.pretrain_recipe import PretrainRecipe
+    from hftool.schemas.pretrain import PretrainRecipe
 
     for command, body in (
         ("generate", "decoding:\n  top_p: 0.5\n"),

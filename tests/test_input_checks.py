@@ -9,9 +9,9 @@ import typing
 import pytest
 from helpers import run_cli
 
-# Their options come from the typed generation settings (hftool.cli.setting_options), whose Bound fields
-# validate() checks; the flags declared in cli/generate.py and cli/serve.py belong to those commands' schemas.
-SETTINGS_COMMANDS = {"generate", "summarize", "translate", "serve"}
+# Their decoding options overlay a recipe (hftool.cli.setting_options.options): None unless typed, then checked
+# with the recipe by validate(), with the same field's Bound (tests/test_setting_options.py).
+SETTINGS_COMMANDS = {"generate", "summarize", "translate"}
 
 
 def _commands(command, path=()):
@@ -49,20 +49,22 @@ def test_whole_number_options_are_found():
     found = {(" ".join(path), param.opts[0]) for path, param in _whole_number_options()}
     assert {("classify", "--batch-size"), ("answer", "--batch-size"), ("evaluate classify", "--max-examples"),
             ("tag", "--max-length"), ("tokenizer train", "--vocab-size"), ("pretrain", "--num-processes"),
-            ("estimate-memory", "--num-processes"), ("explain attention", "--layer")} <= found
+            ("estimate-memory", "--num-processes"), ("explain attention", "--layer"), ("serve", "--max-queue"),
+            ("serve", "--port")} <= found
 
 
 @pytest.mark.parametrize(("path", "param"), list(_whole_number_options()),
                          ids=lambda item: " ".join(item) if isinstance(item, tuple) else item.opts[0])
 def test_every_whole_number_option_declares_its_bound(path, param):
-    """A count flag without a declared lower bound (``bounded_int``) fails here; the value just below the
-    bound is refused while parsing, in one line naming the flag, before anything is loaded."""
-    assert param.min is not None, f"hftool {' '.join(path)} {param.opts[0]}: declare it with bounded_int(low=...)"
+    """A count flag without a declared lower bound (its schema field's ``Bound``) fails here; the value just
+    below the bound is refused while parsing, in one line naming the flag and the bound's words."""
+    assert param.min is not None, f"hftool {' '.join(path)} {param.opts[0]}: give its schema field a Bound"
     flag, below = param.opts[0], param.min - 1
     code, out, err = run_cli([*path, flag, str(below)])
     assert code == 2
     assert "Traceback" not in out + err
-    assert err.strip().splitlines() == [f"error: {flag}={below} must be at least {param.min}"]
+    why = param.type_descriptor.parameter_info.parser.bound.why  # "must be at least 1", "must be from 0 to 65535"
+    assert err.strip().splitlines() == [f"error: {flag}={below} {why}"]
 
 
 def test_not_a_number_is_one_line():

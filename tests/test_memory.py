@@ -13,7 +13,7 @@ from helpers import REPO, run_cli
 from hftool.config import load_recipe
 from hftool.environment import cpu_has_native_bf16, missing_bf16_feature
 from hftool.memory import MiB, estimate, recipe_model_config
-from hftool.runs.pretrain_recipe import PretrainRecipe
+from hftool.schemas.pretrain import PretrainRecipe
 
 # Trains the recipe's model shape and micro-batch for two steps through the engine and reports the peak resident
 # memory above what the process held just before the model was built. The kernel's high-water mark is reset at
@@ -27,7 +27,7 @@ from hftool.config import load_recipe
 from hftool.engine import Engine
 from hftool.memory import recipe_model_config
 from hftool.tasks.causal_lm import CausalLMTask
-from hftool.runs.pretrain_recipe import PretrainRecipe
+from hftool.schemas.pretrain import PretrainRecipe
 
 
 def high_water_bytes():

@@ -61,7 +61,8 @@ def test_squad_card_loads_with_auto_class(head, tiny_bert, tmp_path):
 
     BertForQuestionAnswering.from_pretrained(tiny_bert).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path)
-    from hftool.runs.squad import SquadRecipe, squad_card
+    from hftool.runs.squad import squad_card
+    from hftool.schemas.finetune import SquadRecipe
 
     recipe = SquadRecipe()
     card = squad_card(recipe, {"steps": 1}, recipe.train.batch_size)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from helpers import run_cli
 
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.runs.serve import ServeOptions, build_served, exposure_warning
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.serve.app import create_app
 
 pytestmark = pytest.mark.integration  # a real HTTP server on a loopback port

@@ -21,8 +21,8 @@ from hftool.cli.generate import _recipe
 from hftool.config import load_recipe
 from hftool.errors import HftoolError
 from hftool.generation.loading import load_for_generation
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.runs.serve import ServeOptions, build_served, uvicorn_config
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings
 from hftool.serve import batcher as batcher_module
 from hftool.serve.app import Served, create_app
 from hftool.serve.metrics import Metrics

@@ -16,7 +16,7 @@ from hftool.cli.generate import SUMMARIZE, TRANSLATE, _recipe
 from hftool.config import load_recipe
 from hftool.data.squad import SquadDataConfig, WindowSettings
 from hftool.errors import HftoolError
-from hftool.generation.settings import DTYPES, DecodingSettings, GenerateRecipe, ModelSettings
+from hftool.schemas.generate import DTYPES, DecodingSettings, GenerateRecipe, ModelSettings
 
 COMMANDS = typer.main.get_command(app).commands
 # The setting flags each command had before they were generated from the dataclasses (hand-written then).

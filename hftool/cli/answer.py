@@ -6,7 +6,9 @@ import json
 
 import typer
 
-from hftool.cli.options import QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH, QA_MODEL, bounded_int
+from hftool.cli.options import QA_MODEL
+from hftool.cli.setting_options import option
+from hftool.schemas.inference import PredictOptions, QAWindowOptions
 
 
 def answer(
@@ -17,12 +19,12 @@ def answer(
     file: str = typer.Option(None, "--file", "-f", show_default=False,
                              help="JSONL of {\"question\", \"context\"} (\"id\" optional) instead of "
                                   "--question/--context."),
-    top_k: int = bounded_int(3, "--top-k", "-k", low=1, help="How many answers to show per question."),
-    max_length: int = QA_MAX_LENGTH,
-    doc_stride: int = QA_DOC_STRIDE,
-    max_answer_length: int = QA_MAX_ANSWER_LENGTH,
-    batch_size: int = bounded_int(32, "--batch-size", low=1, help="Windows per batch."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per question instead of text."),
+    top_k: int = option(PredictOptions, "top_k"),
+    max_length: int = option(QAWindowOptions, "max_length"),
+    doc_stride: int = option(QAWindowOptions, "doc_stride"),
+    max_answer_length: int = option(QAWindowOptions, "max_answer_length"),
+    batch_size: int = option(PredictOptions, "batch_size"),
+    as_json: bool = option(PredictOptions, "as_json"),
 ) -> None:
     """Answer a question from a context: the top answers with their scores and character spans.
 

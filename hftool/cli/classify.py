@@ -6,8 +6,9 @@ import json
 
 import typer
 
-from hftool.cli.options import OVERWRITE_FILE, bounded_int
-from hftool.data.classification import MIN_MAX_LENGTH
+from hftool.cli.options import OVERWRITE_FILE
+from hftool.cli.setting_options import option
+from hftool.schemas.inference import PredictOptions
 
 
 def classify(
@@ -15,13 +16,12 @@ def classify(
     model: str = typer.Option(..., "--model", "-m", help="Sequence-classification model folder (or Hub id)."),
     input_file: str = typer.Option(None, "--input", "-i", show_default=False,
                                    help="Texts to classify: .txt (one per line), or CSV / TSV / JSONL."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text in --input."),
+    text_column: str = option(PredictOptions, "text_column"),
     output: str = typer.Option(None, "--output", "-o", show_default=False,
                                help="Write one JSON object per text to this file instead of printing."),
-    max_length: int = bounded_int(512, "--max-length", low=MIN_MAX_LENGTH,
-                                  help="Tokens per text (longer ones are truncated)."),
-    batch_size: int = bounded_int(32, "--batch-size", low=1, help="Texts per batch."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per text."),
+    max_length: int = option(PredictOptions, "text_max_length"),
+    batch_size: int = option(PredictOptions, "batch_size"),
+    as_json: bool = option(PredictOptions, "as_json"),
     overwrite: bool = OVERWRITE_FILE,
 ) -> None:
     """Classify texts: the label and the probability of every label.

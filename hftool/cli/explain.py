@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from hftool.cli.options import OVERWRITE_FILE, bounded_int
+from hftool.cli.options import OVERWRITE_FILE
+from hftool.cli.setting_options import option
+from hftool.schemas.explain import ExplainOptions
 
 app = typer.Typer(
     help="See what a transformer does: positional encodings, attention, contextual embeddings and "
@@ -17,7 +19,6 @@ app = typer.Typer(
 )
 
 MODEL_HELP = "Model folder, Hub id or alias (gpt2, bert-base-uncased, minilm)."
-TRUST_HELP = "Run Python code shipped with a Hub model (only for models you trust)."
 OUTPUT_HELP = "PNG file to write."
 
 
@@ -40,17 +41,14 @@ def _wrote(path: Path) -> None:
 
 @app.command("positional-encoding")
 def positional_encoding(
-    d_model: int = bounded_int(None, "--d-model", low=2,
-                               help="Width of the encoding; default 512, or the hidden size of --model."),
-    positions: int = bounded_int(100, "--positions", low=1, help="How many positions (rows) to compute and draw."),
-    dims: list[int] = bounded_int(
-        None, "--dim", low=0, help="Dimension to draw as a curve (repeatable); default a few, fast to slow."
-    ),
+    d_model: int = option(ExplainOptions, "d_model"),
+    positions: int = option(ExplainOptions, "positions"),
+    dims: list[int] = option(ExplainOptions, "dims"),
     model: str = typer.Option(None, "--model", "-m",
                               help="Also draw this model's learned position embeddings (GPT-2, BERT)."),
     output: Path = typer.Option(Path("explain-positional-encoding.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    trust_remote_code: bool = option(ExplainOptions, "trust_remote_code"),
 ) -> None:
     """Draw the sinusoidal positional encoding: how a transformer without recurrence knows word order.
 
@@ -89,15 +87,11 @@ def positional_encoding(
 def attention(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     text: str = typer.Option(..., "--text", "-t", help="The text whose attention to show."),
-    layers: list[int] = bounded_int(
-        None, "--layer", "-l", low=-1, help="Layer to show, 1 to N or -1 for the last (repeatable); all if unset."
-    ),
-    heads: list[int] = bounded_int(
-        None, "--head", low=-1, help="Head to show, 1 to H or -1 for the last (repeatable); all if unset."
-    ),
+    layers: list[int] = option(ExplainOptions, "layers"),
+    heads: list[int] = option(ExplainOptions, "heads"),
     output: Path = typer.Option(Path("explain-attention.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    trust_remote_code: bool = option(ExplainOptions, "trust_remote_code"),
 ) -> None:
     """Draw attention weights per layer and head: which tokens each token reads to build its next vector.
 
@@ -126,11 +120,10 @@ def embeddings(
     word: str = typer.Option(..., "--word", "-w", help="The word to follow across the sentences."),
     sentences: list[str] = typer.Option(..., "--sentence", "-s",
                                         help="A sentence containing the word (repeat, at least twice)."),
-    layer: int = bounded_int(-1, "--layer", "-l", low=-1,
-                             help="Hidden state to use: 0 is the embedding layer, N block N, -1 the last."),
+    layer: int = option(ExplainOptions, "layer"),
     output: Path = typer.Option(Path("explain-embeddings.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    trust_remote_code: bool = option(ExplainOptions, "trust_remote_code"),
 ) -> None:
     """Compare a word's contextual embedding across sentences with its static (input) embedding.
 
@@ -155,10 +148,10 @@ def embeddings(
 def fill_mask(
     model: str = typer.Option(..., "--model", "-m", help="A masked language model (BERT) with its MLM head."),
     text: str = typer.Option(..., "--text", "-t", help="Text with the tokenizer's mask token, e.g. [MASK]."),
-    top_k: int = bounded_int(10, "--top-k", "-k", low=1, help="How many candidates to show per mask."),
+    top_k: int = option(ExplainOptions, "top_k"),
     output: Path = typer.Option(Path("explain-fill-mask.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    trust_remote_code: bool = option(ExplainOptions, "trust_remote_code"),
 ) -> None:
     """Show the words a masked language model would put in place of each mask, with their probabilities.
 
@@ -183,10 +176,10 @@ def fill_mask(
 def next_token(
     model: str = typer.Option(..., "--model", "-m", help="A causal language model (GPT-2, BLOOM)."),
     text: str = typer.Option(..., "--text", "-t", help="The text to continue."),
-    top_k: int = bounded_int(10, "--top-k", "-k", low=1, help="How many candidates to show."),
+    top_k: int = option(ExplainOptions, "top_k"),
     output: Path = typer.Option(Path("explain-next-token.png"), "--output", "-o", help=OUTPUT_HELP),
     overwrite: bool = OVERWRITE_FILE,
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    trust_remote_code: bool = option(ExplainOptions, "trust_remote_code"),
 ) -> None:
     """Show the tokens a causal language model would write next, with their probabilities.
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
+from hftool.cli.options import OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
+from hftool.cli.setting_options import option
+from hftool.schemas.pretrain import LaunchOptions
 
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
@@ -34,7 +36,7 @@ def squad(
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
     strict_resume: bool = STRICT_RESUME,
-    num_processes: int = NUM_PROCESSES,
+    num_processes: int = option(LaunchOptions, "num_processes"),
 ) -> None:
     """Fine-tune an encoder (BERT, MiniLM, ...) for extractive question answering on SQuAD v1.1.
 
@@ -57,7 +59,8 @@ def squad(
     from hftool.config import load_recipe
     from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
-    from hftool.runs.squad import SquadRecipe, run_finetune_squad
+    from hftool.runs.squad import run_finetune_squad
+    from hftool.schemas.finetune import SquadRecipe
 
     flags = {"data.train_file": train_file, "data.validation_file": validation_file}
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
@@ -89,7 +92,7 @@ def classify(
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
     strict_resume: bool = STRICT_RESUME,
-    num_processes: int = NUM_PROCESSES,
+    num_processes: int = option(LaunchOptions, "num_processes"),
 ) -> None:
     """Fine-tune a sequence classifier (sentiment, topic, entailment) on CSV / TSV / JSONL or a Hub dataset.
 
@@ -108,7 +111,7 @@ def classify(
     from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
     from hftool.runs.classify import run_finetune_classify
-    from hftool.tasks.classify import ClassifyRecipe
+    from hftool.schemas.finetune import ClassifyRecipe
 
     config = load_recipe(ClassifyRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
     check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
@@ -125,7 +128,7 @@ def ner(
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
     strict_resume: bool = STRICT_RESUME,
-    num_processes: int = NUM_PROCESSES,
+    num_processes: int = option(LaunchOptions, "num_processes"),
 ) -> None:
     """Fine-tune a token classifier for named entities on CoNLL files, JSONL (tokens + tags) or a Hub dataset.
 
@@ -143,7 +146,7 @@ def ner(
     from hftool.environment import check_bf16_pays
     from hftool.launch import relaunch
     from hftool.runs.ner import run_finetune_ner
-    from hftool.tasks.ner import NerRecipe
+    from hftool.schemas.finetune import NerRecipe
 
     config = load_recipe(NerRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
     check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)

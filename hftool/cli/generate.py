@@ -9,8 +9,8 @@ import typer
 
 from hftool.cli.generation_flags import recipe_with_flags
 from hftool.cli.options import OVERWRITE_FILE
-from hftool.cli.setting_options import options, with_options
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings
+from hftool.cli.setting_options import option, options, with_options
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings, TextOptions
 
 MODEL = options(ModelSettings, ["name"])
 PLACEMENT = [*options(GenerateRecipe, ["batch_size"]),
@@ -28,21 +28,14 @@ OUTPUT = typer.Option(
     show_default=False,
     help="Write one JSON record per input (text, settings, token counts) to this JSONL file.",
 )
-MAX_CONTEXT = typer.Option(
-    None,
-    "--max-context",
-    show_default=False,
-    help="Context length to fit the prompt into (default: the model's positions).",
-)
+MAX_CONTEXT = option(TextOptions, "max_context")
 REFERENCE = typer.Option(
     None,
     "--reference",
     show_default=False,
     help="Reference file for scoring a text --input (aligned with it).",
 )
-REFERENCE_COLUMN = typer.Option(
-    None, "--reference-column", show_default=False, help="JSONL field holding the reference, for scoring."
-)
+REFERENCE_COLUMN = option(TextOptions, "reference_column")
 
 
 def _input_option(help: str):
@@ -78,7 +71,7 @@ def generate(
     ),
     output: str = OUTPUT,
     overwrite: bool = OVERWRITE_FILE,
-    column: str = typer.Option("prompt", "--column", help="JSONL field holding the prompt."),
+    column: str = option(TextOptions, "prompt_column"),
     recipe: str = typer.Option(
         None,
         "--recipe",
@@ -86,9 +79,7 @@ def generate(
         show_default=False,
         help="Recipe name (bloom-560m, gpt2, local-gpt2-tiny) or path to a YAML recipe.",
     ),
-    stream: bool = typer.Option(
-        True, "--stream/--no-stream", help="Print tokens as they come (one prompt, one sequence, no beams)."
-    ),
+    stream: bool = option(TextOptions, "stream"),
     **flags,
 ) -> None:
     """Continue a prompt with a causal LM (GPT-2, BLOOM, or a model from 'hftool pretrain').
@@ -126,12 +117,10 @@ def summarize(
     input_path: str = _input_option(
         "Article: a text file (the whole file), a .jsonl file (see --column), or stdin when left out."
     ),
-    column: str = typer.Option("article", "--column", help="JSONL field holding the article."),
+    column: str = option(TextOptions, "article_column"),
     reference: str = REFERENCE,
     reference_column: str = REFERENCE_COLUMN,
-    sentences: int = typer.Option(
-        3, "--sentences", help="Keep this many sentences of the generated summary."
-    ),
+    sentences: int = option(TextOptions, "sentences"),
     output: str = OUTPUT,
     overwrite: bool = OVERWRITE_FILE,
     max_context: int = MAX_CONTEXT,
@@ -166,7 +155,7 @@ def translate(
     input_path: str = _input_option(
         "Sentences: a text file (one per line), a .jsonl file (see --column), or '-' for stdin."
     ),
-    column: str = typer.Option("source", "--column", help="JSONL field holding the sentence."),
+    column: str = option(TextOptions, "source_column"),
     reference: str = REFERENCE,
     reference_column: str = REFERENCE_COLUMN,
     pairs: str = typer.Option(
@@ -176,12 +165,7 @@ def translate(
         help="Example pairs: TSV (source<TAB>target) or JSONL {source, target}. "
         "Default: 12 built-in English = French pairs.",
     ),
-    shots: int = typer.Option(
-        None,
-        "--shots",
-        show_default=False,
-        help="Use only the first N example pairs (default: all that fit).",
-    ),
+    shots: int = option(TextOptions, "shots"),
     output: str = OUTPUT,
     overwrite: bool = OVERWRITE_FILE,
     max_context: int = MAX_CONTEXT,

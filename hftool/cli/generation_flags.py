@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from hftool.cli.setting_options import given
-from hftool.generation.settings import DecodingSettings, GenerateRecipe, ModelSettings, apply_flags
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings, apply_flags
 
 SETTING_FIELDS = [*dataclasses.fields(ModelSettings), *dataclasses.fields(DecodingSettings),
                   *(f for f in dataclasses.fields(GenerateRecipe) if f.name == "batch_size")]

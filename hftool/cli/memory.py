@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.options import RECIPE_HELP, bounded_int
+from hftool.cli.options import RECIPE_HELP
 from hftool.cli.pretrain import OVERRIDES_HELP
+from hftool.cli.setting_options import option
+from hftool.schemas.pretrain import EstimateMemoryOptions
 
 
 def estimate_memory(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     recipe: str = typer.Option("gpt2-tiny", "--recipe", "-r", help=RECIPE_HELP),
-    num_processes: int = bounded_int(8, "--num-processes", "-n", low=1, help="Devices the states are sharded over."),
+    num_processes: int = option(EstimateMemoryOptions, "num_processes"),
 ) -> None:
     """Estimate training memory per device: parameters, gradients, optimizer state and activations.
 
@@ -30,7 +32,7 @@ def estimate_memory(
 
     from hftool.config import load_recipe
     from hftool.memory import MiB, estimate, recipe_model_config
-    from hftool.runs.pretrain_recipe import PretrainRecipe
+    from hftool.schemas.pretrain import PretrainRecipe
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
     config.validate()

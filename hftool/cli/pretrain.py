@@ -6,7 +6,9 @@ import os
 
 import typer
 
-from hftool.cli.options import NUM_PROCESSES, OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
+from hftool.cli.options import OVERWRITE, RECIPE_HELP, RESUME, STRICT_RESUME
+from hftool.cli.setting_options import option
+from hftool.schemas.pretrain import LaunchOptions
 
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.max_steps=200 model.config.n_layer=2."
 
@@ -17,7 +19,7 @@ def pretrain(
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
     strict_resume: bool = STRICT_RESUME,
-    num_processes: int = NUM_PROCESSES,
+    num_processes: int = option(LaunchOptions, "num_processes"),
 ) -> None:
     """Pretrain a GPT-2/BLOOM causal LM (or BERT MLM+NSP) from scratch or from a checkpoint.
 
@@ -44,7 +46,7 @@ def pretrain(
     from hftool.environment import check_bf16_pays
     from hftool.launch import launched_by_a_distributed_launcher, relaunch
     from hftool.runs.pretrain import run_pretrain
-    from hftool.runs.pretrain_recipe import PretrainRecipe
+    from hftool.schemas.pretrain import PretrainRecipe
 
     config = load_recipe(PretrainRecipe, recipe, overrides or [])
     config.validate()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from hftool.cli.options import QA_DOC_STRIDE, QA_MAX_ANSWER_LENGTH, QA_MAX_LENGTH
-from hftool.cli.setting_options import options, with_options
-from hftool.generation.settings import ModelSettings
+from hftool.cli.setting_options import option, options, with_options
+from hftool.schemas.generate import ModelSettings
+from hftool.schemas.inference import QAWindowOptions
+from hftool.schemas.serve import ServeOptions
 
 
 @with_options(*options(ModelSettings, ["dtype", "device_map", "trust_remote_code"]))
@@ -16,18 +17,17 @@ def serve(
                                           "(default: as given); repeat to serve several."),
     recipe: str = typer.Option(None, "--recipe", "-r", show_default=False,
                                help="Generate recipe whose decoding settings are the defaults for requests."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for every interface."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    host: str = option(ServeOptions, "host"),
+    port: int = option(ServeOptions, "port"),
     api_key: str = typer.Option(None, "--api-key", envvar="HFTOOL_API_KEY", show_default=False,
                                 show_envvar=True, help="Require 'Authorization: Bearer KEY' (except on /health)."),
-    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Sequences decoded together, at most."),
-    max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting, at most; past it a 503."),
-    threads: int = typer.Option(None, "--threads", show_default=False,
-                                help="Torch threads for decoding (default: all cores but one, left to HTTP)."),
-    max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
-    max_length: int = QA_MAX_LENGTH,
-    doc_stride: int = QA_DOC_STRIDE,
-    max_answer_length: int = QA_MAX_ANSWER_LENGTH,
+    max_batch_size: int = option(ServeOptions, "max_batch_size"),
+    max_queue: int = option(ServeOptions, "max_queue"),
+    threads: int = option(ServeOptions, "threads"),
+    max_tokens_cap: int = option(ServeOptions, "max_tokens_cap"),
+    max_length: int = option(QAWindowOptions, "max_length"),
+    doc_stride: int = option(QAWindowOptions, "doc_stride"),
+    max_answer_length: int = option(QAWindowOptions, "max_answer_length"),
     **flags,
 ) -> None:
     """Serve models behind OpenAI's API: causal LMs, and the encoders hftool trains.
@@ -53,8 +53,8 @@ def serve(
     """
     from hftool.cli.generation_flags import recipe_with_flags
     from hftool.config import load_recipe
-    from hftool.generation.settings import GenerateRecipe
-    from hftool.runs.serve import ServeOptions, run_serve
+    from hftool.runs.serve import run_serve
+    from hftool.schemas.generate import GenerateRecipe
 
     base = load_recipe(GenerateRecipe, recipe, [])
     run_serve(ServeOptions(recipe=recipe_with_flags(base, flags), models=models or [], host=host, port=port,

@@ -1,8 +1,10 @@
-"""Command-line options built from typed settings, so a flag's name, help and checks are declared once.
+"""Command-line options built from schema fields, so a flag's default, bound and help are declared once.
 
-A settings dataclass declares each field with ``hftool.generation.settings.setting`` (flag, help, bounds).
-``options`` turns fields into Typer options and ``with_options`` appends them to a command's signature; the
-command takes them as ``**flags``, keyed by parameter name, and overlays the ones the user typed on its recipe.
+A schema dataclass (:mod:`hftool.schemas`) declares each field with ``hftool.schemas.fields.setting`` (flag,
+help, bound). :func:`option` makes one field a Typer option that shows its default and holds the typed value to
+its bound while parsing (:class:`Checked`). :func:`options` makes recipe-overlay options instead: default None,
+so only the flags a user typed override the recipe, whose ``validate`` then checks the merged values with the
+same bound. Every option made here carries its field (``schema_field``), which tests/test_schemas.py follows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,37 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import typer
+
+from hftool.errors import HftoolError
+from hftool.schemas.fields import Bound, default_of, field_named
+
+TYPE_WORDS = {int: ("integer", "is not a whole number"), float: ("float", "is not a number"), str: ("text", "")}
+
+
+class Checked:
+    """Typer's parser for one flag: the typed text as the field's type, held to ``bound``, or an
+    ``HftoolError`` (``--batch-size=0 must be at least 1``) instead of click's usage box."""
+
+    def __init__(self, flag: str, bound: Bound, kind: type):
+        self.flag, self.bound, self.kind = flag, bound, kind
+        self.__name__, self.not_a_value = TYPE_WORDS[kind]  # __name__: what Typer calls the type
+
+    def __call__(self, value: Any) -> Any:
+        try:
+            typed = self.kind(value)
+        except (TypeError, ValueError):
+            raise HftoolError(f"{self.flag}={value} {self.not_a_value}") from None
+        if not self.bound.holds(typed):
+            raise HftoolError(f"{self.flag}={typed} {self.bound.why}")
+        return typed
+
+
+def option(settings: type, name: str) -> Any:
+    """The Typer option of the field ``name`` of ``settings``: its default shown, its bound held while parsing."""
+    item = field_named(settings, name)
+    default = default_of(settings, name)
+    return _option(item, typing.get_type_hints(settings)[name], default, shown=default is not None,
+                   help=item.metadata["help"], checked=True)
 
 
 def options(settings: type, names: Iterable[str] | None = None, *, defaults: Any = None, show: Iterable[str] = (),
@@ -30,15 +63,29 @@ def options(settings: type, names: Iterable[str] | None = None, *, defaults: Any
     show, help = set(show), help or {}
     parameters = []
     for name in fields if names is None else names:
-        meta = fields[name].metadata
+        item = fields[name]
         shown = name in show
-        option = typer.Option(getattr(defaults, name) if shown else None,
-                              *meta["flag"].split(" "), *([meta["short"]] if meta["short"] else []),
-                              show_default=shown, help=help.get(name, meta["help"]))
-        cli_type = str if meta["parse"] else _cli_type(hints[name])
-        parameters.append(inspect.Parameter(meta["param"] or name, inspect.Parameter.KEYWORD_ONLY,
-                                            default=option, annotation=cli_type))
+        info = _option(item, hints[name], getattr(defaults, name) if shown else None, shown=shown,
+                       help=help.get(name, item.metadata["help"]), checked=False)
+        cli_type = str if item.metadata["parse"] else _cli_type(hints[name])
+        parameters.append(inspect.Parameter(item.metadata["param"] or name, inspect.Parameter.KEYWORD_ONLY,
+                                            default=info, annotation=cli_type))
     return parameters
+
+
+def _option(item: dataclasses.Field, hint: Any, default: Any, *, shown: bool, help: str, checked: bool) -> Any:
+    """The Typer option of ``item``; ``checked`` parses it with its bound (ints also show it: ``[x>=1]``)."""
+    meta = item.metadata
+    flags = [*meta["flag"].split(" "), *([meta["short"]] if meta["short"] else [])]
+    extra: dict[str, Any] = {}
+    bound, kind = meta["bound"], _item_type(hint)
+    if checked and bound is not None and kind in TYPE_WORDS:
+        extra["parser"] = Checked(flags[0], bound, kind)
+        if kind is int:
+            extra.update(min=bound.low, max=bound.high)
+    info = typer.Option(default, *flags, show_default=shown, help=help, **extra)
+    info.schema_field = item  # where the option came from: tests/test_schemas.py checks the two agree
+    return info
 
 
 def with_options(*parameters: inspect.Parameter) -> Callable:
@@ -71,3 +118,9 @@ def _cli_type(hint: Any) -> Any:
     if typing.get_origin(hint) is Literal:
         return type(typing.get_args(hint)[0])
     return hint
+
+
+def _item_type(hint: Any) -> Any:
+    """The type of one typed value: a repeatable option's item type, else the option's."""
+    hint = _cli_type(hint)
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint

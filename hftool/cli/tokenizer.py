@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from hftool.cli.options import OVERWRITE, bounded_int
+from hftool.cli.options import OVERWRITE
+from hftool.cli.setting_options import option
+from hftool.schemas.pretrain import TokenizerTrainOptions as Options
 
 app = typer.Typer(help="Train tokenizers (byte-level BPE or WordPiece).\n\nExamples:\n\n"
                        "  hftool tokenizer train corpus.txt -o my-tokenizer --vocab-size 8000",
@@ -17,13 +19,13 @@ app = typer.Typer(help="Train tokenizers (byte-level BPE or WordPiece).\n\nExamp
 def train(
     files: list[Path] = typer.Argument(None, help="Text/JSONL/Parquet files; none: the embedded corpus."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the tokenizer to."),
-    kind: str = typer.Option("byte-bpe", "--kind", help="byte-bpe (GPT-2/BLOOM) or wordpiece (BERT)."),
-    vocab_size: int = bounded_int(8000, "--vocab-size", low=1, help="Vocabulary size, special tokens included."),
-    lowercase: bool = typer.Option(False, "--lowercase", help="Lower-case and strip accents (WordPiece)."),
-    min_frequency: int = bounded_int(2, "--min-frequency", low=0, help="Minimum count for a merge or word."),
-    hub_dataset: str = typer.Option(None, "--hub-dataset", help="Hub dataset name instead of files."),
-    hub_config: str = typer.Option(None, "--hub-config", help="Hub dataset configuration."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text (JSONL, Parquet, Hub)."),
+    kind: str = option(Options, "kind"),
+    vocab_size: int = option(Options, "vocab_size"),
+    lowercase: bool = option(Options, "lowercase"),
+    min_frequency: int = option(Options, "min_frequency"),
+    hub_dataset: str = option(Options, "hub_dataset"),
+    hub_config: str = option(Options, "hub_config"),
+    text_column: str = option(Options, "text_column"),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train a tokenizer and save it as a transformers fast-tokenizer folder.

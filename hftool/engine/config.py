@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hftool.errors import HftoolError
+from hftool.schemas.fields import MixedPrecision
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class TrainConfig:
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
+    mixed_precision: MixedPrecision = "auto"
     allow_slow_bf16: bool = False  # run an explicit bf16 even on a CPU that emulates it (refused otherwise)
     eval_every: int = 0  # optimizer steps between evaluations; 0 evaluates only at the end
     eval_max_batches: int | None = None  # cap on evaluation batches (None: the whole validation split)

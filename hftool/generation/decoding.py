@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from hftool.errors import HftoolError
-from hftool.generation.settings import DecodingSettings
+from hftool.schemas.generate import DecodingSettings
 
 # generation_config.json keys that do not change which token greedy search picks, so the fast path may run:
 # token ids and bookkeeping, plus the strategy and sampling knobs that our GenerationConfig always overrides

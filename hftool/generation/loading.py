@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from hftool.errors import HftoolError
-from hftool.generation.settings import ModelSettings
 from hftool.loading import load_config, load_model, load_tokenizer, resolve_model
+from hftool.schemas.generate import ModelSettings
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 DEFAULT_CONTEXT = 2048  # for models without learned positions (BLOOM's ALiBi) or a stated limit

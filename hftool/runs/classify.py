@@ -40,7 +40,8 @@ from hftool.runs.labelled import (
     score_and_write,
     trained_head_model,
 )
-from hftool.tasks.classify import ClassifyRecipe, ClassifyTask, encode_texts, with_labels
+from hftool.schemas.finetune import ClassifyRecipe
+from hftool.tasks.classify import ClassifyTask, encode_texts, with_labels
 
 COMMAND = "finetune classify"
 HEAD = "sequence-classification"

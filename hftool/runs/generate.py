@@ -22,7 +22,7 @@ from hftool.generation.batching import (
     run_prompts,
     write_jsonl,
 )
-from hftool.generation.settings import DecodingSettings, GenerateRecipe
+from hftool.schemas.generate import DecodingSettings, GenerateRecipe
 
 
 def with_seed(decoding: DecodingSettings) -> DecodingSettings:

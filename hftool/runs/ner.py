@@ -31,7 +31,8 @@ from hftool.runs.labelled import (
     score_and_write,
     trained_head_model,
 )
-from hftool.tasks.ner import NerRecipe, NerTask, encode_sentences, group_entities
+from hftool.schemas.finetune import NerRecipe
+from hftool.tasks.ner import NerTask, encode_sentences, group_entities
 
 COMMAND = "finetune ner"
 HEAD = "token-classification"

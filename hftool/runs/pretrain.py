@@ -16,7 +16,7 @@ from hftool.errors import HftoolError
 from hftool.loading import ModelRef, load_tokenizer, resolve_model
 from hftool.outputs import releases_claims
 from hftool.runs.artifacts import check_run_dir, finish_report, prepare_output_dir, save_tokenizer
-from hftool.runs.pretrain_recipe import PretrainRecipe
+from hftool.schemas.pretrain import PretrainRecipe
 
 
 def run_inputs(recipe: PretrainRecipe) -> dict:

@@ -13,7 +13,8 @@ from hftool.errors import HftoolError
 from hftool.loading import cache_dir, load_config, load_model, resolve_model
 from hftool.models import build_config, check_vocab_fits, vocab_too_large
 from hftool.runs.artifacts import pretrain_card, write_final_artifacts
-from hftool.runs.pretrain_recipe import PretrainJob, PretrainRecipe
+from hftool.runs.pretrain_recipe import PretrainJob
+from hftool.schemas.pretrain import PretrainRecipe
 from hftool.tasks.bert_pretraining import (
     PRETRAINING_HEADS,
     BertPretrainingTask,

@@ -12,7 +12,9 @@ from hftool.errors import HftoolError
 from hftool.loading import cache_dir, load_model, resolve_model
 from hftool.models import build_config, check_vocab_fits
 from hftool.runs.artifacts import pretrain_card, write_final_artifacts
-from hftool.runs.pretrain_recipe import PretrainJob, PretrainRecipe
+from hftool.runs.pretrain_recipe import PretrainJob
+from hftool.schemas.generate import SAVED_MODEL_DECODING as SAVED
+from hftool.schemas.pretrain import PretrainRecipe
 from hftool.tasks.causal_lm import CausalLMTask, fused_head_applies
 
 
@@ -60,7 +62,7 @@ def setup_causal_lm(recipe: PretrainRecipe, engine, docs: Documents, tokenizer) 
         trained.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            do_sample=True, top_k=50, top_p=0.95, max_new_tokens=64,
+            do_sample=SAVED.do_sample, top_k=SAVED.top_k, top_p=SAVED.top_p, max_new_tokens=SAVED.max_new_tokens,
         )
         card = pretrain_card(recipe, summary, "text-generation", engine.batch_size)
         write_final_artifacts(trained, tokenizer, folder, summary, card, state_dict)

@@ -11,42 +11,9 @@ import ipaddress
 import logging
 import signal
 import sys
-from dataclasses import dataclass, field
 
 from hftool.errors import HftoolError
-from hftool.generation.settings import GenerateRecipe
-
-
-@dataclass
-class ServeOptions:
-    recipe: GenerateRecipe = field(default_factory=GenerateRecipe)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    max_batch_size: int = 16
-    max_queue: int = 64
-    threads: int | None = None  # torch threads of the decoding thread; None: all cores but one
-    max_tokens_cap: int = 1024
-    max_body_bytes: int = 1 << 20
-    grace_s: float = 20.0
-    log_level: str = "info"
-    qa_window: tuple[int, int, int] = (384, 128, 30)  # max_length, doc_stride, max_answer_length, as hftool answer
-    models: list[str] = field(default_factory=list)  # the --model values (NAME=PATH or PATH); none: the recipe's
-
-    def validate(self) -> None:
-        self.recipe.validate()
-        beams = self.recipe.decoding.num_beams
-        if beams != 1:
-            raise HftoolError(f"--num-beams {beams} (decoding.num_beams in the recipe): serve decodes one beam per "
-                              "sequence, greedy or sampled, streaming tokens as they come; set it to 1 (beam search: "
-                              "hftool generate)")
-        for flag, value, low in (("--port", self.port, 0), ("--max-batch-size", self.max_batch_size, 1),
-                                 ("--max-queue", self.max_queue, 1), ("--max-tokens-cap", self.max_tokens_cap, 1),
-                                 ("--threads", 1 if self.threads is None else self.threads, 1)):
-            if value < low:
-                raise HftoolError(f"{flag} {value}: must be at least {low}")
-        if self.port > 65535:
-            raise HftoolError(f"--port {self.port}: must be at most 65535")
+from hftool.schemas.serve import ServeOptions
 
 
 def is_loopback(host: str) -> bool:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from hftool import config as cfgmod
-from hftool.adapters import AdapterSettings, apply_adapter
+from hftool.adapters import apply_adapter
 from hftool.data.squad import (
     QAExample,
     SquadDataConfig,
@@ -38,37 +38,13 @@ from hftool.runs.artifacts import (
     write_final_artifacts,
     write_json,
 )
+from hftool.schemas.finetune import SquadRecipe
 from hftool.tasks.squad import SquadTask, load_metric, local_batches
 from hftool.tasks.squad_postprocess import Answer, rank_answers
 
 COMMAND = "finetune squad"
 HEAD = "question-answering"
 OFFSETS_FOR = "question answering"  # windows map answers back to the context through character offsets
-
-
-@dataclass
-class SquadModelConfig:
-    """The pretrained encoder to fine-tune; a fresh question-answering head is put on top."""
-
-    name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
-    trust_remote_code: bool = False
-
-
-@dataclass
-class SquadRecipe:
-    """A SQuAD fine-tuning run: model, data and training settings."""
-
-    model: SquadModelConfig = field(default_factory=SquadModelConfig)
-    data: SquadDataConfig = field(default_factory=SquadDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        output_dir="runs/squad", lr=3e-5, batch_size=12, epochs=2, scheduler="linear", weight_decay=0.0,
-        eval_batch_size=64))
-    eval_each_epoch: bool = True  # evaluate at every epoch end (when train.eval_every is 0)
-    adapter: AdapterSettings = field(default_factory=AdapterSettings)  # LoRA instead of a full fine-tune
-
-    def validate(self) -> None:
-        self.data.validate()
-        self.train.validate()
 
 
 def warn_once(message: str) -> None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
-from hftool.generation.settings import DecodingSettings, SettingError, check_fields
+from hftool.schemas.fields import SettingError, check_fields
+from hftool.schemas.generate import DecodingSettings
 from hftool.serve import schemas as s
 from hftool.serve.batcher import Batcher
 from hftool.serve.encoders import router as encoder_router

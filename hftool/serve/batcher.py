@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hftool.generation.decoding import Generator, trim_at_stop
-from hftool.generation.settings import SAMPLING_ONLY, DecodingSettings
+from hftool.schemas.generate import SAMPLING_ONLY, DecodingSettings
 
 _ids = itertools.count()
 GATHER_S = 0.003  # how long the decoder waits for another request to join a new batch

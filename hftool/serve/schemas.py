@@ -2,7 +2,7 @@
 
 Requests are strict (``extra="forbid"``, no string-to-number coercion, no Infinity or NaN) so a misspelt or
 mistyped field is a 400 naming it, not a silently ignored setting. The decoding fields' values are checked where
-``hftool generate`` checks its flags, by the bounds declared once in :mod:`hftool.generation.settings`, on the
+``hftool generate`` checks its flags, by the bounds declared once in :mod:`hftool.schemas.generate`, on the
 settings the request will decode with (:func:`hftool.serve.app._settings`); the limits here are the server's own
 (prompts per request, continuations, stop strings).
 """

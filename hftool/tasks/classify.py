@@ -11,35 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from hftool.adapters import AdapterSettings
-from hftool.data.classification import ClassifyDataConfig, TextExample
-from hftool.engine.config import TrainConfig
+from hftool.data.classification import TextExample
 from hftool.engine.eval_sharding import Ordered, balanced_length_order, broadcast_metrics, gather_predictions
 from hftool.metrics.classification import classification_scores
-from hftool.tasks.labelling import LabelModelConfig, pad_batch
+from hftool.tasks.labelling import pad_batch
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@dataclass
-class ClassifyRecipe:
-    """A sequence-classification fine-tuning run: model, data and training settings."""
-
-    model: LabelModelConfig = field(default_factory=LabelModelConfig)
-    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        output_dir="runs/classify", lr=2e-5, batch_size=32, epochs=3, scheduler="linear", weight_decay=0.0,
-        eval_batch_size=128))
-    group_by_length: bool = True  # batches of similar lengths (less padding); the order stays seeded
-    adapter: AdapterSettings = field(default_factory=AdapterSettings)  # LoRA instead of a full fine-tune
-
-    def validate(self) -> None:
-        self.data.validate()
-        self.train.validate()
 
 
 def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int) -> tuple[list[dict], int]:

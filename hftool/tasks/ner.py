@@ -11,36 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from hftool.adapters import AdapterSettings
-from hftool.data.conll import NerDataConfig, TaggedSentence
-from hftool.engine.config import TrainConfig
+from hftool.data.conll import TaggedSentence
 from hftool.engine.eval_sharding import Ordered, balanced_length_order, broadcast_metrics, gather_predictions
 from hftool.metrics.entities import entity_scores
-from hftool.tasks.labelling import LabelModelConfig, pad_batch
+from hftool.tasks.labelling import pad_batch
 
 IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@dataclass
-class NerRecipe:
-    """A token-classification fine-tuning run: model, data and training settings."""
-
-    model: LabelModelConfig = field(default_factory=LabelModelConfig)
-    data: NerDataConfig = field(default_factory=NerDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        output_dir="runs/ner", lr=5e-5, batch_size=32, epochs=3, scheduler="linear", weight_decay=0.0,
-        eval_batch_size=128))
-    group_by_length: bool = True  # batches of similar lengths (less padding); the order stays seeded
-    adapter: AdapterSettings = field(default_factory=AdapterSettings)  # LoRA instead of a full fine-tune
-
-    def validate(self) -> None:
-        self.data.validate()
-        self.train.validate()
 
 
 def encode_sentences(tokenizer, sentences: Sequence[TaggedSentence], max_length: int, label2id: dict | None,

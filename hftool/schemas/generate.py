@@ -1,7 +1,7 @@
-"""What to generate with and how: the typed ``generate`` recipe and its checks.
+"""``hftool generate`` / ``summarize`` / ``translate`` / ``serve``'s decoding: the typed recipe and its checks.
 
 Every setting is declared once, as a dataclass field whose metadata holds its command-line flag, its help and
-its bounds (``setting``). The CLI builds its options from that metadata (``hftool.cli.settings``) and
+its bounds (``setting``). The CLI builds its options from that metadata (``hftool.cli.setting_options``) and
 ``validate`` checks recipe values and flags alike against it, so a flag, its help and its check cannot drift
 apart. This module imports neither torch nor transformers, so the CLI checks every decoding flag before it
 loads anything. Precedence, lowest first: the schema defaults below, the recipe file (``--recipe``), the recipe
@@ -11,12 +11,11 @@ overrides (``decoding.top_p=0.9``), then the explicit command-line flags (``--to
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from hftool.errors import HftoolError
+from hftool.schemas.fields import Bound, at_least, check_fields, field_named, refuse, setting
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = get_args(DType)  # the one list of weight dtypes: recipe type, flag check and loader
@@ -26,67 +25,6 @@ MAX_SEQUENCES = 64  # beams, or continuations per prompt: each is a full row of 
 SEED_RANGE = (0, 2**32 - 1)  # what transformers.set_seed takes (numpy's seeding refuses the rest)
 MIN_SCALE = 0.01  # smallest temperature / repetition penalty: dividing logits by less overflows to inf and NaN
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")  # decoding fields greedy and beam search ignore
-
-
-@dataclass(frozen=True)
-class Bound:
-    """What values a setting accepts, and the words its error gives otherwise.
-
-    ``low``/``high`` bound a number (``low_open``: ``low`` itself is refused); ``choices`` lists the accepted
-    values; ``when`` names a boolean setting that must be on for the bound to apply (temperature only matters
-    when sampling). ``None`` (left unset) always passes.
-    """
-
-    why: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    choices: tuple = ()
-    when: str | None = None
-
-    def holds(self, value: Any) -> bool:
-        if value is None:
-            return True
-        if self.choices:
-            return value in self.choices
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
-
-def setting(default: Any = dataclasses.MISSING, *, flag: str, help: str, short: str | None = None,
-            bound: Bound | None = None, param: str | None = None, parse: Callable[[str], Any] | None = None,
-            default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field that also declares its command-line option: ``flag`` (``--top-p``, or a
-    ``--on/--off`` pair), ``short`` alias, ``help``, ``bound``; ``param`` names the command's parameter when
-    it differs from the field (``--model`` sets ``model.name``) and ``parse`` turns the text typed on the
-    command line into the field's value when the field is not a plain str/int/float/bool/list
-    (``--max-memory cpu=2GiB`` into a mapping)."""
-    metadata = {"flag": flag, "short": short, "help": help, "bound": bound, "param": param, "parse": parse}
-    return field(default=default, default_factory=default_factory, metadata=metadata)
-
-
-class SettingError(HftoolError):
-    """A setting outside its bound. ``str()`` names the command-line flag; ``field``, ``value`` and ``why`` let
-    another front end (the server's request fields) word the same refusal in its own names."""
-
-    def __init__(self, item: dataclasses.Field, value: Any, why: str):
-        shown = value if not isinstance(value, list) else ",".join(map(repr, value))
-        super().__init__(f"{item.metadata['flag']} {shown}: {why}")
-        self.field, self.value, self.why = item.name, value, why
-
-
-def check_fields(settings: Any) -> None:
-    """Check every field of ``settings`` against its ``Bound``, and floats for finiteness, in field order."""
-    for item in dataclasses.fields(settings):
-        value = getattr(settings, item.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            _bad(item, value, "must be a finite number")
-    for item in dataclasses.fields(settings):
-        bound = item.metadata.get("bound")
-        if bound and (bound.when is None or getattr(settings, bound.when)) and not bound.holds(
-                getattr(settings, item.name)):
-            _bad(item, getattr(settings, item.name), bound.why)
 
 
 @dataclass
@@ -142,14 +80,14 @@ class DecodingSettings:
         """Reject settings transformers would refuse late, or silently misread, naming the flag to fix."""
         check_fields(self)
         if not self.do_sample and self.num_return_sequences > self.num_beams:
-            _bad(
-                _field(self, "num_return_sequences"),
+            refuse(
+                field_named(self, "num_return_sequences"),
                 self.num_return_sequences,
                 f"greedy/beam search returns at most --num-beams ({self.num_beams}) different sequences; "
                 "raise --num-beams or pass --sample",
             )
         if any(not s for s in self.stop):
-            _bad(_field(self, "stop"), self.stop, "stop strings must not be empty")
+            refuse(field_named(self, "stop"), self.stop, "stop strings must not be empty")
 
     @property
     def is_plain_greedy(self) -> bool:
@@ -175,6 +113,11 @@ class DecodingSettings:
             stop=list(self.stop),
         )
         return out
+
+
+# The generation_config.json a pretrained folder carries: sampling, so pipeline("text-generation") on it shows
+# varied text; ``hftool generate`` still decodes greedily unless told otherwise.
+SAVED_MODEL_DECODING = DecodingSettings(do_sample=True, top_k=50, top_p=0.95)
 
 
 def parse_max_memory(text: str) -> dict:
@@ -250,9 +193,20 @@ FIELDS_OF_DECODING = {f.name for f in dataclasses.fields(DecodingSettings)}
 FIELDS_OF_MODEL = {f.name for f in dataclasses.fields(ModelSettings)}
 
 
-def _field(settings: Any, name: str) -> dataclasses.Field:
-    return next(f for f in dataclasses.fields(settings) if f.name == name)
+@dataclass
+class TextOptions:
+    """The generation commands' input and output options besides decoding: columns, references, context."""
 
-
-def _bad(item: dataclasses.Field, value, why: str):
-    raise SettingError(item, value, why)
+    prompt_column: str = setting("prompt", flag="--column", help="JSONL field holding the prompt.")
+    article_column: str = setting("article", flag="--column", help="JSONL field holding the article.")
+    source_column: str = setting("source", flag="--column", help="JSONL field holding the sentence.")
+    reference_column: str | None = setting(None, flag="--reference-column",
+                                           help="JSONL field holding the reference, for scoring.")
+    stream: bool = setting(True, flag="--stream/--no-stream",
+                           help="Print tokens as they come (one prompt, one sequence, no beams).")
+    sentences: int = setting(3, flag="--sentences", help="Keep this many sentences of the generated summary.",
+                             bound=at_least(1))
+    max_context: int | None = setting(None, flag="--max-context", bound=at_least(2),
+                                      help="Context length to fit the prompt into (default: the model's positions).")
+    shots: int | None = setting(None, flag="--shots", bound=at_least(0),
+                                help="Use only the first N example pairs (default: all that fit).")
