@@ -1,7 +1,7 @@
 """What to generate with and how: the typed ``generate`` recipe and its checks.
 
 Every setting is declared once, as a dataclass field whose metadata holds its command-line flag, its help and
-its bounds (``setting``). The CLI builds its options from that metadata (``hftool.cli.settings``) and
+its bounds (``setting``). The CLI builds its options from that metadata (``hftool.cli.setting_options``) and
 ``validate`` checks recipe values and flags alike against it, so a flag, its help and its check cannot drift
 apart. This module imports neither torch nor transformers, so the CLI checks every decoding flag before it
 loads anything. Precedence, lowest first: the schema defaults below, the recipe file (``--recipe``), the recipe
