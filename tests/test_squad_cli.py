@@ -207,6 +207,7 @@ def fresh_accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.slow  # in make test: test_squad.py merges windows split over two ranks, test_labelling_cli gathers
 def test_two_process_evaluation_equals_one_process(trained, tmp_path, fresh_accelerator):
     from hftool.runs.squad import run_evaluate_squad
 
