@@ -207,7 +207,9 @@ def fresh_accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-@pytest.mark.slow  # in make test: test_squad.py merges windows split over two ranks, test_labelling_cli gathers
+# In make test, test_distributed's SQuAD case evaluates in 2 processes against 1 and test_squad merges windows
+# split over two ranks; this real-data case runs in make test-slow.
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(trained, tmp_path, fresh_accelerator):
     from hftool.runs.squad import run_evaluate_squad
 
