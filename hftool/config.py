@@ -2,7 +2,7 @@
 
 Every command that takes a recipe uses the same override style::
 
-    hftool pretrain --recipe gpt2-tiny train.max_steps=50 model.n_layer=2
+    hftool pretrain --recipe gpt2-tiny train.max_steps=50 model.config.n_layer=2
 
 An unknown key is refused with the closest valid key suggested.
 """
@@ -139,7 +139,7 @@ def to_dict(config: Any) -> dict:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """``["train.lr=1e-4", "model.n_layer=2"]`` → nested dict, values parsed as YAML scalars."""
+    """``["train.lr=1e-4", "model.config.n_layer=2"]`` → nested dict, values parsed as YAML scalars."""
     nested: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")

@@ -22,11 +22,10 @@ def launched_by_a_distributed_launcher() -> bool:
 def relaunch(num_processes: int, argv: list[str] | None = None) -> None:
     """Replace this process with ``accelerate launch`` running ``num_processes`` copies of this command.
 
-    Returns without doing anything for one process or when already inside a distributed launch. The process is
-    replaced (not wrapped), so signals such as SIGTERM reach the launcher, which passes them on to every rank.
+    Returns without doing anything for one process or when already inside a distributed launch (the CLI option
+    refuses fewer than one). The process is replaced (not wrapped), so signals such as SIGTERM reach the launcher,
+    which passes them on to every rank.
     """
-    if num_processes < 1:
-        raise HftoolError(f"{NUM_PROCESSES_FLAG} {num_processes}: must be at least 1")
     if num_processes == 1 or launched_by_a_distributed_launcher():
         return
     import torch

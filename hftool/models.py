@@ -1,4 +1,6 @@
-"""Building models from a recipe's architecture section, or loading them from a folder / Hub id / alias."""
+"""Building a model's config from a recipe's ``model:`` section, and checking a tokenizer fits its embeddings.
+
+Loading a model from a folder, Hub id or alias is ``hftool.loading``'s job."""
 
 from __future__ import annotations
 

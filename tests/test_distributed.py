@@ -189,6 +189,9 @@ def test_squad_two_processes_equal_one_big_batch_and_accumulation(tmp_path, tiny
     assert two_metrics["eval_f1"] == pytest.approx(big_metrics["eval_f1"], abs=1e-9)
 
 
+# make test holds both halves faster: BERT's accumulation equals one big batch in process (test_bert_pretraining)
+# and the cross-process sum of loss items is the one the GPT-2 case above checks.
+@pytest.mark.slow
 def test_mlm_nsp_two_processes_equal_one_big_batch_and_accumulation(small_corpus, tmp_path):
     """Masked-token counts differ between ranks; the loss is normalised over the whole step, so weights agree."""
     no_dropout = ("model.config={num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, "

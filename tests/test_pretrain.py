@@ -62,6 +62,16 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
+def test_metrics_log_the_learning_rate_each_step_used(tmp_path):
+    """Step N is logged with the rate it trained with (the schedule at N - 1), not the next step's."""
+    data = np.random.default_rng(0).integers(0, 50, size=(64, 12)).astype(np.int32)
+    config = TrainConfig(output_dir=str(tmp_path), mixed_precision="no", report_to="none", log_every=1,
+                         lr=1e-2, warmup_steps=4, batch_size=4, max_steps=3)
+    Engine(config, tmp_path).fit(_tiny_gpt2(), data, CausalLMTask())
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]) for r in logged if "loss" in r] == [(1, 0.0), (2, 2.5e-3), (3, 5e-3)]
+
+
 def test_releasing_freed_memory_keeps_the_training_identical(tmp_path, monkeypatch):
     """train.release_memory_every=N calls glibc's malloc_trim every N steps and changes no weight."""
     from hftool.engine import heap

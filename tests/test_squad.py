@@ -107,6 +107,35 @@ def test_fixed_dynamic_and_rounded_padding_give_the_same_loss_and_answers(tiny_b
         assert [a.text for a in best[0]] == [a.text for a in best[1]] == [a.text for a in best[2]] and best[0]
 
 
+def test_windows_split_over_two_processes_merge_to_the_one_process_answers(tiny_bert):
+    """What 2-process evaluation adds to gathering (tested for classify in test_labelling_cli): an example's windows
+    scored on different ranks, merged in either rank order, give the answer one process gives."""
+    from hftool.tasks.squad import best_text, merge_candidates
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering.from_pretrained(tiny_bert).eval()
+    examples = hand_examples()[:6]
+    settings = WindowSettings(64, 16)
+    windows = encode_windows(examples, tokenizer, settings)
+    task = SquadTask(settings, windows.pad_token_id, pad_to_multiple_of=1)
+    order = balanced_length_order(windows.lengths, 2)
+    ranks = [order[:len(order) // 2], order[len(order) // 2:]]
+
+    def candidates(indices):
+        with torch.no_grad():
+            return task.window_candidates(model, [task.collate([windows[int(i)] for i in indices], 0)], windows)
+
+    alone = candidates(order)
+    per_rank = [candidates(indices) for indices in ranks]
+    assert set(per_rank[0]) & set(per_rank[1])  # some example has windows on both ranks
+    for gathered in ([*per_rank[0].items(), *per_rank[1].items()], [*per_rank[1].items(), *per_rank[0].items()]):
+        merged = merge_candidates(gathered)
+        assert merged.keys() == alone.keys()
+        assert {i: best_text(examples[i], found, 20) for i, found in merged.items()} == \
+            {i: best_text(examples[i], found, 20) for i, found in alone.items()}
+
+
 def test_span_search_follows_the_reference_rules():
     # tokens: [CLS] q q [SEP] c0..c5 [SEP]; context token c_i covers characters [10 i, 10 i + 5)
     offsets = np.array([[-1, -1]] * 4 + [[10 * i, 10 * i + 5] for i in range(6)] + [[-1, -1]])

@@ -207,6 +207,9 @@ def fresh_accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+# In make test, test_distributed's SQuAD case evaluates in 2 processes against 1 and test_squad merges windows
+# split over two ranks; this real-data case runs in make test-slow.
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(trained, tmp_path, fresh_accelerator):
     from hftool.runs.squad import run_evaluate_squad
 

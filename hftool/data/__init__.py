@@ -1,1 +1,2 @@
-"""Data: text sources, the embedded default corpus, tokenizer training and block packing."""
+"""Data for every command: reading and checking the user's files (text corpora, SQuAD, labelled CSV/TSV/JSONL,
+CoNLL) or Hub datasets, the embedded default corpus, BERT's sentence pairs, tokenizer training and packing."""

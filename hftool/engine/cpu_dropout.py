@@ -1,9 +1,9 @@
 """Faster dropout for training on CPU, where PyTorch's own is a large share of a small model's step.
 
-Two measured costs (GPT-2, 4 layers x 256, batch 16 x 128, bf16, 2 cores):
+Two costs (measured in benchmarks/bench_pretrain.py):
 
-* ``bernoulli_`` draws one 32-bit Mersenne-Twister number per element, on one thread: 13 % of the step.
-  :func:`fast_dropout` takes 16 random bits per element (four per 64-bit draw), about 3x cheaper. The drop
+* ``bernoulli_`` draws one 32-bit Mersenne-Twister number per element, on one thread.
+  :func:`fast_dropout` takes 16 random bits per element (four per 64-bit draw). The drop
   probability is rounded to a multiple of 1/65536 (0.1 becomes 0.100006) and kept values are scaled by the
   exact inverse of the resulting keep probability, so the output's expectation is the input, as with
   ``nn.Dropout``. The bits come from torch's default generator: seeds and checkpointed RNG state apply.

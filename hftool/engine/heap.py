@@ -2,8 +2,7 @@
 
 Batches of varying shapes (length-grouped padding) leave freed activation memory scattered through the heap,
 which glibc keeps; ``malloc_trim`` hands it back, so resident memory tracks what the steps really hold, at the
-cost of faulting it in again (measured on SQuAD with MiniLM: every step, peak RSS 3,936 instead of 5,683 MiB,
-17 % slower).
+cost of faulting it in again (a lower peak for a slower step; docs/engine.md has the figures).
 """
 
 from __future__ import annotations

@@ -192,6 +192,7 @@ class Engine(Processes):
         with StopSignals() as signals, contextlib.closing(bar):  # closed on errors too: they start a new line
             while step < total_steps:
                 epoch, examples = next(batches)
+                step_lr = scheduler.get_last_lr()[0]  # the rate this step uses; scheduler.step() moves to the next
                 loss_sum, count, tokens = self._train_step(model, optimizer, task,
                                                            [task.collate(micro, epoch) for micro in examples])
                 scheduler.step()
@@ -202,11 +203,10 @@ class Engine(Processes):
                 if step % cfg.log_every == 0 or step == total_steps:
                     last_loss = pending.check()
                     tokens_per_s = throughput.close_window(step, last=step == total_steps)
-                    lr = scheduler.get_last_lr()[0]
-                    metrics_log.write({"step": step, "loss": last_loss, "lr": lr,
+                    metrics_log.write({"step": step, "loss": last_loss, "lr": step_lr,
                                        "tokens_per_s": round(tokens_per_s, 1), "epoch": epoch})
                     if self._trackers:
-                        self.accelerator.log({"train/loss": last_loss, "train/lr": lr,
+                        self.accelerator.log({"train/loss": last_loss, "train/lr": step_lr,
                                               "train/tokens_per_s": tokens_per_s}, step=step)
                     bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
                 bar.update(1)

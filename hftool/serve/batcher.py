@@ -12,7 +12,7 @@ Per step the thread does O(new tokens) Python work per row: it decodes only a fe
 stop strings only in the newly decoded tail and recognises end of text by id. It sets its own torch thread
 count (``threads``): by default one core is left to the event loop, because a decoding thread whose intra-op
 threads compete with the HTTP thread for the cores waits at every operator's barrier (measured in
-benchmarks/bench_serve.py: 70x slower on a busy 2-core machine).
+benchmarks/bench_serve.py).
 
 The file is one thing, the thread and the per-step bookkeeping only it runs (``_Tracker``), hence its length.
 """
