@@ -45,6 +45,7 @@ SCHEMAS: dict[str, str] = {
     "finetune squad": "hftool.runs.squad:SquadRecipe",
     "finetune classify": "hftool.tasks.classify:ClassifyRecipe",
     "finetune ner": "hftool.tasks.ner:NerRecipe",
+    "finetune sft": "hftool.runs.sft_recipe:SftRecipe",
     "generate": "hftool.generation.settings:GenerateRecipe",
 }
 
