@@ -98,6 +98,10 @@ def test_truncation_is_counted_and_answerless_conversations_dropped(tokenizer, c
     tiny, stats = sft.encode(tokenizer, conversations, 8, False)  # only the system / user turns fit
     assert stats.dropped == len(conversations) - len(tiny) > 0
     assert "cut to data.max_length=8" in stats.report("training data", 8)
+    ends, stats = sft.encode(tokenizer, conversations, 8, False, truncation="keep_end")  # the answer's end stays
+    assert stats.truncated == len(conversations) and stats.dropped == 0
+    assert all(len(i["input_ids"]) == 8 and i["input_ids"][-1] == tokenizer.eos_token_id for i in ends)
+    assert all(not i["targets"][0] for i in ends)
 
 
 def test_packed_loss_equals_unpacked_loss(tiny_gpt2, tokenizer, conversations):

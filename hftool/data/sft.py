@@ -42,7 +42,7 @@ class Conversation:
 def read_conversations(path: str | Path, flag: str, data_format: str = "auto") -> list[Conversation]:
     """The conversations of one file in ``data_format`` (see the module docstring)."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise HftoolError(f"{flag} {path}: no such file")
     readers = {"auto": _read_jsonl, "squad": _read_squad, "sst2": _read_sst2, "conll": _read_conll}
     conversations = readers[data_format](path, flag)

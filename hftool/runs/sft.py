@@ -88,8 +88,10 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
     if engine.is_main:
         prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.", "data.chat_template"), inputs)
     engine.wait()
-    train_items, train_stats = sft.encode(tokenizer, train_conversations, data.max_length, data.train_on_prompt)
-    eval_items, eval_stats = sft.encode(tokenizer, eval_conversations, data.max_length, data.train_on_prompt)
+    train_items, train_stats = sft.encode(tokenizer, train_conversations, data.max_length, data.train_on_prompt,
+                                          data.truncation)
+    eval_items, eval_stats = sft.encode(tokenizer, eval_conversations, data.max_length, data.train_on_prompt,
+                                        data.truncation)
     engine.print(train_stats.report("training data", data.max_length))
     if eval_conversations:
         engine.print(eval_stats.report("validation data", data.max_length))

@@ -35,6 +35,7 @@ class SftDataConfig:
     format: Literal["auto", "squad", "sst2", "conll"] = "auto"
     chat_template: Literal["auto", "chatml"] = "auto"  # auto: the tokenizer's own, ChatML when it has none
     max_length: int = 512  # tokens per conversation; longer ones are cut (and counted)
+    truncation: Literal["keep_start", "keep_end"] = "keep_start"  # keep_end keeps the answer, cuts the prompt
     train_on_prompt: bool = False  # true: loss on every token, not only the assistant's / completion's
     packing: bool = False  # several conversations per row, each attending only to itself
     group_by_length: bool = True  # unpacked: batches of similar length (less padding), order still seeded

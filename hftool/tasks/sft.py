@@ -96,30 +96,32 @@ class EncodeStats:
                 f"{self.dropped:,} dropped (no answer token left after the cut)")
 
 
-def encode(tokenizer, conversations: Sequence[Conversation], max_length: int,
-           train_on_prompt: bool) -> tuple[list[dict], EncodeStats]:
-    """Token ids and target masks of each conversation (end-of-text appended, cut to ``max_length``)."""
+def encode(tokenizer, conversations: Sequence[Conversation], max_length: int, train_on_prompt: bool,
+           truncation: str = "keep_start") -> tuple[list[dict], EncodeStats]:
+    """Token ids and target masks of each conversation (end-of-text appended), cut to ``max_length``: its
+    first tokens kept (``keep_start``), or its last ones, the answer and end-of-text (``keep_end``)."""
     stats = EncodeStats()
     items = []
     eos = tokenizer.eos_token_id
-    for conversation in conversations:
-        text, spans = assistant_spans(tokenizer, conversation)
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(encoded["input_ids"])
-        starts = np.array([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+    rendered = [assistant_spans(tokenizer, conversation) for conversation in conversations]
+    encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False,
+                        return_offsets_mapping=True) if rendered else {"input_ids": [], "offset_mapping": []}
+    for conversation, (_, spans), ids, offsets in zip(conversations, rendered, encoded["input_ids"],
+                                                      encoded["offset_mapping"], strict=True):
+        starts = np.array([start for start, _ in offsets], dtype=np.int64)
         targets = np.zeros(len(ids), dtype=bool)
         for start, end in spans:
             targets |= (starts >= start) & (starts < end)
         if eos is not None and (not ids or ids[-1] != eos):
-            ids.append(eos)
-            ends_with_answer = conversation.messages[-1]["role"] == "assistant"
-            targets = np.append(targets, ends_with_answer)
+            ids = [*ids, eos]
+            targets = np.append(targets, conversation.messages[-1]["role"] == "assistant")
         if train_on_prompt:
             targets[:] = True
-        targets[0] = False  # nothing predicts a conversation's first token (nor, packed, across conversations)
         if len(ids) > max_length:
             stats.truncated += 1
-            ids, targets = ids[:max_length], targets[:max_length]
+            kept = slice(None, max_length) if truncation == "keep_start" else slice(len(ids) - max_length, None)
+            ids, targets = ids[kept], targets[kept]
+        targets[0] = False  # nothing predicts a conversation's first token (nor, packed, across conversations)
         if not targets.any():
             stats.dropped += 1
             continue
