@@ -26,6 +26,7 @@ CHATS = [
     {"prompt": "Language models predict", "completion": "the next word."},
     {"messages": [{"role": "user", "content": "Transformers read"}, {"role": "assistant", "content": "sentences"},
                   {"role": "user", "content": "how?"}, {"role": "assistant", "content": "at once."}]},
+    {"prompt": [{"role": "user", "content": "A robot must"}], "completion": [{"role": "assistant", "content": "obey"}]},
 ]
 
 
@@ -54,21 +55,23 @@ def targets_text(tokenizer, item) -> str:
 
 def test_every_jsonl_layout_becomes_a_conversation(conversations):
     assert [c.messages[-1]["content"] for c in conversations] == ["jumps over", "look at every other token.",
-                                                                  "the next word.", "at once."]
+                                                                  "the next word.", "at once.", "obey"]
     assert conversations[1].messages[0] == {"role": "user",
                                             "content": "Complete the sentence.\n\nAttention lets every token"}
     assert conversations[2].messages[0] == {"role": "user", "content": "Language models predict"}
     assert conversations[0].references == ("jumps over",) and conversations[2].references == ()
     assert conversations[3].where.endswith("chats.jsonl:4")
+    assert conversations[4].messages == ({"role": "user", "content": "A robot must"},  # TRL's conversational layout
+                                         {"role": "assistant", "content": "obey"})
 
 
 def test_loss_is_on_the_assistant_turns_only_with_chatml(tokenizer, conversations):
     items, stats = sft.encode(tokenizer, conversations, 128, train_on_prompt=False)
-    assert stats.conversations == 4 and stats.truncated == 0
+    assert stats.conversations == 5 and stats.truncated == 0
     end, eos = "<|im_end|>\n", tokenizer.eos_token
     assert [targets_text(tokenizer, i) for i in items] == [
         f"jumps over{end}{eos}", f"look at every other token.{end}{eos}", f"the next word.{end}{eos}",
-        f"sentences{end}at once.{end}{eos}"]
+        f"sentences{end}at once.{end}{eos}", f"obey{end}{eos}"]
     assert all(i["input_ids"][-1] == tokenizer.eos_token_id and i["targets"][-1] for i in items)  # EOS appended
 
 
@@ -164,6 +167,8 @@ def test_entity_spans_join_inside_tokens():
     ('{"prompt": "hi", "completion": 3}', "chats.jsonl:1: field 'completion' is int, not text"),
     ('{"text": "hi"}', "chats.jsonl:1: unknown record layout (keys: text)"),
     ('{"prompt": "hi", "completion": "yo", "references": "yo"}', "'references' must be a list of texts"),
+    ('{"prompt": [{"role": "user", "content": "hi"}], "completion": []}',
+     "chats.jsonl:1: field 'completion' must be a non-empty list"),
     ("[1, 2]", "chats.jsonl:1: expected a JSON object per line, got list"),
 ])
 def test_a_bad_record_is_one_line_naming_file_and_line(tmp_path, line, expected):
@@ -199,8 +204,8 @@ def sft_run(tiny_gpt2, tmp_path_factory):
 
 def test_finetune_sft_reports_and_scores(sft_run):
     out, log = sft_run
-    assert "training data: 8 conversations" in log and "0 cut to data.max_length=64" in log
-    assert "packed 8 conversations into" in log
+    assert "training data: 10 conversations" in log and "0 cut to data.max_length=64" in log
+    assert "packed 10 conversations into" in log
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"eval_loss", "eval_perplexity", "eval_exact_match", "eval_f1", "train_truncated"} <= set(metrics)
     predictions = json.loads((out / "predictions.json").read_text())

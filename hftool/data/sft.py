@@ -5,7 +5,8 @@ JSONL files hold one record per line in any of three layouts, recognised per rec
 - ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`` (OpenAI chat format);
 - ``{"instruction": ..., "input": ... (optional), "output": ...}`` (Alpaca), a user turn (the instruction, then the
   input after a blank line) and the output as the assistant's answer;
-- ``{"prompt": ..., "completion": ...}``, a user turn and the assistant's answer.
+- ``{"prompt": ..., "completion": ...}``, a user turn and the assistant's answer; or, as TRL writes conversational
+  prompt-completion data, both lists of messages (the prompt's turns, then the completion's).
 
 A record may add ``"references": [...]``, answers that generated replies are scored against (exact match / F1).
 The real data sets hftool's tests use become chats at run time (nothing generated is stored): SQuAD v1.1 JSON as
@@ -82,7 +83,7 @@ def parse_record(record, where: str) -> Conversation:
     if not isinstance(record, dict):
         raise HftoolError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
     if "messages" in record:
-        messages = tuple(_message(m, f"{where}: messages[{i}]") for i, m in enumerate(_list(record, where)))
+        messages = tuple(_message(m, f"{where}: messages[{i}]") for i, m in enumerate(_list(record, "messages", where)))
         if not any(m["role"] == "assistant" for m in messages):
             raise HftoolError(f"{where}: no 'assistant' message; there is nothing to learn from")
     elif "instruction" in record:
@@ -90,6 +91,11 @@ def parse_record(record, where: str) -> Conversation:
         extra = _text(record, "input", where, required=False)
         messages = ({"role": "user", "content": f"{user}\n\n{extra}" if extra.strip() else user},
                     {"role": "assistant", "content": _text(record, "output", where)})
+    elif "prompt" in record and isinstance(record["prompt"], list):
+        messages = tuple(_message(m, f"{where}: {name}[{i}]") for name in ("prompt", "completion")
+                         for i, m in enumerate(_list(record, name, where)))
+        if messages[-1]["role"] != "assistant":
+            raise HftoolError(f"{where}: the completion must end with an 'assistant' message")
     elif "prompt" in record:
         messages = ({"role": "user", "content": _text(record, "prompt", where)},
                     {"role": "assistant", "content": _text(record, "completion", where)})
@@ -102,10 +108,10 @@ def parse_record(record, where: str) -> Conversation:
     return Conversation(messages, where, tuple(references))
 
 
-def _list(record: dict, where: str) -> list:
-    messages = record["messages"]
+def _list(record: dict, name: str, where: str) -> list:
+    messages = record.get(name)
     if not isinstance(messages, list) or not messages:
-        raise HftoolError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
+        raise HftoolError(f"{where}: field '{name}' must be a non-empty list of {{role, content}} objects")
     return messages
 
 
