@@ -123,7 +123,8 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
                         tracker_config=cfgmod.to_dict(recipe), lengths=lengths)
 
     counts = {"train_conversations": train_stats.conversations, "train_truncated": train_stats.truncated,
-              "train_dropped": train_stats.dropped, "train_target_tokens": train_stats.target_tokens,
+              "train_dropped": train_stats.dropped, "train_tokens": train_stats.tokens,
+              "train_target_tokens": train_stats.target_tokens,
               "eval_conversations": eval_stats.conversations, "eval_truncated": eval_stats.truncated}
     summary = fine_tune_summary(result, engine, task.eval_seconds, counts)
     if result.interrupted:
