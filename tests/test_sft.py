@@ -274,3 +274,13 @@ def test_a_missing_base_names_the_command_that_makes_it(tmp_path):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code != 0 and len(errors) == 1
     assert "no such folder; make it first: hftool pretrain -r gpt2-mini" in errors[0]
+
+
+def test_the_shared_data_sets_become_chats(shared_data):
+    """The recipe's real data: every SQuAD training question, SST-2 dev sentence and CoNLL dev sentence is a chat."""
+    squad = read_conversations(shared_data / "squad" / "train-v1.1-subset-44-articles.json", "--train-file", "squad")
+    assert len(squad) == 11877 and all(c.messages[-1]["content"] == c.references[0] for c in squad)
+    assert len(read_conversations(shared_data / "sst2" / "dev-even.tsv", "--train-file", "sst2")) == 436
+    conll = read_conversations(shared_data / "conll2003" / "dev.txt", "--train-file", "conll")
+    assert conll[1].messages[1:] == ({"role": "user", "content": "LONDON 1996-08-30"},
+                                     {"role": "assistant", "content": "LONDON (LOC)"})

@@ -37,14 +37,12 @@ def load_split(recipe: SftRecipe, split: str) -> list[Conversation]:
     return conversations[:limit] if limit else conversations
 
 
-def resolve_base(recipe: SftRecipe):
-    """The model to fine-tune; a missing local folder names the command that makes it (``model.missing_hint``)."""
-    from hftool.loading import resolve_model
-
+def check_base_exists(recipe: SftRecipe) -> None:
+    """A recipe whose base model is made by another command (``model.missing_hint``) names that command when the
+    folder is missing, before anything else is read."""
     name = recipe.model.name_or_path
     if recipe.model.missing_hint and not Path(name).expanduser().exists():
         raise HftoolError(f"{FLAG} {name}: no such folder; make it first: {recipe.model.missing_hint}")
-    return resolve_model(name, FLAG)
 
 
 @releases_claims
@@ -53,6 +51,7 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
     """Fine-tune a causal LM on conversations; evaluates held-out completion loss (and answers, where the data
     has references) and saves a chat model folder with ``metrics.json``; returns the summary."""
     recipe.validate()
+    check_base_exists(recipe)
     data = recipe.data
     train_conversations = load_split(recipe, "train")
     eval_conversations = load_split(recipe, "validation")
@@ -61,7 +60,7 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from hftool.engine.trainer import Engine
-    from hftool.loading import load_config, load_model, load_tokenizer
+    from hftool.loading import load_config, load_model, load_tokenizer, resolve_model
     from hftool.runs.labelled import check_positions
     from hftool.tasks import sft
     from hftool.tasks.lm_head_loss import fused_head_applies
@@ -71,7 +70,7 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
     inputs = {FLAG: recipe.model.name_or_path, "--train-file": data.train_file,
               "--validation-file": data.validation_file}
     check_run_dir(out, recipe_yaml, resume, overwrite, ("model.", "data.chat_template"), inputs)
-    ref = resolve_base(recipe)
+    ref = resolve_model(recipe.model.name_or_path, FLAG)
     model_config = load_config(ref, recipe.model.name_or_path, FLAG, recipe.model.trust_remote_code)
     check_positions(model_config, data.max_length, "data.max_length", FLAG, recipe.model.name_or_path)
     if data.packing and model_config.model_type not in sft.PACKING_MODELS:
