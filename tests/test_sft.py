@@ -124,8 +124,11 @@ def test_packed_loss_equals_unpacked_loss(tiny_gpt2, tokenizer, conversations):
         packed = task.loss_sum(model, task.collate(rows, 0))
         leaky = dict(task.collate(rows, 0), attention_mask=torch.ones_like(task.collate(rows, 0)["input_ids"]))
         leaked = task.loss_sum(model, leaky)
+        fused = sft.SftTask(tokenizer, 128, fused_head=True)  # the head projected inside the loss, as GPT-2 trains
+        packed_fused = fused.loss_sum(model, fused.collate(rows, 0))
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(packed_fused, alone, rtol=1e-5, atol=1e-4)
     assert not torch.isclose(leaked, alone, rtol=1e-4)  # the check can fail: attention across conversations
     assert task.count_targets(task.collate(rows, 0)) == sum(int(i["targets"].sum()) for i in items)
 
@@ -284,3 +287,37 @@ def test_the_shared_data_sets_become_chats(shared_data):
     conll = read_conversations(shared_data / "conll2003" / "dev.txt", "--train-file", "conll")
     assert conll[1].messages[1:] == ({"role": "user", "content": "LONDON 1996-08-30"},
                                      {"role": "assistant", "content": "LONDON (LOC)"})
+
+
+def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_gpt2, tmp_path, monkeypatch):
+    """The engine's exact resume holds for sft runs (packed rows, ChatML tokens added to the embeddings)."""
+    import os
+    import signal
+
+    from helpers import load_weights
+
+    from hftool.engine import trainer
+
+    train = write_jsonl(tmp_path / "train.jsonl", CHATS * 4)
+    common = ["data.packing=true", "train.max_steps=4", "train.save_every=0", "evaluation.max_generate_examples=0"]
+    code, _, err = run_cli([*sft_args(tiny_gpt2, train, train, tmp_path / "reference"), *common])
+    assert code == 0, err
+
+    after_step = trainer.HeapTrimmer.after_step
+
+    def stop_after_the_second_step(self, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded by the engine's handler, acted on after this step
+        after_step(self, step)
+
+    monkeypatch.setattr(trainer.HeapTrimmer, "after_step", stop_after_the_second_step)
+    stopped = tmp_path / "stopped"
+    code, out, err = run_cli([*sft_args(tiny_gpt2, train, train, stopped), *common])
+    assert code == 0 and "stopped by SIGTERM after step 2" in out + err
+    assert not (stopped / "model.safetensors").exists()
+    monkeypatch.setattr(trainer.HeapTrimmer, "after_step", after_step)
+    code, _, err = run_cli([*sft_args(tiny_gpt2, train, train, stopped), *common, "--resume"])
+    assert code == 0, err
+    expected, resumed = load_weights(tmp_path / "reference"), load_weights(stopped)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
