@@ -4,6 +4,7 @@ tiny end-to-end run whose folder chats in plain transformers and through hftool 
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -84,6 +85,17 @@ def test_masking_follows_the_tokenizers_own_template(chat_gpt2, conversations):
     assert targets_text(tok, items[0]) == f" sentences\n at once.\n{tok.eos_token}"
     rendered = tok.apply_chat_template(list(conversations[3].messages), tokenize=False)
     assert tok.decode(items[0]["input_ids"]) == rendered + tok.eos_token
+
+
+def test_chatml_tokens_are_added_only_where_missing_and_template_refusals_name_the_record(tokenizer, conversations):
+    assert sft.use_chat_template(tokenizer, "chatml") == []  # the fixture's tokenizer holds them already
+    assert tokenizer.chat_template == sft.CHATML_TEMPLATE
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}"
+                            "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(HftoolError) as error:
+        sft.encode(strict, conversations, 128, False)
+    assert str(error.value).endswith("chats.jsonl:1: the chat template refused this conversation (no system role)")
 
 
 def test_train_on_prompt_trains_on_every_token_but_the_first(tokenizer, conversations):
@@ -321,3 +333,33 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_
     expected, resumed = load_weights(tmp_path / "reference"), load_weights(stopped)
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+
+
+def test_unpacked_batches_are_grouped_by_length_and_packed_rows_are_not(tiny_gpt2, tmp_path, monkeypatch):
+    from hftool.engine import trainer
+
+    seen = []
+    fit = trainer.Engine.fit
+
+    def recording_fit(self, model, train_data, task, **kwargs):
+        seen.append((len(train_data), kwargs.get("lengths")))
+        return fit(self, model, train_data, task, **kwargs)
+
+    monkeypatch.setattr(trainer.Engine, "fit", recording_fit)
+    train = write_jsonl(tmp_path / "train.jsonl", CHATS * 2)
+    for packing in ("false", "true"):
+        code, _, err = run_cli([*sft_args(tiny_gpt2, train, train, tmp_path / packing), f"data.packing={packing}",
+                                "train.max_steps=1", "evaluation.max_generate_examples=0"])
+        assert code == 0, err
+    (rows, lengths), (_, packed_lengths) = seen
+    items, _ = sft.encode(use_template(tiny_gpt2), read_conversations(train, "--train-file"), 64, False)
+    assert lengths == [len(i["input_ids"]) for i in items] and rows == len(items)
+    assert packed_lengths is None
+
+
+def use_template(folder):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    sft.use_chat_template(tok, "auto")
+    return tok

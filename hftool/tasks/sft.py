@@ -59,20 +59,27 @@ def stop_token_ids(tokenizer) -> list[int]:
     return ids
 
 
-def _render(tokenizer, messages, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+def _render(tokenizer, conversation: Conversation, turns: int, generation_prompt: bool) -> str:
+    """The first ``turns`` messages through the chat template; a template's own refusal (roles out of order, a
+    role it does not know) is one line naming the record."""
+    try:
+        return tokenizer.apply_chat_template(list(conversation.messages[:turns]), tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    except Exception as exc:  # Jinja's errors, and the template's raise_exception(...)
+        raise HftoolError(f"{conversation.where}: the chat template refused this conversation "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def assistant_spans(tokenizer, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns (answer + end-of-turn)."""
     messages = conversation.messages
-    text = _render(tokenizer, messages, False)
+    text = _render(tokenizer, conversation, len(messages), False)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_render(tokenizer, messages[:i], True)) if i else 0
-        through = _render(tokenizer, messages[:i + 1], False)
+        start = len(_render(tokenizer, conversation, i, True)) if i else 0
+        through = _render(tokenizer, conversation, i + 1, False)
         if not text.startswith(through) or start > len(through):
             raise HftoolError(f"{conversation.where}: the chat template does not render this conversation turn "
                               "by turn, so its assistant tokens cannot be found; use data.chat_template=chatml")
@@ -197,7 +204,7 @@ def generation_check(tokenizer, conversations: Sequence[Conversation], limit: in
         if not conversation.references:
             continue
         last = max(i for i, m in enumerate(conversation.messages) if m["role"] == "assistant")
-        text = _render(tokenizer, conversation.messages[:last], True)
+        text = _render(tokenizer, conversation, last, True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > budget:
             check.cut += 1
