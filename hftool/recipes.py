@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hftool import config as cfg
 from hftool.errors import HftoolError
-from hftool.schemas.finetune import ClassifyRecipe, NerRecipe, SquadRecipe
+from hftool.schemas.finetune import ClassifyRecipe, NerRecipe, SftRecipe, SquadRecipe
 from hftool.schemas.generate import GenerateRecipe
 from hftool.schemas.pretrain import PretrainRecipe
 
@@ -18,6 +18,7 @@ RECIPES: dict[str, type] = {
     "finetune squad": SquadRecipe,
     "finetune classify": ClassifyRecipe,
     "finetune ner": NerRecipe,
+    "finetune sft": SftRecipe,
     "generate": GenerateRecipe,
 }
 

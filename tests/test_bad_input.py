@@ -21,6 +21,8 @@ PRETRAIN = ["pretrain", "data.block_size=32", "tokenizer.vocab_size=400", "train
 
 CLASSIFY = ["finetune", "classify", "-r", "classify-sst2-minilm", "train.report_to=none"]
 NER = ["finetune", "ner", "-r", "ner-conll2003-minilm", "train.report_to=none"]
+SFT = ["finetune", "sft", "-r", "sft-gpt2-mini-squad", "model.name_or_path={gpt2}", "data.format=auto",
+       "data.max_length=64", "data.validation_file=", "train.report_to=none", "train.output_dir={tmp}/run"]
 
 # (id, command line, text the error line must contain)
 CASES = [
@@ -206,6 +208,22 @@ CASES = [
      "--kind=unigram is not one of: byte-bpe, wordpiece"),
     ("summarize-sentences-0", ["summarize", "-m", "{gpt2}", "-i", "{a_file}", "--sentences", "0"],
      "--sentences=0 must be at least 1"),
+    # issue 26, finetune sft: bad chat records, bad settings, a missing base model
+    ("finetune-sft-not-json", [*SFT, "--train-file", "{chat_bad_json}"], "chat_bad_json.jsonl:2: not valid JSON"),
+    ("finetune-sft-unknown-layout", [*SFT, "--train-file", "{text_int}"],
+     "text_int.jsonl:1: unknown record layout (keys: text)"),
+    ("finetune-sft-no-assistant", [*SFT, "--train-file", "{chat_no_assistant}"],
+     "chat_no_assistant.jsonl:1: no 'assistant' message"),
+    ("finetune-sft-bad-role", [*SFT, "--train-file", "{chat_bad_role}"],
+     "chat_bad_role.jsonl:2: messages[1]: role 'bot' is not one of: system, user, assistant"),
+    ("finetune-sft-dev-zero", [*SFT, "--train-file", "/dev/zero"], "--train-file /dev/zero: holds NUL bytes"),
+    ("finetune-sft-squad-format-on-chats", [*SFT, "--train-file", "{chat_ok}", "data.format=squad"],
+     "chat_ok.jsonl:1: missing field 'id'"),
+    ("finetune-sft-longer-than-model", [*SFT, "--train-file", "{chat_ok}", "data.max_length=1024"],
+     "data.max_length=1024 is longer than the 128 positions"),
+    ("finetune-sft-missing-base", [*SFT, "--train-file", "{chat_ok}", "model.name_or_path={tmp}/runs/gpt2-mini"],
+     "no such folder; make it first: hftool pretrain -r gpt2-mini"),
+    ("finetune-sft-no-train-file", [*SFT, "data.train_file="], "no training data: pass --train-file"),
 ]
 
 
@@ -245,7 +263,12 @@ def inputs(tmp_path_factory, tiny_gpt2, tiny_bert, minilm) -> dict[str, str]:
              "conll_not_iob": ("conll_not_iob.txt", "EU ORGANISATION\n"), "conll_ok": ("conll_ok.txt", "EU B-ORG\n"),
              "conll_iob1": ("conll_iob1.txt", "EU I-ORG\nrejects O\nPeter I-PER\n"),
              "nul_txt": ("nul.txt", "hello\0world\n"), "nul_jsonl": ("nul.jsonl", '{"prompt": "hi"}\n\0\n'),
-             "nul_yaml": ("nul.yaml", "command:\0\n")}
+             "nul_yaml": ("nul.yaml", "command:\0\n"),
+             "chat_ok": ("chat_ok.jsonl", '{"prompt": "hi", "completion": "hello"}\n'),
+             "chat_bad_json": ("chat_bad_json.jsonl", '{"prompt": "hi", "completion": "hello"}\n{"prompt": "h\n'),
+             "chat_no_assistant": ("chat_no_assistant.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n'),
+             "chat_bad_role": ("chat_bad_role.jsonl", '{"prompt": "hi", "completion": "hello"}\n'
+                               '{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}\n')}
     for name, text in files.values():
         (root / name).write_text(text)
     return {"gpt2": str(tiny_gpt2), "minilm": str(minilm), "pickle_only": str(pickle_only),
@@ -301,7 +324,8 @@ def test_table_covers_every_command_that_loads_or_writes():
     covered = {case[1][0] if case[1][0] not in ("evaluate", "explain", "tokenizer", "finetune")
                else " ".join(case[1][:2]) for case in CASES}
     assert {"generate", "answer", "pretrain", "evaluate squad", "explain next-token", "tokenizer train",
-            "finetune classify", "finetune ner", "evaluate classify", "evaluate ner", "classify", "tag"} <= covered
+            "finetune classify", "finetune ner", "finetune sft", "evaluate classify", "evaluate ner", "classify",
+            "tag"} <= covered
 
 
 def test_jsonl_empty_records_are_counted(tmp_path):

@@ -11,11 +11,12 @@ from hftool.schemas.pretrain import LaunchOptions
 OVERRIDES_HELP = "Recipe overrides as section.key=value, e.g. train.lr=5e-5 data.max_length=256."
 
 app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question answering, text classification, "
-                       "named entities).\n\nExamples:\n\n"
+                       "named entities, instructions / chat).\n\nExamples:\n\n"
                        "  hftool finetune classify -r classify-sst2-minilm --train-file sst2/train.tsv\n\n"
                        "  hftool finetune ner -r ner-conll2003-minilm --train-file conll2003/train.txt\n\n"
                        "  hftool finetune squad -r squad-minilm --train-file train-v1.1.json "
-                       "--validation-file dev-v1.1.json",
+                       "--validation-file dev-v1.1.json\n\n"
+                       "  hftool finetune sft -r sft-gpt2-mini-squad",
                   no_args_is_help=True)
 
 
@@ -152,3 +153,45 @@ def ner(
     check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
     relaunch(num_processes)
     run_finetune_ner(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
+
+
+@app.command("sft")
+def sft(
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: str = typer.Option("sft-gpt2-mini-squad", "--recipe", "-r", help=RECIPE_HELP),
+    train_file: str = TRAIN_FILE,
+    validation_file: str = VALIDATION_FILE,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    strict_resume: bool = STRICT_RESUME,
+    num_processes: int = option(LaunchOptions, "num_processes"),
+) -> None:
+    """Instruction / chat fine-tuning of a causal LM (GPT-2, BLOOM, any AutoModelForCausalLM).
+
+    JSONL with OpenAI-style "messages", Alpaca "instruction"/"input"/"output", or "prompt"/"completion"
+    records; or, with data.format=squad|sst2|conll, those data sets' own files turned into chats at run time.
+    The loss is on the assistant's tokens only (data.train_on_prompt=true: on every token), an end-of-text token
+    ends each conversation, data.packing=true packs conversations without attention between them, and cut
+    conversations are counted. The tokenizer's chat template is used (ChatML when it has none) and saved with
+    the model, so apply_chat_template and `hftool serve`'s /v1/chat/completions work on the result. Evaluation:
+    held-out loss and perplexity on the answer tokens, and exact match / F1 of generated answers where the data
+    has references.
+
+    Examples:
+
+      hftool finetune sft -r sft-gpt2-mini-squad
+
+      hftool finetune sft -r sft-bloom-560m data.format=auto --train-file chats.jsonl --validation-file dev.jsonl
+
+      hftool finetune sft -r sft-gpt2-mini-squad model.name_or_path=runs/gpt2-mini data.packing=true
+    """
+    from hftool.config import load_recipe
+    from hftool.environment import check_bf16_pays
+    from hftool.launch import relaunch
+    from hftool.runs.sft import run_finetune_sft
+    from hftool.schemas.finetune import SftRecipe
+
+    config = load_recipe(SftRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
+    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
+    relaunch(num_processes)
+    run_finetune_sft(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)

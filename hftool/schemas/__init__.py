@@ -2,7 +2,7 @@
 
 - :mod:`~hftool.schemas.fields`: how a field is declared (``setting``, ``Bound``) and checked.
 - :mod:`~hftool.schemas.pretrain`: ``pretrain`` recipes, ``estimate-memory``, ``tokenizer train``, launch.
-- :mod:`~hftool.schemas.finetune`: ``finetune squad|classify|ner`` recipes.
+- :mod:`~hftool.schemas.finetune`: ``finetune squad|classify|ner|sft`` recipes.
 - :mod:`~hftool.schemas.adapter`: the ``adapter:`` (LoRA) section of every fine-tuning recipe.
 - :mod:`~hftool.schemas.generate`: ``generate`` recipes and the decoding settings (``summarize``, ``translate``).
 - :mod:`~hftool.schemas.inference`: ``answer``, ``classify``, ``tag``, ``evaluate`` options.

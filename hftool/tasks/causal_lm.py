@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hftool.tasks.lm_head_loss import NO_LOGITS, fused_head_applies  # noqa: F401  (fused_head_applies: re-exported)
+
 
 def causal_lm_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of predicting token t+1 from tokens ≤ t (the shift every causal LM uses).
@@ -18,18 +20,6 @@ def causal_lm_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.T
     """
     targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-
-
-_NO_LOGITS = torch.zeros(0, dtype=torch.int64)  # logits_to_keep: project no position in the model's forward
-_FUSED_HEAD_MODELS = ("gpt2", "bloom")  # last hidden state -> bias-free linear head, checked by the tests
-
-
-def fused_head_applies(model: torch.nn.Module, engine) -> bool:
-    """Whether the causal-LM loss can take the head out of the model's forward: a known architecture, and
-    parameters that are whole outside the forward (not FSDP/DeepSpeed shards) with dynamic shapes allowed."""
-    head = model.get_output_embeddings()
-    return (model.config.model_type in _FUSED_HEAD_MODELS and isinstance(head, torch.nn.Linear)
-            and head.bias is None and not engine.shards_parameters and not engine.static_shapes)
 
 
 class CausalLMTask:
@@ -59,7 +49,7 @@ class CausalLMTask:
 
         from hftool.tasks.lm_head_loss import linear_cross_entropy_sum
 
-        output = model(input_ids=input_ids, use_cache=False, output_hidden_states=True, logits_to_keep=_NO_LOGITS)
+        output = model(input_ids=input_ids, use_cache=False, output_hidden_states=True, logits_to_keep=NO_LOGITS)
         head = extract_model_from_parallel(model).get_output_embeddings()
         targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
         return linear_cross_entropy_sum(output.hidden_states[-1].flatten(0, 1), head.weight, targets.flatten())

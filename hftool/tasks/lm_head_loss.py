@@ -14,7 +14,17 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
+NO_LOGITS = torch.zeros(0, dtype=torch.int64)  # logits_to_keep: project no position in the model's forward
+_FUSED_HEAD_MODELS = ("gpt2", "bloom")  # last hidden state -> bias-free linear head, checked by the tests
 _CHUNK_ELEMENTS = 1 << 24  # float32 logits per chunk: 64 MiB
+
+
+def fused_head_applies(model: torch.nn.Module, engine) -> bool:
+    """Whether a causal-LM loss can take the head out of the model's forward: a known architecture, and
+    parameters that are whole outside the forward (not FSDP/DeepSpeed shards) with dynamic shapes allowed."""
+    head = model.get_output_embeddings()
+    return (model.config.model_type in _FUSED_HEAD_MODELS and isinstance(head, torch.nn.Linear)
+            and head.bias is None and not engine.shards_parameters and not engine.static_shapes)
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
