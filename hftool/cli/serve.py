@@ -19,6 +19,11 @@ def serve(
                                 show_envvar=True, help="Require 'Authorization: Bearer KEY' (except on /health)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Sequences decoded together, at most."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting, at most; past it a 503."),
+    max_cache_tokens: int = typer.Option(None, "--max-cache-tokens", show_default=False,
+                                         help="Cache the running requests may reserve (prompt + max_tokens per "
+                                              "sequence); over it requests wait (default: batch size x context)."),
+    prefill_chunk: int = typer.Option(256, "--prefill-chunk",
+                                      help="Prompt tokens prefilled between two decoding steps, at most."),
     threads: int = typer.Option(None, "--threads", show_default=False,
                                 help="Torch threads for decoding (default: all cores but one, left to HTTP)."),
     max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
@@ -31,8 +36,8 @@ def serve(
 
     Endpoints: POST /v1/completions, POST /v1/chat/completions (tokenizers with a chat template), GET
     /v1/models, GET /health, GET /metrics (Prometheus), and POST /v1/qa for 'hftool finetune squad' folders.
-    Requests that arrive together are decoded together in batches. Request fields left out take the --recipe's
-    decoding settings (greedy, 64 tokens by default); temperature 0 is greedy.
+    Requests join the running batch at the next decoding step and leave it as soon as they end. Request fields
+    left out take the --recipe's decoding settings (greedy, 64 tokens by default); temperature 0 is greedy.
 
     Examples:
 
@@ -48,5 +53,5 @@ def serve(
     base = load_recipe(GenerateRecipe, recipe, [])
     run_serve(ServeOptions(recipe=_recipe(base, flags), host=host, port=port, api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
-                           threads=threads,
+                           threads=threads, max_cache_tokens=max_cache_tokens, prefill_chunk=prefill_chunk,
                            qa_window=(max_length, doc_stride, max_answer_length)))

@@ -25,6 +25,8 @@ class ServeOptions:
     api_key: str | None = None
     max_batch_size: int = 16
     max_queue: int = 64
+    max_cache_tokens: int | None = None  # cache reserved by the running rows, at most; None: batch size x context
+    prefill_chunk: int = 256  # prompt tokens prefilled between two decoding steps, at most
     threads: int | None = None  # torch threads of the decoding thread; None: all cores but one
     max_tokens_cap: int = 1024
     max_body_bytes: int = 1 << 20
@@ -41,6 +43,8 @@ class ServeOptions:
                               "hftool generate)")
         for flag, value, low in (("--port", self.port, 0), ("--max-batch-size", self.max_batch_size, 1),
                                  ("--max-queue", self.max_queue, 1), ("--max-tokens-cap", self.max_tokens_cap, 1),
+                                 ("--max-cache-tokens", 1 if self.max_cache_tokens is None else self.max_cache_tokens,
+                                  1), ("--prefill-chunk", self.prefill_chunk, 1),
                                  ("--threads", 1 if self.threads is None else self.threads, 1)):
             if value < low:
                 raise HftoolError(f"{flag} {value}: must be at least {low}")
@@ -74,10 +78,10 @@ def is_qa_model(name: str) -> bool:
 
 
 def build_served(options: ServeOptions):
-    """Load the model and return the :class:`Served` the app takes (the batcher is started by the app)."""
+    """Load the model and return the :class:`Served` the app takes (the scheduler is started by the app)."""
     from hftool.serve.app import Served
-    from hftool.serve.batcher import Batcher
     from hftool.serve.metrics import Metrics
+    from hftool.serve.scheduler import Scheduler
 
     name = options.recipe.model.name
     if not name:
@@ -89,8 +93,9 @@ def build_served(options: ServeOptions):
 
     model, tokenizer = load_for_generation(options.recipe.model, command="serve")
     context = context_length(model, tokenizer)
-    batcher = Batcher(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
-                      threads=options.threads)
+    batcher = Scheduler(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
+                        threads=options.threads, max_cache_tokens=options.max_cache_tokens,
+                        prefill_chunk=options.prefill_chunk)
     return Served(name=name, metrics=metrics, tokenizer=copy.deepcopy(tokenizer), batcher=batcher,
                   defaults=options.recipe.decoding, context=context,
                   vocab_size=model.get_input_embeddings().num_embeddings,

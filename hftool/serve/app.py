@@ -20,10 +20,10 @@ from fastapi.responses import PlainTextResponse
 from hftool.errors import HftoolError
 from hftool.generation.settings import DecodingSettings, SettingError, check_fields
 from hftool.serve import schemas as s
-from hftool.serve.batcher import Batcher
 from hftool.serve.errors import ApiError, add_error_handlers
 from hftool.serve.guard import Guard
 from hftool.serve.metrics import Metrics
+from hftool.serve.scheduler import Scheduler
 from hftool.serve.streaming import (
     ChatChunks,
     CompletionChunks,
@@ -42,7 +42,7 @@ class Served:
     name: str
     metrics: Metrics
     tokenizer: object = None  # the handlers' own copy: fast tokenizers refuse concurrent use across threads
-    batcher: Batcher | None = None
+    batcher: Scheduler | None = None
     qa: object = None
     defaults: DecodingSettings = field(default_factory=DecodingSettings)
     context: int = 2048
