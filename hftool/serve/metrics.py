@@ -86,9 +86,9 @@ class Metrics:
                       "# TYPE hftool_rejected_total counter", f"hftool_rejected_total {self.rejected}",
                       "# HELP hftool_queue_depth Requests waiting for the next batch.",
                       "# TYPE hftool_queue_depth gauge", f"hftool_queue_depth {self.queue_depth()}",
-                      "# HELP hftool_running_requests Requests in the batch being decoded.",
+                      "# HELP hftool_running_requests Requests admitted to the running batch (prefilling or decoding).",
                       "# TYPE hftool_running_requests gauge", f"hftool_running_requests {self.running()}",
-                      "# HELP hftool_batch_rows Sequences decoded together per batch.",
+                      "# HELP hftool_batch_rows Sequences decoded together per decoding step.",
                       "# TYPE hftool_batch_rows histogram"]
             lines += self.batch_rows.lines("hftool_batch_rows")
         return "\n".join(lines) + "\n"

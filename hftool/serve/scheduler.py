@@ -393,7 +393,11 @@ class Scheduler:
         return chosen
 
     def _accept(self, row: _Row, token: int) -> None:
-        """Take the row's new token: stream its text, or finish the row (end of text, stop string, limit)."""
+        """Take the row's new token: stream its text, or finish the row (end of text, stop string, limit). A row
+        whose client went away during the step leaves without it."""
+        if row.job.cancelled.is_set():
+            self._cancel(row)
+            return
         row.ids.append(token)
         if self.metrics:
             self.metrics.add_tokens(generated=1)
