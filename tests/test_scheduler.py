@@ -143,6 +143,25 @@ def test_rows_joining_and_leaving_mid_flight_keep_the_tokens_of_generate_alone(l
     assert runner.running == 0 and runner.cache_reserved == 0
 
 
+def test_a_cache_the_scheduler_cannot_merge_decodes_in_batches_of_its_own(loaded, log, monkeypatch):
+    """Models whose cache is not a plain DynamicCache (sliding windows, hybrids): each prefill group stays its
+    own batch, rows leave through the cache's own ``batch_select_indices``; tokens still those of generate."""
+    from hftool.serve import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "_mergeable", lambda cache: False)
+    _, tokenizer = loaded
+    encoded = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    runner = scheduler(loaded, prefill_chunk=8)
+    limits = {"a": 12, "b": 4, "c": 7}
+    for (name, limit), ids in zip(limits.items(), encoded, strict=True):
+        runner.submit(Job([ids], DecodingSettings(max_new_tokens=limit), log.sink(name)))
+    runner.start()
+    wait_for(lambda: ended(log, *limits))
+    runner.close()
+    for (name, limit), ids in zip(limits.items(), encoded, strict=True):
+        assert finished_text(log, name) == generate_alone(loaded, ids, DecodingSettings(max_new_tokens=limit))
+
+
 def test_a_prompt_list_with_n_and_mixed_limits_match_alone(loaded, log):
     _, tokenizer = loaded
     encoded = [tokenizer(p)["input_ids"] for p in PROMPTS]

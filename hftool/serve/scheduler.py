@@ -15,6 +15,9 @@ Every decoding setting applies per row: repetition penalty, n-gram blocking, tem
 as transformers' own logits processors on the row's prompt and tokens, and a sampled job draws from a
 ``torch.Generator`` of its own, seeded by its ``seed``, so its output does not depend on who else is decoding.
 
+The fused single-prompt decode step (:mod:`hftool.generation.fastpath`) is not used here: every step is the
+model's own forward, in the dtype the model was loaded in (``--dtype bfloat16`` included).
+
 Per step the thread does O(new tokens) Python work per row: it decodes only a few trailing tokens, looks for
 stop strings only in the newly decoded tail and recognises end of text by id. It sets its own torch thread
 count (``threads``): by default one core is left to the event loop (see benchmarks/bench_serve.py).
