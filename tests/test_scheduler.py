@@ -213,10 +213,20 @@ def test_the_cache_budget_holds_jobs_back_and_refuses_one_too_large(loaded, log)
     ids = tokenizer(PROMPTS[0])["input_ids"]
     settings = DecodingSettings(max_new_tokens=8)
     need = len(ids) + 8
-    runner = scheduler(loaded, max_cache_tokens=need + 5, max_queue=2)
+    metrics = Metrics()
+    runner = scheduler(loaded, max_cache_tokens=need + 5, max_queue=2, metrics=metrics)
     with pytest.raises(TooLarge):
         runner.submit(Job([ids, ids], settings, log.sink("two rows")))
-    runner.submit(Job([ids], settings, log.sink("first")))
+    first = log.sink("first")
+    reserved = []
+
+    def first_sink(event):  # what /metrics shows while the first runs ("end": its cache is already free)
+        first(event)
+        if event[0] != "end":
+                reserved.extend(line.split()[1] for line in metrics.render().splitlines()
+                            if line.startswith("hftool_cache_tokens_reserved "))
+
+    runner.submit(Job([ids], settings, first_sink))
     runner.submit(Job([ids], settings, log.sink("second")))
     with pytest.raises(QueueFull):
         runner.submit(Job([ids], settings, log.sink("third")))
@@ -224,7 +234,8 @@ def test_the_cache_budget_holds_jobs_back_and_refuses_one_too_large(loaded, log)
     wait_for(lambda: ended(log, "first", "second"))
     runner.close()
     assert log.index("first", "end") < log.index("second", "text")  # the second waited for the first's cache
-    assert max(log.rows) == 1
+    assert max(log.rows) == 1 and set(reserved) == {str(need)}
+    assert "\nhftool_cache_tokens_reserved 0\n" in metrics.render()
     assert finished_text(log, "first") == finished_text(log, "second") == generate_alone(loaded, ids, settings)
 
 

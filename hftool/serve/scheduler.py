@@ -168,6 +168,8 @@ class Scheduler:
         self.closed = False
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="hftool-decoder", daemon=True)
+        if metrics:
+            metrics.cache_reserved = lambda: self.cache_reserved
 
     # ---- the HTTP side ----------------------------------------------------------------------------------
 
@@ -196,7 +198,8 @@ class Scheduler:
 
     @property
     def cache_reserved(self) -> int:
-        return sum(self.reserved.values())
+        """Cache tokens the admitted jobs reserved (read from any thread: the values are copied at once)."""
+        return sum(list(self.reserved.values()))
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new jobs, tell the queued ones the server is going away, let the admitted ones finish."""
