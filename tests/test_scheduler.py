@@ -291,3 +291,30 @@ def test_close_drains_the_running_jobs_and_refuses_the_queued(loaded, log):
     assert log.of("running")[-2][2:4] == ("length", 30) and log.of("running")[-1] == ("end",)
     assert log.of("queued") == [("error", "the server is shutting down; retry on another replica or later")]
     assert not runner.thread.is_alive()
+
+
+def test_a_failed_step_fails_the_requests_in_flight_and_the_next_one_is_served(loaded, log):
+    _, tokenizer = loaded
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    runner = scheduler(loaded)
+    counting = log.model.forward
+    calls = [0]
+
+    def failing_once(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("out of memory")
+        return counting(*args, **kwargs)
+
+    log.model.forward = failing_once
+    settings = DecodingSettings(max_new_tokens=6)
+    runner.submit(Job([ids], settings, log.sink("a")))
+    runner.submit(Job([ids], settings, log.sink("b")))
+    runner.start()
+    wait_for(lambda: ended(log, "a", "b"))
+    assert log.of("a")[-1] == log.of("b")[-1] == ("error", "generation failed: RuntimeError: out of memory")
+    assert runner.running == 0 and runner.cache_reserved == 0
+    runner.submit(Job([ids], settings, log.sink("after")))
+    wait_for(lambda: ended(log, "after"))
+    runner.close()
+    assert finished_text(log, "after") == generate_alone(loaded, ids, settings)
