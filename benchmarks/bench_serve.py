@@ -1,20 +1,23 @@
-"""Load and faults for ``hftool serve`` on loopback, against a plain FastAPI app that calls
-``pipeline("text-generation")`` per request (the baseline, measured in the same run).
+"""Load and faults for ``hftool serve`` on loopback, against the Hugging Face stack's own OpenAI server
+(``transformers serve``, with and without ``--continuous-batching``) and a plain FastAPI app that calls
+``pipeline("text-generation")`` per request, each measured in the same run, one server at a time.
 
-A GPT-2 with random weights built from a config (4 layers, 256 wide, a byte-level BPE trained on the embedded
-corpus; or ``--model FOLDER``) is served by ``hftool serve`` in a subprocess. For 16 and 64 concurrent clients a
-fixed number of greedy requests (half streamed, half not, over 8 distinct prompts) is sent; every response is
-checked against the text ``model.generate`` gives for its prompt alone (zero errors, zero mixed-up answers), and
-p50/p95 latency and generated tokens/s are reported. The baseline serves the same requests (not streamed: it has
-no streaming), level by level right after hftool serve, with the 1-minute load average of the machine beside
-each row (on a shared machine the numbers move with it). Then the faults: clients that hang up mid-stream (the
-server counts each cancelled once and stays healthy), a burst past ``--max-queue`` (503s with Retry-After, then
-recovery), SIGTERM under load (in-flight requests finish or get a clean error; exit code 0 within the grace period).
+Models with random weights are built from configs, with a byte-level BPE (vocabulary 8k) trained on the embedded
+corpus: ``tiny`` (GPT-2, 4 layers x 256, ``hftool pretrain``'s default), ``gpt2-small`` (12 x 768) and
+``bloom-560m`` (24 x 1024); or ``--model FOLDER``. Two workloads: ``uniform`` (every request ``--max-tokens``,
+over 8 short prompts) and ``mixed`` (max_tokens drawn with a fixed seed from 8 to 256, prompts of 3 to about 60
+words). For 16 and 64 concurrent clients a fixed number of greedy requests (half streamed where the server
+streams) is sent; every answer is checked against the text ``model.generate`` gives for its prompt alone (zero
+errors, zero mixed-up answers), and tokens/s, p50/p95 latency and p50 time to first token (streamed requests)
+are reported, with the 1-minute load average of the machine beside each row (on a shared machine the numbers
+move with it). Then the faults, on the first model: clients that hang up mid-stream (the server counts each
+cancelled once and stays healthy), a burst past ``--max-queue`` (503s with Retry-After, then recovery), SIGTERM
+under load (in-flight requests finish or get a clean error; exit code 0 within the grace period).
 
 Everything is bounded: a fixed request count, per-request timeouts and ``--time-limit`` for the whole run.
 
-    python benchmarks/bench_serve.py --quick    # a smoke run: a smaller model, few requests (about a minute)
-    python benchmarks/bench_serve.py            # the full run (the README table)
+    python benchmarks/bench_serve.py --quick    # a smoke run: a 2-layer model, few requests (a few minutes)
+    python benchmarks/bench_serve.py            # the full run (the README table; hours on 2 cores)
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +39,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 PROMPTS = ["The meaning of life is", "Attention lets every token", "In the beginning", "A robot must obey",
            "Python is a programming language", "The weather today", "Once upon a time", "Transformers read"]
+# Longer prompts for the mixed workload: sentences of the embedded corpus cut to 3..60 words (see mixed_prompts).
+MIXED_SPREAD = (8, 16, 32, 64, 128, 256)  # max_tokens of the mixed workload, drawn with a fixed seed
+SEED = 1234
+SHAPES = {  # name: (architecture, config fields)
+    "tiny": ("gpt2", {"n_layer": 4, "n_embd": 256, "n_head": 4}),
+    "gpt2-small": ("gpt2", {"n_layer": 12, "n_embd": 768, "n_head": 12}),
+    "bloom-560m": ("bloom", {"n_layer": 24, "hidden_size": 1024, "n_head": 16}),
+    "quick": ("gpt2", {"n_layer": 2, "n_embd": 128, "n_head": 4}),
+    "quick-bloom": ("bloom", {"n_layer": 2, "hidden_size": 128, "n_head": 4}),
+}
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
        "TRANSFORMERS_VERBOSITY": "error"}
 
@@ -46,9 +59,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_model(folder: Path, quick: bool) -> Path:
+def build_model(folder: Path, shape: str, quick: bool) -> Path:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel
 
     from hftool.data.builtin_corpus import python_docs_documents
     from hftool.data.tokenizer_training import train_tokenizer
@@ -56,31 +69,67 @@ def build_model(folder: Path, quick: bool) -> Path:
     tokenizer = train_tokenizer(python_docs_documents()[: 300 if quick else 2000], "byte-bpe",
                                 vocab_size=2000 if quick else 8000)
     torch.manual_seed(0)
-    width = 128 if quick else 256
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=width, n_layer=2 if quick else 4,
-                        n_head=4, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    architecture, fields = SHAPES[shape]
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id}
+    if architecture == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_positions=512, **ids, **fields))
+    else:
+        model = BloomForCausalLM(BloomConfig(pad_token_id=tokenizer.pad_token_id, **ids, **fields))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-def expected_texts(folder: Path, max_tokens: int) -> dict[str, str]:
-    """Each prompt's greedy continuation from ``model.generate`` alone: what every response must say."""
+def mixed_prompts(count: int = 8) -> list[str]:
+    """Prompts of varied length (3 to about 60 words) cut from the embedded corpus, the same every run."""
+    from hftool.data.builtin_corpus import python_docs_documents
+
+    words = " ".join(python_docs_documents()[:20]).split()
+    draw = random.Random(SEED)
+    prompts = []
+    for length in (3, 5, 8, 12, 20, 30, 45, 60)[:count]:
+        start = draw.randrange(len(words) - length)
+        prompts.append(" ".join(words[start:start + length]))
+    return prompts
+
+
+def workload(name: str, requests: int, max_tokens: int) -> list[tuple[str, int]]:
+    """The (prompt, max_tokens) of every request: ``uniform`` cycles the short prompts at ``max_tokens``;
+    ``mixed`` draws prompt and max_tokens with a fixed seed."""
+    if name == "uniform":
+        return [(PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(requests)]
+    draw, prompts = random.Random(SEED), mixed_prompts()
+    return [(draw.choice(prompts), draw.choice(MIXED_SPREAD)) for _ in range(requests)]
+
+
+def continuations(folder: Path, prompts: set[str], longest: int) -> dict[str, list[int]]:
+    """Each prompt's greedy continuation from ``model.generate`` alone, ``longest`` tokens (or to end of text):
+    a request for m tokens must answer its first m."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     out = {}
-    for prompt in PROMPTS:
+    for prompt in sorted(prompts):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         with torch.inference_mode():
-            row = model.generate(ids, do_sample=False, max_new_tokens=max_tokens,
+            row = model.generate(ids, do_sample=False, max_new_tokens=longest,
                                  pad_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:].tolist()
         if tokenizer.eos_token_id in row:
             row = row[: row.index(tokenizer.eos_token_id) + 1]
-        out[prompt] = tokenizer.decode(row, skip_special_tokens=True)
+        out[prompt] = row
     return out
+
+
+def expected_texts(folder: Path, requests: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    """The text every (prompt, max_tokens) must get."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = continuations(folder, {p for p, _ in requests}, max(m for _, m in requests))
+    return {(p, m): tokenizer.decode(rows[p][:m], skip_special_tokens=True) for p, m in set(requests)}
 
 
 # ---- the baseline: a plain FastAPI app, pipeline per request -----------------------------------------------
@@ -108,15 +157,20 @@ def baseline_server(folder: str, port: int) -> None:
 
 # ---- clients -------------------------------------------------------------------------------------------
 
-async def one_request(client, url: str, prompt: str, max_tokens: int, stream: bool) -> tuple[str, int | None]:
+async def one_request(client, url: str, prompt: str, max_tokens: int, stream: bool, model: str | None = None
+                      ) -> tuple[str, int | None, float | None]:
+    """The answer's text, its token count when the server says, and the seconds to its first text (streamed)."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+    if model:
+        body["model"] = model
+    started = time.perf_counter()
     if not stream:
         response = await client.post(url, json=body)
         response.raise_for_status()
         data = response.json()
-        return data["choices"][0]["text"], (data.get("usage") or {}).get("completion_tokens")
+        return data["choices"][0]["text"], (data.get("usage") or {}).get("completion_tokens"), None
     body["stream_options"] = {"include_usage": True}
-    text, tokens = [], None
+    text, tokens, first = [], None, None
     async with client.stream("POST", url, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -126,53 +180,68 @@ async def one_request(client, url: str, prompt: str, max_tokens: int, stream: bo
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk["choices"]:
-                text.append(choice["text"])
-    return "".join(text), tokens
+                if choice.get("text") and first is None:
+                    first = time.perf_counter() - started
+                text.append(choice.get("text") or "")
+    return "".join(text), tokens, first
 
 
-async def load(base: str, clients: int, requests: int, max_tokens: int, expected: dict, streaming: bool,
-               tokenizer) -> dict:
-    """``clients`` coroutines share ``requests`` requests; every answer is checked against its prompt's text."""
+def percentile(values: list[float], q: float) -> float | None:
+    values = sorted(values)
+    return values[max(0, int(q * len(values) + 0.5) - 1)] if values else None
+
+
+async def load(base: str, clients: int, requests: list[tuple[str, int]], expected: dict, streaming: bool,
+               tokenizer, model: str | None = None) -> dict:
+    """``clients`` coroutines share ``requests``; every answer is checked against its prompt's text."""
     import httpx
 
-    queue = list(range(requests))
-    latencies, errors, wrong, tokens = [], [], 0, 0
+    queue = list(range(len(requests)))[::-1]
+    latencies, firsts, errors, wrong, tokens = [], [], [], 0, 0
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
 
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
         async def worker():
             nonlocal wrong, tokens
             while queue:
                 i = queue.pop()
-                prompt = PROMPTS[i % len(PROMPTS)]
+                prompt, max_tokens = requests[i]
                 started = time.perf_counter()
                 try:
-                    text, count = await one_request(client, base + "/v1/completions", prompt, max_tokens,
-                                                    streaming and i % 2 == 0)
+                    text, count, first = await one_request(client, base + "/v1/completions", prompt, max_tokens,
+                                                           streaming and i % 2 == 0, model)
                 except Exception as exc:  # counted and reported, never hidden
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     continue
                 latencies.append(time.perf_counter() - started)
-                wrong += text != expected[prompt]
+                if first is not None:
+                    firsts.append(first)
+                wrong += text != expected[(prompt, max_tokens)]
                 tokens += count if count is not None else len(tokenizer(text)["input_ids"])
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - started
-    latencies.sort()
-    return {"clients": clients, "requests": requests, "errors": len(errors), "wrong": wrong,
-            "p50_s": statistics.median(latencies) if latencies else None,
-            "p95_s": latencies[max(0, int(0.95 * len(latencies)) - 1)] if latencies else None,
-            "tokens_per_s": tokens / wall, "wall_s": wall, "first_errors": errors[:3]}
+    return {"clients": clients, "requests": len(requests), "errors": len(errors), "wrong": wrong,
+            "p50_s": percentile(latencies, 0.5), "p95_s": percentile(latencies, 0.95),
+            "ttft_p50_s": percentile(firsts, 0.5), "tokens_per_s": tokens / wall, "wall_s": wall,
+            "first_errors": errors[:3]}
 
 
-def start(cmd: list[str], port: int, deadline: float) -> subprocess.Popen:
+def start(cmd: list[str], port: int, deadline: float, required: bool = True) -> subprocess.Popen | None:
+    """The server, once it answers on ``port``; a baseline that cannot start is None (reported), hftool exits."""
     import httpx
 
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=log, text=True)
     while time.time() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"server did not start: {' '.join(cmd)}\n{proc.stderr.read()[-2000:]}")
+            log.seek(0)
+            message = f"server did not start: {' '.join(cmd)}\n{log.read()[-2000:]}"
+            if required:
+                sys.exit(message)
+            print(message, file=sys.stderr)
+            return None
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code in (200, 404):
                 return proc
@@ -197,6 +266,24 @@ def stop(proc: subprocess.Popen, grace: float = 30) -> tuple[int | None, float]:
 def serve_cmd(folder: Path, port: int, max_queue: int, batch: int) -> list[str]:
     return [sys.executable, "-m", "hftool", "serve", "--model", str(folder), "--port", str(port),
             "--max-batch-size", str(batch), "--max-queue", str(max_queue)]
+
+
+def transformers_serve_cmd(folder: Path, port: int, continuous: bool) -> list[str]:
+    """``transformers serve`` pinned to the folder, on the CPU (its own defaults otherwise)."""
+    cli = Path(sys.executable).with_name("transformers")
+    return [str(cli), "serve", str(folder), "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
+            "--log-level", "warning", *(["--continuous-batching"] if continuous else [])]
+
+
+def server_commands(folder: Path, port: int) -> dict[str, tuple[list[str], bool, str | None]]:
+    """Every server of the comparison: its command, whether half its requests stream, the model field."""
+    return {
+        "hftool serve": (serve_cmd(folder, port, max_queue=256, batch=64), True, None),
+        "transformers serve --continuous-batching": (transformers_serve_cmd(folder, port, True), True, str(folder)),
+        "transformers serve": (transformers_serve_cmd(folder, port, False), True, str(folder)),
+        "FastAPI + pipeline": ([sys.executable, __file__, "--model", str(folder), "--baseline-server", str(port)],
+                               False, None),
+    }
 
 
 # ---- faults --------------------------------------------------------------------------------------------
@@ -247,8 +334,8 @@ async def sigterm_under_load(proc, base: str, clients: int, max_tokens: int, exp
         async def ask(i):
             prompt = PROMPTS[i % len(PROMPTS)]
             try:
-                text, _ = await one_request(client, base + "/v1/completions", prompt, max_tokens, i % 2 == 0)
-                outcomes["finished_correct" if text == expected[prompt] else "finished_wrong"] += 1
+                text, _, _ = await one_request(client, base + "/v1/completions", prompt, max_tokens, i % 2 == 0)
+                outcomes["finished_correct" if text == expected[(prompt, max_tokens)] else "finished_wrong"] += 1
             except (httpx.HTTPStatusError, httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                 outcomes["clean_error"] += 1
 
@@ -263,59 +350,83 @@ async def sigterm_under_load(proc, base: str, clients: int, max_tokens: int, exp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: small model, few requests")
-    parser.add_argument("--model", help="a causal-LM folder instead of the random GPT-2 built here")
-    parser.add_argument("--requests", type=int, help="requests per load level (default 256; 32 with --quick)")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--time-limit", type=float, default=1500, help="seconds for the whole run, at most")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 2-layer GPT-2 and BLOOM, 16 clients, few requests, every server")
+    parser.add_argument("--model", help="a causal-LM folder instead of the random models built here")
+    parser.add_argument("--shapes", help=f"comma-separated, of {', '.join(SHAPES)} (default: tiny,gpt2-small,"
+                                         "bloom-560m; quick,quick-bloom with --quick)")
+    parser.add_argument("--servers", help="comma-separated names to run (default: all four)")
+    parser.add_argument("--workloads", default="uniform,mixed")
+    parser.add_argument("--clients", help="comma-separated levels (default 16,64; 16 with --quick)")
+    parser.add_argument("--requests", type=int, help="requests per level (default 128; 16 with --quick)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of the uniform workload")
+    parser.add_argument("--time-limit", type=float, default=6 * 3600, help="seconds for the whole run, at most")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         return baseline_server(args.model, args.baseline_server)
     deadline = time.time() + args.time_limit
-    requests = args.requests or (32 if args.quick else 256)
-    levels = [16] if args.quick else [16, 64]
+    count = args.requests or (16 if args.quick else 128)
+    levels = [int(c) for c in (args.clients or ("16" if args.quick else "16,64")).split(",")]
+    shapes = (args.shapes or ("quick,quick-bloom" if args.quick else "tiny,gpt2-small,bloom-560m")).split(",")
+    if args.model:
+        shapes = [args.model]
     from transformers import AutoTokenizer
 
+    results: dict = {"machine": machine(), "max_tokens": args.max_tokens, "load": []}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.model) if args.model else build_model(Path(tmp) / "model", args.quick)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        expected = expected_texts(folder, args.max_tokens)
-        results: dict = {"machine": machine(), "model": str(args.model or "random GPT-2 (built here)"),
-                         "max_tokens": args.max_tokens, "load": []}
-
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = start(serve_cmd(folder, port, max_queue=256, batch=16), port, deadline)
-        other = free_port()
-        baseline = start([sys.executable, __file__, "--model", str(folder), "--baseline-server", str(other)], other,
-                         deadline)
-        # Both servers are up; each level measures one then the other (the idle one costs no CPU), so a change
-        # in the load of a shared machine reaches both alike. The load average goes in every row.
-        servers = (("hftool serve", base, True), ("FastAPI + pipeline", f"http://127.0.0.1:{other}", False))
-        for _, url, streaming in servers:  # first requests pay one-time costs (allocations, lazy imports)
-            asyncio.run(load(url, 4, 8, args.max_tokens, expected, streaming, tokenizer))
-        for clients in levels:
-            for name, url, streaming in servers:
-                load_avg = round(os.getloadavg()[0], 2)
-                row = asyncio.run(load(url, clients, requests, args.max_tokens, expected, streaming, tokenizer))
-                results["load"].append({"server": name, **row, "load_avg_1m": load_avg})
-                print(json.dumps(results["load"][-1]), flush=True)
-        stop(baseline)
-        results["hang_ups"] = asyncio.run(hang_ups(base, 8, 200))
-        print(json.dumps(results["hang_ups"]), flush=True)
-        results["sigterm"] = asyncio.run(sigterm_under_load(proc, base, 16, args.max_tokens, expected))
-        print(json.dumps(results["sigterm"]), flush=True)
-
-        port = free_port()
-        proc = start(serve_cmd(folder, port, max_queue=4, batch=4), port, deadline)
-        results["burst"] = asyncio.run(burst(f"http://127.0.0.1:{port}", 40, args.max_tokens))
-        print(json.dumps(results["burst"]), flush=True)
-        stop(proc)
+        for number, shape in enumerate(shapes):
+            folder = Path(shape) if args.model else build_model(Path(tmp) / shape, shape, args.quick)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            workloads = {name: workload(name, count, args.max_tokens) for name in args.workloads.split(",")}
+            expected = expected_texts(folder, [r for requests in workloads.values() for r in requests]
+                                      + [(p, args.max_tokens) for p in PROMPTS])
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            for name, (cmd, streaming, model) in server_commands(folder, port).items():
+                if args.servers and name not in args.servers.split(","):
+                    continue
+                proc = start(cmd, port, deadline, required=name == "hftool serve")
+                if proc is None:
+                    results["load"].append({"shape": shape, "server": name, "errors": "did not start"})
+                    continue
+                try:
+                    measure(results, shape, name, base, levels, workloads, expected, streaming, tokenizer, model,
+                            args.max_tokens)
+                except BaseException:
+                    stop(proc)
+                    raise
+                if name == "hftool serve" and number == 0:
+                    results["hang_ups"] = asyncio.run(hang_ups(base, 8, 200))
+                    print(json.dumps(results["hang_ups"]), flush=True)
+                    uniform = {p: expected[(p, args.max_tokens)] for p in PROMPTS}
+                    results["sigterm"] = asyncio.run(sigterm_under_load(
+                        proc, base, 16, args.max_tokens, {(p, args.max_tokens): t for p, t in uniform.items()}))
+                    print(json.dumps(results["sigterm"]), flush=True)
+                    burst_port = free_port()
+                    burst_proc = start(serve_cmd(folder, burst_port, max_queue=4, batch=4), burst_port, deadline)
+                    results["burst"] = asyncio.run(burst(f"http://127.0.0.1:{burst_port}", 40, args.max_tokens))
+                    print(json.dumps(results["burst"]), flush=True)
+                    stop(burst_proc)
+                else:
+                    stop(proc)
     print_table(results)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def measure(results: dict, shape: str, name: str, base: str, levels: list[int], workloads: dict, expected: dict,
+            streaming: bool, tokenizer, model: str | None, max_tokens: int) -> None:
+    """One server, every workload at every client level, after a warm-up (allocations, lazy imports)."""
+    asyncio.run(load(base, 4, workload("uniform", 8, max_tokens), expected, streaming, tokenizer, model))
+    for workload_name, requests in workloads.items():
+        for clients in levels:
+            load_avg = round(os.getloadavg()[0], 2)
+            row = asyncio.run(load(base, clients, requests, expected, streaming, tokenizer, model))
+            results["load"].append({"shape": shape, "workload": workload_name, "server": name, **row,
+                                    "load_avg_1m": load_avg})
+            print(json.dumps(results["load"][-1]), flush=True)
 
 
 def machine() -> str:
@@ -329,14 +440,23 @@ def machine() -> str:
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{results['machine']}; {results['model']}; {results['max_tokens']} new tokens per request\n")
-    print("| server | clients | requests | errors | wrong | p50 s | p95 s | tokens/s | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    def number(value, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    print(f"\n{results['machine']}; uniform: {results['max_tokens']} new tokens per request; mixed: "
+          f"max_tokens from {MIXED_SPREAD}\n")
+    print("| model | traffic | server | clients | requests | errors | wrong | tokens/s | p50 s | p95 s | TTFT p50 s "
+          "| load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["load"]:
-        print(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['wrong']} | "
-              f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['tokens_per_s']:.0f} | {r['load_avg_1m']} |")
-    print(f"\nhang-ups: {results['hang_ups']}\nburst past --max-queue: {results['burst']}\n"
-          f"SIGTERM under load: {results['sigterm']}")
+        if r["errors"] == "did not start":
+            print(f"| {r['shape']} | - | {r['server']} | - | - | did not start | - | - | - | - | - | - |")
+            continue
+        print(f"| {r['shape']} | {r['workload']} | {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} "
+              f"| {r['wrong']} | {r['tokens_per_s']:.0f} | {number(r['p50_s'], 2)} | {number(r['p95_s'], 2)} | "
+              f"{number(r['ttft_p50_s'], 2)} | {r['load_avg_1m']} |")
+    print(f"\nhang-ups: {results.get('hang_ups')}\nburst past --max-queue: {results.get('burst')}\n"
+          f"SIGTERM under load: {results.get('sigterm')}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,11 @@ CASES = [
     ("generate-num-return-sequences-huge", ["generate", "-m", "{gpt2}", "-p", "hi", "--sample",
                                             "--num-return-sequences", "100000"], "--num-return-sequences 100000"),
     ("generate-seed-in-recipe", ["generate", "-m", "{gpt2}", "-p", "hi", "decoding.seed=-5"], "--seed -5"),
+    # issue 27, continuous batching: the scheduler's limits are checked before the model loads
+    ("serve-max-cache-tokens-zero", ["serve", "-m", "{gpt2}", "--max-cache-tokens", "0"],
+     "--max-cache-tokens=0 must be at least 1"),
+    ("serve-prefill-chunk-zero", ["serve", "-m", "{gpt2}", "--prefill-chunk", "0"],
+     "--prefill-chunk=0 must be at least 1"),
     ("translate-encoder", ["translate", "-m", "{minilm}", "hello"], "translate needs a decoder"),
     ("summarize-encoder", ["summarize", "-m", "{minilm}", "-i", "{a_file}"], "summarize needs a decoder"),
     ("pretrain-lr-nan", [*PRETRAIN, "train.lr=.nan", "train.output_dir={tmp}/run"], "train.lr=nan"),

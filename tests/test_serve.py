@@ -120,23 +120,36 @@ def test_sampling_is_seeded_and_n_gives_distinct_samples(client, chat_gpt2):
     assert len(set(first)) > 1
 
 
+def _ended(sink: list[tuple]) -> bool:
+    return bool(sink) and sink[-1][0] in ("end", "error")
+
+
+def _wait(condition) -> None:
+    for _ in range(1200):
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the scheduler did not get there in time")
+
+
 def test_batched_jobs_give_the_tokens_of_jobs_alone(live):
-    """Jobs queued before the decoding thread starts run as one batch (mixed lengths and max_tokens)."""
-    from hftool.serve.batcher import Batcher, Job
+    """Jobs queued before the decoding thread starts decode together (mixed lengths and max_tokens)."""
     from hftool.serve.metrics import Metrics
+    from hftool.serve.scheduler import Job, Scheduler
 
     served = live.served
     base = served.batcher
     metrics = Metrics()
-    batcher = Batcher(base.model, base.tokenizer, base.context, max_batch_size=8, max_queue=8, metrics=metrics)
+    scheduler = Scheduler(base.model, base.tokenizer, base.context, max_batch_size=8, max_queue=8, metrics=metrics)
     encoded = [served.tokenizer(p)["input_ids"] for p in PROMPTS]
     limits = [MAX_TOKENS, 5, 9]
     events: list[list[tuple]] = [[] for _ in PROMPTS]
     for ids, limit, sink in zip(encoded, limits, events, strict=True):
-        batcher.submit(Job([ids], DecodingSettings(max_new_tokens=limit), sink.append))
-    batcher.start()
-    batcher.close()
-    assert metrics.batch_rows.total == 1 and metrics.batch_rows.sum == 3
+        scheduler.submit(Job([ids], DecodingSettings(max_new_tokens=limit), sink.append))
+    scheduler.start()
+    _wait(lambda: all(_ended(sink) for sink in events))
+    scheduler.close()
+    assert metrics.batch_rows.counts[metrics.batch_rows.buckets.index(2)] < metrics.batch_rows.total  # 3 rows
     for sink, ids, limit in zip(events, encoded, limits, strict=True):
         (_, _, reason, tokens, _, text), end = sink[-2:]
         alone = base.model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=limit,
@@ -147,10 +160,10 @@ def test_batched_jobs_give_the_tokens_of_jobs_alone(live):
 
 
 def test_a_cancelled_job_stops_generating(live):
-    from hftool.serve.batcher import Batcher, Job
+    from hftool.serve.scheduler import Job, Scheduler
 
     base = live.served.batcher
-    batcher = Batcher(base.model, base.tokenizer, base.context, max_batch_size=8, max_queue=8)
+    scheduler = Scheduler(base.model, base.tokenizer, base.context, max_batch_size=8, max_queue=8)
     ids = live.served.tokenizer(PROMPTS[0])["input_ids"]
     events: list[tuple] = []
     other: list[tuple] = []
@@ -161,10 +174,11 @@ def test_a_cancelled_job_stops_generating(live):
         job.cancelled.set()
 
     job.emit = hang_up
-    batcher.submit(job)
-    batcher.submit(Job([ids], DecodingSettings(max_new_tokens=20), other.append))
-    batcher.start()
-    batcher.close()
+    scheduler.submit(job)
+    scheduler.submit(Job([ids], DecodingSettings(max_new_tokens=20), other.append))
+    scheduler.start()
+    _wait(lambda: _ended(other))
+    scheduler.close()
     assert [e[0] for e in events] == ["text"]
     assert [e[0] for e in other][-2:] == ["finish", "end"] and other[-2][3] == 20
 
@@ -309,13 +323,12 @@ def _metric(url: str, name: str) -> int:
 
 def test_clients_that_hang_up_stop_their_generation_and_count_once(live, monkeypatch):
     """One client hangs up while its generation runs, two while queued behind it: none gets another token
-    generated, and each counts once in hftool_cancelled_total (generate ends its streamer itself, and the
-    batcher again: once, not twice).
+    generated, and each counts once in hftool_cancelled_total.
 
-    The decoder is held at its second step (after the prompt's) until all three are gone, so the test does not
-    depend on speed.
+    The decoder is held at its second forward (the first decoding step, after the prompt's) until all three are
+    gone, so the test does not depend on speed; the token that step computes is dropped with its row.
     """
-    batcher = live.served.batcher
+    batcher = live.served.batcher  # the scheduler
     gate, jobs, steps = threading.Event(), [], [0]
     forward, submit = batcher.model.forward, batcher.submit
 
@@ -358,7 +371,7 @@ def test_clients_that_hang_up_stop_their_generation_and_count_once(live, monkeyp
         time.sleep(0.05)
     assert _metric(live.url, "hftool_cancelled_total") - cancelled == 3
     assert _metric(live.url, "hftool_generated_tokens_total") - generated == 1  # of 80 asked: the prompt's step
-    assert live.served.metrics.batch_rows.total - batches == 1  # the queued ones never ran
+    assert live.served.metrics.batch_rows.total - batches == 1  # one decoding step; the queued ones never ran
 
 
 def test_api_key_is_required_when_set(chat_gpt2, live):

@@ -1,7 +1,7 @@
 """hftool serve in process (FastAPI's TestClient, no port) on the tiny GPT-2: the settings a request decodes with,
 the bounds it is checked by, the request shapes OpenAI clients send, the API key and the access log.
 
-Not marked integration: ``make test-unit`` runs the batcher and the app here, on a model of a few kilobytes.
+Not marked integration: ``make test-unit`` runs the scheduler and the app here, on a model of a few kilobytes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hftool.errors import HftoolError
 from hftool.generation.loading import load_for_generation
 from hftool.runs.serve import ServeOptions, build_served, uvicorn_config
 from hftool.schemas.generate import DecodingSettings, GenerateRecipe, ModelSettings
-from hftool.serve import batcher as batcher_module
+from hftool.serve import scheduler as scheduler_module
 from hftool.serve.app import Served, create_app
 from hftool.serve.metrics import Metrics
 
@@ -68,11 +68,11 @@ def serve_recipe(loaded, monkeypatch, tmp_path):
     monkeypatch.setattr("hftool.generation.loading.load_for_generation", lambda *args, **kwargs: loaded)
     clients = []
 
-    def serve(decoding: dict, api_key: str | None = None):
+    def serve(decoding: dict, api_key: str | None = None, **limits):
         path = tmp_path / f"recipe{len(clients)}.yaml"
         path.write_text(json.dumps({"command": "generate", "model": {"name": "tiny"}, "decoding": decoding}))
         recipe = _recipe(load_recipe(GenerateRecipe, str(path), []), {})  # what generate and serve both run
-        options = ServeOptions(recipe=recipe, max_batch_size=8, max_queue=8, threads=1)
+        options = ServeOptions(recipe=recipe, **{"max_batch_size": 8, "max_queue": 8, "threads": 1, **limits})
         options.validate()
         monkeypatch.setattr("hftool.runs.serve.model_kind", lambda name, trust_remote_code=False: "generate")
         client = TestClient(create_app(build_served(options), api_key=api_key))
@@ -86,22 +86,23 @@ def serve_recipe(loaded, monkeypatch, tmp_path):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """The settings every job carries and every batch's Generator is built with, as the batcher sees them."""
-    seen = {"jobs": [], "decoders": []}
+    """The settings every job carries and every row's logits processors are built from, as the scheduler sees
+    them."""
+    seen = {"jobs": [], "rows": []}
+    build = scheduler_module.logits_processors
 
-    class RecordingGenerator(batcher_module.Generator):
-        def __init__(self, model, tokenizer, settings):
-            seen["decoders"].append(settings)
-            super().__init__(model, tokenizer, settings)
+    def recording_build(settings):
+        seen["rows"].append(settings)
+        return build(settings)
 
-    submit = batcher_module.Batcher.submit
+    submit = scheduler_module.Scheduler.submit
 
     def recording_submit(self, job):
         seen["jobs"].append(job.settings)
         submit(self, job)
 
-    monkeypatch.setattr(batcher_module, "Generator", RecordingGenerator)
-    monkeypatch.setattr(batcher_module.Batcher, "submit", recording_submit)
+    monkeypatch.setattr(scheduler_module, "logits_processors", recording_build)
+    monkeypatch.setattr(scheduler_module.Scheduler, "submit", recording_submit)
     return seen
 
 
@@ -114,7 +115,7 @@ def test_every_decoding_setting_is_in_the_walk():
 @pytest.mark.parametrize("name", sorted(NON_DEFAULT))
 def test_every_decoding_setting_reaches_the_decoder(name, serve_recipe, recorded):
     """Issue 24 item 15: a request decodes with exactly the settings hftool generate uses for the same recipe;
-    the batcher hands ``generate`` those settings whole, but for the ones it applies per row."""
+    the scheduler decodes every row of the job with those settings whole."""
     if name in REFUSED_BY_SERVE:
         with pytest.raises(HftoolError, match="serve decodes one beam"):
             serve_recipe(NON_DEFAULT[name])
@@ -123,7 +124,7 @@ def test_every_decoding_setting_reaches_the_decoder(name, serve_recipe, recorded
     response = client.post("/v1/completions", json={"prompt": PROMPT})
     assert response.status_code == 200, response.text
     assert recorded["jobs"] == [expected]
-    assert recorded["decoders"] == [dataclasses.replace(expected, stop=[], num_return_sequences=1)]
+    assert recorded["rows"] == [expected] * expected.num_return_sequences
     choices = response.json()["choices"]
     assert len(choices) == expected.num_return_sequences
     assert response.json()["usage"]["completion_tokens"] <= expected.max_new_tokens * len(choices)
@@ -141,30 +142,14 @@ def test_request_fields_override_the_recipe(serve_recipe, recorded):
                                                     stop=["x"], repetition_penalty=1.1)]
 
 
-def test_jobs_share_a_batch_only_when_every_shared_setting_agrees(loaded):
-    """Jobs that differ in a setting applied per row share one generate call; one that differs in any other
-    setting (here no_repeat_ngram_size, which the old key ignored) runs in its own."""
-    from hftool.serve.batcher import Batcher, Job
-
-    model, tokenizer = loaded
-    metrics = Metrics()
-    batcher = Batcher(model, tokenizer, 128, max_batch_size=8, max_queue=8, metrics=metrics, threads=1)
-    ids = tokenizer(PROMPT)["input_ids"]
-    sinks: list[list] = [[], [], []]
-    batcher.submit(Job([ids], DecodingSettings(max_new_tokens=3), sinks[0].append))
-    batcher.submit(Job([ids], DecodingSettings(max_new_tokens=5, stop=["zz"]), sinks[1].append))
-    batcher.submit(Job([ids], DecodingSettings(max_new_tokens=3, no_repeat_ngram_size=1), sinks[2].append))
-    batcher.start()
-    for _ in range(600):  # close() would refuse what is still queued
-        if all(sink and sink[-1][0] in ("end", "error") for sink in sinks):
-            break
-        time.sleep(0.05)
-    batcher.close()
-    assert (metrics.batch_rows.total, metrics.batch_rows.sum) == (2, 3)
-    assert [sink[-1] for sink in sinks] == [("end",)] * 3
-    alone = model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=3, no_repeat_ngram_size=1,
-                           pad_token_id=tokenizer.pad_token_id)
-    assert sinks[2][-2][5] == tokenizer.decode(alone[0, len(ids):], skip_special_tokens=True)
+def test_a_request_larger_than_the_cache_budget_is_a_400(serve_recipe):
+    client, _ = serve_recipe({}, max_cache_tokens=40)
+    response = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 20, "n": 2, "temperature": 1})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("max_tokens", "cache_budget_exceeded")
+    assert "--max-cache-tokens" in error["message"]
+    assert client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 20}).status_code == 200
 
 
 BAD_VALUES = [  # issue 24 items 8 and 11: the caller's error, a 400 naming the field, never a 5xx

@@ -23,6 +23,8 @@ def serve(
                                 show_envvar=True, help="Require 'Authorization: Bearer KEY' (except on /health)."),
     max_batch_size: int = option(ServeOptions, "max_batch_size"),
     max_queue: int = option(ServeOptions, "max_queue"),
+    max_cache_tokens: int = option(ServeOptions, "max_cache_tokens"),
+    prefill_chunk: int = option(ServeOptions, "prefill_chunk"),
     threads: int = option(ServeOptions, "threads"),
     max_tokens_cap: int = option(ServeOptions, "max_tokens_cap"),
     max_length: int = option(QAWindowOptions, "max_length"),
@@ -39,9 +41,9 @@ def serve(
     models, GET /health, GET /metrics (Prometheus).
 
     --model repeated serves several models; a request goes to the one its "model" field names (the name given,
-    or NAME from NAME=PATH), or without that field to the first model its endpoint fits. Requests that arrive
-    together run together in batches. Request fields left out take the --recipe's decoding settings (greedy, 64
-    tokens by default); temperature 0 is greedy.
+    or NAME from NAME=PATH), or without that field to the first model its endpoint fits. A request joins the
+    running batch at the next decoding step and leaves it as soon as it ends. Request fields left out take the
+    --recipe's decoding settings (greedy, 64 tokens by default); temperature 0 is greedy.
 
     Examples:
 
@@ -60,5 +62,5 @@ def serve(
     run_serve(ServeOptions(recipe=recipe_with_flags(base, flags), models=models or [], host=host, port=port,
                            api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
-                           threads=threads,
+                           threads=threads, max_cache_tokens=max_cache_tokens, prefill_chunk=prefill_chunk,
                            qa_window=(max_length, doc_stride, max_answer_length)))

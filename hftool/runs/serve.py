@@ -81,9 +81,9 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
     import dataclasses
 
     from hftool.serve.app import Served
-    from hftool.serve.batcher import Batcher
     from hftool.serve.metrics import Metrics
     from hftool.serve.registry import split_model_arg
+    from hftool.serve.scheduler import Scheduler
 
     value = model or options.recipe.model.name
     if not value:
@@ -99,8 +99,9 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
 
     model, tokenizer = load_for_generation(dataclasses.replace(options.recipe.model, name=name), command="serve")
     context = context_length(model, tokenizer)
-    batcher = Batcher(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
-                      threads=options.threads)
+    batcher = Scheduler(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
+                        threads=options.threads, max_cache_tokens=options.max_cache_tokens,
+                        prefill_chunk=options.prefill_chunk)
     return Served(name=served_name, metrics=metrics, tokenizer=copy.deepcopy(tokenizer), batcher=batcher,
                   defaults=options.recipe.decoding, context=context,
                   vocab_size=model.get_input_embeddings().num_embeddings,

@@ -25,6 +25,12 @@ class ServeOptions:
                                   help="Sequences decoded together, at most.")
     max_queue: int = setting(64, flag="--max-queue", bound=at_least(1),
                              help="Requests waiting, at most; past it a 503.")
+    max_cache_tokens: int | None = setting(
+        None, flag="--max-cache-tokens", bound=at_least(1),
+        help="Cache the running requests may reserve (prompt + max_tokens per sequence); over it requests wait "
+             "(default: batch size x context).")
+    prefill_chunk: int = setting(256, flag="--prefill-chunk", bound=at_least(1),
+                                 help="Prompt tokens prefilled between two decoding steps, at most.")
     threads: int | None = setting(None, flag="--threads", bound=at_least(1),
                                   help="Torch threads for decoding (default: all cores but one, left to HTTP).")
     max_tokens_cap: int = setting(1024, flag="--max-tokens-cap", bound=at_least(1),

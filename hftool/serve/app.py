@@ -22,12 +22,12 @@ from fastapi.responses import PlainTextResponse
 from hftool.schemas.fields import SettingError, check_fields
 from hftool.schemas.generate import DecodingSettings
 from hftool.serve import schemas as s
-from hftool.serve.batcher import Batcher
 from hftool.serve.encoders import router as encoder_router
 from hftool.serve.errors import ApiError, add_error_handlers
 from hftool.serve.guard import Guard
 from hftool.serve.metrics import Metrics
 from hftool.serve.registry import Registry
+from hftool.serve.scheduler import Scheduler
 from hftool.serve.streaming import (
     ChatChunks,
     CompletionChunks,
@@ -47,7 +47,7 @@ class Served:
     name: str
     metrics: Metrics
     tokenizer: object = None  # the handlers' own copy: fast tokenizers refuse concurrent use across threads
-    batcher: Batcher | None = None
+    batcher: Scheduler | None = None
     qa: object = None
     encoder: object = None
     defaults: DecodingSettings = field(default_factory=DecodingSettings)

@@ -46,6 +46,7 @@ class Metrics:
         self.batch_rows = Histogram(BATCH_BUCKETS)
         self.queue_depth = lambda: 0
         self.running = lambda: 0
+        self.cache_reserved = lambda: 0  # set by the scheduler: cache tokens its admitted requests reserved
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -86,9 +87,13 @@ class Metrics:
                       "# TYPE hftool_rejected_total counter", f"hftool_rejected_total {self.rejected}",
                       "# HELP hftool_queue_depth Requests waiting for the next batch.",
                       "# TYPE hftool_queue_depth gauge", f"hftool_queue_depth {self.queue_depth()}",
-                      "# HELP hftool_running_requests Requests in the batch being decoded.",
+                      "# HELP hftool_running_requests Requests admitted to the running batch (prefilling or decoding).",
                       "# TYPE hftool_running_requests gauge", f"hftool_running_requests {self.running()}",
-                      "# HELP hftool_batch_rows Sequences decoded together per batch.",
+                      "# HELP hftool_cache_tokens_reserved Cache tokens the admitted requests reserved "
+                      "(prompt + max_tokens per sequence; at most --max-cache-tokens).",
+                      "# TYPE hftool_cache_tokens_reserved gauge",
+                      f"hftool_cache_tokens_reserved {self.cache_reserved()}",
+                      "# HELP hftool_batch_rows Sequences decoded together per decoding step.",
                       "# TYPE hftool_batch_rows histogram"]
             lines += self.batch_rows.lines("hftool_batch_rows")
         return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """Relaying a job's events from the decoding thread to its request: collected whole, or streamed as SSE.
 
-Generation runs on the :class:`~hftool.serve.batcher.Batcher`'s thread; a request only queues its job and
+Generation runs on the :class:`~hftool.serve.scheduler.Scheduler`'s thread; a request only queues its job and
 relays the events, so a slow client delays nobody but itself, and one that hangs up cancels its job.
 """
 
@@ -15,8 +15,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from hftool.serve import schemas as s
-from hftool.serve.batcher import Closing, Job, QueueFull
 from hftool.serve.errors import ApiError
+from hftool.serve.scheduler import Closing, Job, QueueFull, TooLarge
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 
@@ -71,6 +71,10 @@ def submit(served, encoded, settings, logprobs: int | None, stream: bool):
         raise ApiError(503, f"the server is busy: {served.batcher.max_queue} requests are already waiting "
                        "(--max-queue); retry after a second", code="queue_full", kind="server_error",
                        headers={"Retry-After": "1"}) from None
+    except TooLarge as exc:
+        raise ApiError(400, f"this request's rows would reserve {exc.need} cache tokens (prompt + max_tokens, per "
+                       f"choice), more than this server's {exc.budget} (--max-cache-tokens); lower max_tokens, n or "
+                       "the number of prompts", "max_tokens", "cache_budget_exceeded") from None
     except Closing:
         raise ApiError(503, "the server is shutting down", code="shutting_down", kind="server_error",
                        headers={"Retry-After": "5"}) from None

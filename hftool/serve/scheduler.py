@@ -1,0 +1,647 @@
+"""Continuous (iteration-level) batching: the decoding thread, which alone touches the model.
+
+HTTP handlers put a :class:`Job` on a bounded queue and read its events. Between two decoding steps the thread
+admits queued jobs (oldest first, while the running rows stay within ``max_batch_size`` and the reserved cache
+within ``max_cache_tokens``: prompt plus ``max_new_tokens`` per row), prefills at most ``prefill_chunk`` prompt
+tokens (short prompts together, a long one a chunk per step, so it never stalls the others' next token), and
+runs one decoding step for every running row. A row that ends (end of text, a stop string, its own
+``max_tokens``) or whose client went away leaves the batch at once, and its cache with it.
+
+The batch is the model's own ``DynamicCache`` with the rows left-padded to one width, an attention mask that
+hides the padding and per-row position ids (GPT-2's learned positions; BLOOM derives its ALiBi from the mask),
+so a row's logits do not depend on its neighbours: its greedy tokens are those of ``model.generate`` on its
+prompt alone. A model whose cache is not a plain ``DynamicCache`` keeps each prefill group in its own batch.
+Every decoding setting applies per row: repetition penalty, n-gram blocking, temperature, top-k and top-p run
+as transformers' own logits processors on the row's prompt and tokens, and a sampled job draws from a
+``torch.Generator`` of its own, seeded by its ``seed``, so its output does not depend on who else is decoding.
+
+The fused single-prompt decode step (:mod:`hftool.generation.fastpath`) is not used here: every step is the
+model's own forward, in the dtype the model was loaded in (``--dtype bfloat16`` included).
+
+Per step the thread does O(new tokens) Python work per row: it decodes only a few trailing tokens, looks for
+stop strings only in the newly decoded tail and recognises end of text by id. It sets its own torch thread
+count (``threads``): by default one core is left to the event loop (see benchmarks/bench_serve.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hftool.generation.decoding import trim_at_stop
+from hftool.schemas.generate import DecodingSettings
+
+_ids = itertools.count()
+PREFILL_CHUNK = 256
+SPARE_POSITIONS = 64  # room a batch's cache buffers keep for the coming steps (doubled when it runs out)
+
+
+class QueueFull(Exception):
+    """More requests are waiting than ``--max-queue`` allows."""
+
+
+class Closing(Exception):
+    """The server is shutting down and takes no new work."""
+
+
+class TooLarge(Exception):
+    """A job whose rows alone reserve more cache than ``--max-cache-tokens``: it could never be admitted."""
+
+    def __init__(self, need: int, budget: int):
+        super().__init__(f"{need} > {budget}")
+        self.need, self.budget = need, budget
+
+
+@dataclass
+class Job:
+    """One request: its prompts (token ids), ``settings.num_return_sequences`` sequences each, and how to decode
+    them: ``settings`` are exactly those ``hftool generate`` would use (the server's recipe and the request).
+
+    ``emit`` receives the events, from the decoding thread: ``("text", choice, delta, logprobs)``,
+    ``("finish", choice, reason, tokens, logprobs, text)``, ``("error", message)`` and ``("end",)`` once every
+    choice has finished.
+    """
+
+    prompts: list[list[int]]
+    settings: DecodingSettings
+    emit: Callable[[tuple], None]
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely ones'
+    stream: bool = True  # False: no "text" events, only each choice's "finish" (fewer wake-ups of the loop)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    number: int = field(default_factory=lambda: next(_ids))
+    cancel_counted: bool = False  # the decoding thread counts a cancelled job once, wherever it notices
+
+    @property
+    def n(self) -> int:
+        return self.settings.num_return_sequences
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.n
+
+    @property
+    def cache_tokens(self) -> int:
+        """The cache this job's rows may fill: each row's prompt and its ``max_new_tokens``."""
+        return sum(len(p) + self.settings.max_new_tokens for p in self.prompts) * self.n
+
+
+@dataclass(eq=False)
+class _Row:
+    job: Job
+    choice: int
+    prompt: list[int]
+    processors: list = field(default_factory=list)  # transformers logits processors, in generate's order
+    sampler: object = None  # the job's torch.Generator when sampling; None: greedy
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # decoded so far, in pieces; the full decode is done once, at the end
+    sent: int = 0
+    prefix: int = 0  # ids[prefix:read] were decoded last time: the context the next piece is decoded in
+    read: int = 0
+    done: bool = False
+    logprobs: list[dict] = field(default_factory=list)
+    unsent_logprobs: list[dict] = field(default_factory=list)
+
+    @property
+    def limit(self) -> int:
+        return self.job.settings.max_new_tokens
+
+    @property
+    def position(self) -> int:
+        """The position of the row's last token, the one the next step feeds."""
+        return len(self.prompt) + len(self.ids) - 1
+
+
+@dataclass(eq=False)
+class _Prompt:
+    """One prompt of a job being prefilled, with the rows (its ``n`` continuations) that will share its cache."""
+
+    ids: list[int]
+    rows: list[_Row]
+    cache: object = None  # a long prompt's own cache while it is prefilled chunk by chunk
+    done: int = 0  # prompt tokens already in ``cache``
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Rows decoded together: one cache, left-padded to one width, and its attention mask."""
+
+    rows: list[_Row]
+    cache: object
+    mask: object  # (rows, width) long tensor, 0 on padding
+
+
+class Scheduler:
+    """Owns the model: ``submit`` from any thread; admission, prefill and decoding happen on its own thread."""
+
+    def __init__(self, model, tokenizer, context: int, max_batch_size: int, max_queue: int, metrics=None,
+                 threads: int | None = None, max_cache_tokens: int | None = None,
+                 prefill_chunk: int = PREFILL_CHUNK):
+        from hftool.generation.loading import input_device
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context = context
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.max_cache_tokens = max_cache_tokens or max_batch_size * context
+        self.prefill_chunk = prefill_chunk
+        self.metrics = metrics
+        self.threads = threads or default_threads()
+        self.device = input_device(model)
+        eos = model.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        accepted = inspect.signature(type(model).forward).parameters
+        self.takes_positions = "position_ids" in accepted
+        self.takes_logits_to_keep = "logits_to_keep" in accepted
+        self.pending: deque[Job] = deque()
+        self.prefilling: deque[_Prompt] = deque()
+        self.batches: list[_Batch] = []
+        self.reserved: dict[int, int] = {}  # job number -> cache tokens it reserved while admitted
+        self.rows_left: dict[int, int] = {}  # job number -> its rows not yet finished
+        self.closed = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name="hftool-decoder", daemon=True)
+        if metrics:
+            metrics.cache_reserved = lambda: self.cache_reserved
+
+    # ---- the HTTP side ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        if job.cache_tokens > self.max_cache_tokens:
+            raise TooLarge(job.cache_tokens, self.max_cache_tokens)
+        with self.cond:
+            if self.closed:
+                raise Closing()
+            if len(self.pending) >= self.max_queue:
+                raise QueueFull()
+            self.pending.append(job)
+            self.cond.notify()
+
+    @property
+    def depth(self) -> int:
+        return len(self.pending)
+
+    @property
+    def running(self) -> int:
+        """Requests admitted and not yet finished (prefilling or decoding)."""
+        return len(self.reserved)
+
+    @property
+    def cache_reserved(self) -> int:
+        """Cache tokens the admitted jobs reserved (read from any thread: the values are copied at once)."""
+        return sum(list(self.reserved.values()))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new jobs, tell the queued ones the server is going away, let the admitted ones finish."""
+        with self.cond:
+            self.closed = True
+            for job in self.pending:
+                job.emit(("error", "the server is shutting down; retry on another replica or later"))
+            self.pending.clear()
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    # ---- the decoding thread ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)  # OpenMP keeps it per thread: the HTTP thread keeps its own
+        while self._admit():
+            try:
+                with torch.inference_mode():
+                    self._drop_cancelled()
+                    self._prefill()
+                    self._decode()
+            except Exception as exc:  # a failed step fails the requests in flight, never the thread
+                self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
+
+    def _admit(self) -> bool:
+        """Move queued jobs that fit into the running set; wait while there is nothing to do. False: closed and
+        idle, the thread ends."""
+        with self.cond:
+            while True:
+                while self.pending and self.pending[0].cancelled.is_set():
+                    count_cancelled(self.pending.popleft(), self.metrics)
+                while self.pending and not self.closed and self._fits(self.pending[0]):
+                    self._start(self.pending.popleft())
+                if self.prefilling or self.batches:
+                    return True
+                if self.closed and not self.pending:
+                    return False
+                self.cond.wait(0.5)
+
+    def _fits(self, job: Job) -> bool:
+        if not self.reserved:
+            return True
+        rows = sum(len(b.rows) for b in self.batches) + sum(len(p.rows) for p in self.prefilling)
+        return (rows + job.rows <= self.max_batch_size
+                and self.cache_reserved + job.cache_tokens <= self.max_cache_tokens)
+
+    def _start(self, job: Job) -> None:
+        import torch
+
+        self.reserved[job.number] = job.cache_tokens
+        self.rows_left[job.number] = job.rows
+        settings = job.settings
+        sampler = None
+        if settings.do_sample:
+            seed = settings.seed if settings.seed is not None else random.randrange(2**32)
+            sampler = torch.Generator(device=self.device).manual_seed(seed)
+        for i, ids in enumerate(job.prompts):
+            rows = [_Row(job, i * job.n + j, ids, logits_processors(settings), sampler) for j in range(job.n)]
+            self.prefilling.append(_Prompt(ids, rows))
+        if self.metrics:
+            self.metrics.add_tokens(prompt=sum(len(p) for p in job.prompts))
+
+    def _drop_cancelled(self) -> None:
+        """Rows whose client went away leave now, before another token is computed for them."""
+        for batch in self.batches:
+            if any(row.job.cancelled.is_set() for row in batch.rows):
+                for row in batch.rows:
+                    if row.job.cancelled.is_set():
+                        self._cancel(row)
+        self.batches = [self._without_done(b) for b in self.batches]
+        self.batches = [b for b in self.batches if b.rows]
+        for prompt in list(self.prefilling):
+            if prompt.rows[0].job.cancelled.is_set():
+                for row in prompt.rows:
+                    self._cancel(row)
+                self.prefilling.remove(prompt)
+
+    def _cancel(self, row: _Row) -> None:
+        row.done = True
+        count_cancelled(row.job, self.metrics)
+        self._row_ended(row.job, emit_end=False)
+
+    def _prefill(self) -> None:
+        """At most ``prefill_chunk`` prompt tokens: the next chunk of a long prompt, then whole short prompts
+        together (left-padded into one forward); each prompt done gets its first token and joins the batch."""
+        budget = self.prefill_chunk
+        head = self.prefilling[0] if self.prefilling else None
+        if head is not None and (head.cache is not None or len(head.ids) > budget):
+            budget -= self._prefill_chunk(head, budget)
+            if head.done == len(head.ids):
+                self.prefilling.popleft()
+        group = []
+        while self.prefilling and self.prefilling[0].cache is None and len(self.prefilling[0].ids) <= budget:
+            budget -= len(self.prefilling[0].ids)
+            group.append(self.prefilling.popleft())
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_chunk(self, prompt: _Prompt, budget: int) -> int:
+        import torch
+        from transformers import DynamicCache
+
+        if prompt.cache is None:
+            prompt.cache = DynamicCache(config=self.model.config)
+        end = min(len(prompt.ids), prompt.done + budget)
+        chunk = torch.tensor([prompt.ids[prompt.done:end]], device=self.device)
+        mask = torch.ones((1, end), dtype=torch.long, device=self.device)
+        positions = torch.arange(prompt.done, end, device=self.device)[None]
+        logits = self._forward(chunk, mask, positions, prompt.cache)
+        used, prompt.done = end - prompt.done, end
+        if end == len(prompt.ids):
+            self._join([prompt], prompt.cache, mask, logits)
+        return used
+
+    def _prefill_group(self, group: list[_Prompt]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(p.ids) for p in group)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(p.ids)) + p.ids for p in group], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in group], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask, positions, cache)
+        self._join(group, cache, mask, logits)
+
+    def _join(self, prompts: list[_Prompt], cache, mask, logits) -> None:
+        """Each prompt's rows take their first token from ``logits``; the rows that go on join the batch with
+        their prompt's cache (repeated for its ``n`` continuations)."""
+        import torch
+
+        rows = [row for p in prompts for row in p.rows]
+        if len(rows) != len(prompts):
+            index = torch.tensor([i for i, p in enumerate(prompts) for _ in p.rows], device=self.device)
+            _select(cache, index)
+            mask, logits = mask[index], logits[index]
+        for row, token in zip(rows, self._choose(rows, logits), strict=True):
+            self._accept(row, token)
+        batch = self._without_done(_Batch(rows, cache, mask))
+        if not batch.rows:
+            return
+        into = next((b for b in self.batches if _mergeable(b.cache) and _mergeable(batch.cache)), None)
+        if into is None:
+            if _mergeable(batch.cache):
+                _rebuffer(batch.cache)
+            self.batches.append(batch)
+        else:
+            _merge(into, batch)
+
+    def _decode(self) -> None:
+        import torch
+
+        for batch in self.batches:
+            tokens = torch.tensor([[row.ids[-1]] for row in batch.rows], device=self.device)
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+            positions = torch.tensor([[row.position] for row in batch.rows], device=self.device)
+            logits = self._forward(tokens, batch.mask, positions, batch.cache)
+            if self.metrics:
+                self.metrics.batch(len(batch.rows))
+            for row, token in zip(batch.rows, self._choose(batch.rows, logits), strict=True):
+                self._accept(row, token)
+        self.batches = [self._without_done(b) for b in self.batches]
+        self.batches = [b for b in self.batches if b.rows]
+
+    def _forward(self, ids, mask, positions, cache):
+        """The model's own forward over ``ids`` continuing ``cache``: the last position's float32 logits."""
+        import torch
+
+        extra = {"position_ids": positions} if self.takes_positions else {}
+        if self.takes_logits_to_keep:
+            extra["logits_to_keep"] = 1
+        out = self.model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, **extra)
+        return out.logits[:, -1].to(dtype=torch.float32)
+
+    def _choose(self, rows: list[_Row], logits) -> list[int]:
+        """Each row's next token: the argmax for plain greedy rows (one batched op), the row's processors and
+        its job's generator otherwise. Log-probabilities are recorded from the scores the token is chosen from."""
+        import torch
+
+        chosen = logits.argmax(dim=-1).tolist()
+        for index, row in enumerate(rows):
+            if not row.processors and row.sampler is None and row.job.logprobs is None:
+                continue
+            scores = logits[index:index + 1]
+            if row.processors:
+                history = torch.tensor([row.prompt + row.ids], device=logits.device)
+                for processor in row.processors:
+                    scores = processor(history, scores)
+            if row.sampler is not None:
+                probs = torch.nn.functional.softmax(scores, dim=-1)
+                chosen[index] = int(torch.multinomial(probs, num_samples=1, generator=row.sampler))
+            else:
+                chosen[index] = int(scores.argmax(dim=-1))
+            if row.job.logprobs is not None:
+                self._record(row, scores[0].log_softmax(-1), chosen[index])
+        return chosen
+
+    def _accept(self, row: _Row, token: int) -> None:
+        """Take the row's new token: stream its text, or finish the row (end of text, stop string, limit). A row
+        whose client went away during the step leaves without it."""
+        if row.job.cancelled.is_set():
+            self._cancel(row)
+            return
+        row.ids.append(token)
+        if self.metrics:
+            self.metrics.add_tokens(generated=1)
+        if token in self.eos_ids:
+            self._finish(row, "stop")
+            return
+        before = len(row.text)
+        self._decode_tail(row)
+        stops = row.job.settings.stop
+        if stops and len(row.text) > before and _find_stop(row.text, stops, before) >= 0:
+            self._finish(row, "stop")
+        elif len(row.ids) >= row.limit:
+            self._finish(row, "length")
+        else:
+            self._send(row, len(row.text) - _stop_prefix(row.text, stops))
+
+    def _without_done(self, batch: _Batch) -> _Batch:
+        """The batch without its finished rows, and without the padding columns no remaining row needs."""
+        import torch
+
+        keep = [i for i, row in enumerate(batch.rows) if not row.done]
+        if len(keep) == len(batch.rows):
+            return batch
+        if not keep:
+            return _Batch([], None, None)
+        index = torch.tensor(keep, device=self.device)
+        mask = batch.mask[index]
+        if not _mergeable(batch.cache):
+            batch.cache.batch_select_indices(index)
+            return _Batch([batch.rows[i] for i in keep], batch.cache, mask)
+        start = int(mask.any(dim=0).nonzero()[0])
+        for layer in batch.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+        _rebuffer(batch.cache)
+        return _Batch([batch.rows[i] for i in keep], batch.cache, mask[:, start:])
+
+    def _fail_all(self, message: str) -> None:
+        jobs = {row.job.number: row.job for b in self.batches for row in b.rows}
+        jobs.update({p.rows[0].job.number: p.rows[0].job for p in self.prefilling})
+        self.batches, self.prefilling = [], deque()
+        for number, job in jobs.items():
+            self.reserved.pop(number, None)
+            self.rows_left.pop(number, None)
+            job.emit(("error", message))
+
+    def _row_ended(self, job: Job, emit_end: bool = True) -> None:
+        """Count a row of ``job`` as ended; the last one frees the job's cache reservation."""
+        self.rows_left[job.number] -= 1
+        if not self.rows_left[job.number]:
+            del self.rows_left[job.number]
+            with self.cond:
+                self.reserved.pop(job.number, None)
+            if emit_end and not job.cancelled.is_set():
+                job.emit(("end",))
+
+    # ---- text, events and log-probabilities of a row ----------------------------------------------------
+
+    def _decode_tail(self, row: _Row) -> None:
+        """Append the text of the newest tokens to ``row.text``, decoding only them and a little context.
+
+        The new piece is the difference between decoding ``ids[prefix:]`` and ``ids[prefix:read]``: both start
+        at the same token, so tokenizers that drop a leading space or join bytes agree on the shared part. A
+        piece that ends inside a UTF-8 character waits for the token that completes it.
+        """
+        decode = self.tokenizer.decode
+        done = decode(row.ids[row.prefix:row.read], skip_special_tokens=True) if row.read > row.prefix else ""
+        full = decode(row.ids[row.prefix:], skip_special_tokens=True)
+        if len(full) > len(done) and not full.endswith("\ufffd"):
+            row.text += full[len(done):]
+            row.prefix, row.read = row.read, len(row.ids)
+
+    def _record(self, row: _Row, scores, token: int) -> None:
+        entry = {"token": self.tokenizer.decode([token]), "logprob": float(scores[token]), "top": []}
+        if row.job.logprobs:
+            values, ids = scores.topk(row.job.logprobs)
+            entry["top"] = [(self.tokenizer.decode([i]), float(v))
+                            for v, i in zip(values.tolist(), ids.tolist(), strict=True)]
+        row.logprobs.append(entry)
+        row.unsent_logprobs.append(entry)
+
+    def _send(self, row: _Row, upto: int) -> None:
+        if upto > row.sent and row.job.stream:
+            row.job.emit(("text", row.choice, row.text[row.sent:upto], row.unsent_logprobs))
+            row.sent, row.unsent_logprobs = upto, []
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        row.text = trim_at_stop(self.tokenizer.decode(row.ids, skip_special_tokens=True), row.job.settings.stop)
+        self._send(row, len(row.text))
+        row.done = True
+        row.job.emit(("finish", row.choice, reason, len(row.ids), row.logprobs, row.text))
+        self._row_ended(row.job)
+
+
+def logits_processors(settings: DecodingSettings) -> list:
+    """The logits processors ``model.generate`` builds for these settings, in its order, skipping the ones
+    that would change nothing (as ``generate`` does)."""
+    from transformers.generation.logits_process import (
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors: list = []
+    if settings.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    if settings.no_repeat_ngram_size:
+        processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+    if settings.do_sample:
+        if settings.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k:
+            processors.append(TopKLogitsWarper(top_k=settings.top_k, min_tokens_to_keep=1))
+        if settings.top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=settings.top_p, min_tokens_to_keep=1))
+    return processors
+
+
+def _mergeable(cache) -> bool:
+    """Whether ``cache`` is a plain ``DynamicCache`` of (rows, heads, positions, head_dim) layers, whose rows
+    the scheduler may select, pad and concatenate."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, _buffered_layer_class()) and layer.is_initialized
+                                and layer.keys.dim() == 4 for layer in layers)
+
+
+def _rebuffer(cache) -> None:
+    """Put a mergeable cache's keys and values into buffers with room to grow (see ``_buffered_layer_class``)."""
+    layer_class = _buffered_layer_class()
+    cache.layers = [layer_class(layer.keys, layer.values) for layer in cache.layers]
+
+
+_BUFFERED: list = []
+
+
+def _buffered_layer_class():
+    """A ``DynamicLayer`` whose keys and values live in buffers with spare positions: a decoding step writes its
+    position in place instead of ``torch.cat``-copying the whole cache of every row (at 64 rows of a
+    BLOOM-560m shape, gigabytes a step). The attention reads views of the filled part: the same values. Built on
+    first use, so importing the scheduler does not import transformers."""
+    if _BUFFERED:
+        return _BUFFERED[0]
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        def __init__(self, keys, values):
+            super().__init__()
+            self.is_initialized, self.device = True, keys.device
+            self._allocate(keys, values, SPARE_POSITIONS)
+
+        def _allocate(self, keys, values, spare: int) -> None:
+            batch, heads, length, width = keys.shape
+            self.key_buffer = keys.new_empty((batch, heads, length + spare, width))
+            self.value_buffer = values.new_empty((batch, heads, length + spare, values.shape[-1]))
+            self.key_buffer[:, :, :length] = keys
+            self.value_buffer[:, :, :length] = values
+            self.length = length
+            self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            new = key_states.shape[-2]
+            if self.length + new > self.key_buffer.shape[-2]:
+                self._allocate(self.keys, self.values, max(self.length, SPARE_POSITIONS) + new)
+            end = self.length + new
+            self.key_buffer[:, :, self.length:end] = key_states
+            self.value_buffer[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+    _BUFFERED.append(BufferedLayer)
+    return BufferedLayer
+
+
+def _select(cache, index) -> None:
+    """Keep (or repeat) the cache rows ``index``, in place."""
+    if _mergeable(cache):
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[index], layer.values[index]
+        _rebuffer(cache)
+    else:
+        cache.batch_select_indices(index)
+
+
+def _merge(into: _Batch, batch: _Batch) -> None:
+    """Append ``batch``'s rows to ``into``: both left-padded to the wider one's width, then concatenated."""
+    import torch
+
+    width = max(into.mask.shape[1], batch.mask.shape[1])
+
+    def padded(tensor, dim):
+        missing = width - tensor.shape[dim]
+        if not missing:
+            return tensor
+        shape = list(tensor.shape)
+        shape[dim] = missing
+        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+    for mine, theirs in zip(into.cache.layers, batch.cache.layers, strict=True):
+        mine.keys = torch.cat([padded(mine.keys, -2), padded(theirs.keys, -2)], dim=0)
+        mine.values = torch.cat([padded(mine.values, -2), padded(theirs.values, -2)], dim=0)
+    _rebuffer(into.cache)
+    into.mask = torch.cat([padded(into.mask, 1), padded(batch.mask, 1)], dim=0)
+    into.rows += batch.rows
+
+
+def _find_stop(text: str, stops: list[str], since: int) -> int:
+    """Where a stop string first occurs in ``text`` among those ending after ``since`` (-1: nowhere)."""
+    found = [i for i in (text.find(stop, max(0, since - len(stop) + 1)) for stop in stops) if i >= 0]
+    return min(found, default=-1)
+
+
+def _stop_prefix(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` could still grow into a stop string (held back)."""
+    held = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:k]):
+                held = k
+                break
+    return held
+
+
+def count_cancelled(job: Job, metrics) -> None:
+    """Count a job whose client went away once, however many of its rows notice it."""
+    if not job.cancel_counted:
+        job.cancel_counted = True
+        if metrics:
+            metrics.count("cancelled")
+
+
+def default_threads() -> int:
+    """Torch threads for the decoding thread: every core this process may use but one, left to the HTTP side."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)

@@ -1,0 +1,320 @@
+"""The continuous-batching scheduler of hftool serve, on the tiny GPT-2 and BLOOM folders (no HTTP).
+
+Jobs join the running batch mid-flight and leave it when they end or their client goes away; every row's greedy
+tokens are those of ``model.generate`` on its prompt alone; the cache budget holds jobs back; a seed reproduces
+a sampled job whoever decodes beside it. Not marked integration: each test takes a second or two.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from hftool.generation.loading import load_for_generation
+from hftool.schemas.generate import DecodingSettings, ModelSettings
+from hftool.serve.metrics import Metrics
+from hftool.serve.scheduler import Job, QueueFull, Scheduler, TooLarge
+
+PROMPTS = ["The quick brown fox jumps over the lazy dog", "hi", "Attention lets every token see the others"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "bloom"])
+def loaded(request, tiny_gpt2, tiny_bloom):
+    folder = tiny_gpt2 if request.param == "gpt2" else tiny_bloom
+    return load_for_generation(ModelSettings(name=str(folder)))
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2):
+    return load_for_generation(ModelSettings(name=str(tiny_gpt2)))
+
+
+class Log:
+    """Every job's events in the order the decoding thread emitted them, and the rows of every forward."""
+
+    def __init__(self, model):
+        self.events: list[tuple[str, tuple]] = []
+        self.rows: list[int] = []
+        self.model = model
+        forward = model.forward
+
+        def counting_forward(*args, **kwargs):
+            self.rows.append(kwargs["input_ids"].shape[0])
+            return forward(*args, **kwargs)
+
+        model.forward = counting_forward
+
+    def sink(self, name: str):
+        return lambda event: self.events.append((name, event))
+
+    def of(self, name: str) -> list[tuple]:
+        return [event for who, event in self.events if who == name]
+
+    def index(self, name: str, kind: str) -> int:
+        return next(i for i, (who, event) in enumerate(self.events) if who == name and event[0] == kind)
+
+    def restore(self):
+        del self.model.forward
+
+
+@pytest.fixture
+def log(loaded):
+    log = Log(loaded[0])
+    yield log
+    log.restore()
+
+
+def scheduler(loaded, **kwargs) -> Scheduler:
+    model, tokenizer = loaded
+    kwargs = {"max_batch_size": 8, "max_queue": 8, "threads": 1, **kwargs}
+    return Scheduler(model, tokenizer, 128, metrics=kwargs.pop("metrics", None), **kwargs)
+
+
+def wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the scheduler did not get there in time"
+        time.sleep(0.01)
+
+
+def ended(log: Log, *names: str) -> bool:
+    return all(log.of(name) and log.of(name)[-1][0] in ("end", "error") for name in names)
+
+
+def generate_alone(loaded, ids: list[int], settings: DecodingSettings) -> str:
+    model, tokenizer = loaded
+    extra = {}
+    if settings.repetition_penalty != 1.0:
+        extra["repetition_penalty"] = settings.repetition_penalty
+    if settings.no_repeat_ngram_size:
+        extra["no_repeat_ngram_size"] = settings.no_repeat_ngram_size
+    out = model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=settings.max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, **extra)
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def finished_text(log: Log, name: str) -> str:
+    return next(event for event in log.of(name) if event[0] == "finish")[5]
+
+
+def test_rows_joining_and_leaving_mid_flight_keep_the_tokens_of_generate_alone(loaded, log):
+    """A long job runs; a short one joins at its third token (a long prompt prefilled in chunks of 4 tokens,
+    and a job with a repetition penalty and one with n-gram blocking) and leaves before it; each row's text is
+    model.generate's on its prompt alone, greedy, with its own settings."""
+    _, tokenizer = loaded
+    encoded = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    runner = scheduler(loaded, prefill_chunk=4)
+    settings = {"long": DecodingSettings(max_new_tokens=40),
+                "short": DecodingSettings(max_new_tokens=4),
+                "penalised": DecodingSettings(max_new_tokens=9, repetition_penalty=1.5),
+                "ngram": DecodingSettings(max_new_tokens=10, no_repeat_ngram_size=2)}
+    prompts = {"long": encoded[0], "short": encoded[2], "penalised": encoded[1], "ngram": encoded[2]}
+    sink = log.sink("long")
+    texts = [0]
+
+    def long_sink(event):
+        sink(event)
+        if event[0] == "text":
+            texts[0] += 1
+            if texts[0] == 3:  # from the decoding thread, mid-flight
+                for name in ("short", "penalised", "ngram"):
+                    runner.submit(Job([prompts[name]], settings[name], log.sink(name)))
+
+    runner.submit(Job([prompts["long"]], settings["long"], long_sink))
+    runner.start()
+    wait_for(lambda: ended(log, "long", "short", "penalised", "ngram"))
+    runner.close()
+    for name in settings:
+        assert finished_text(log, name) == generate_alone(loaded, prompts[name], settings[name]), name
+        assert log.of(name)[-1] == ("end",)
+    assert log.index("short", "text") < log.index("long", "finish")  # it joined while the long one ran
+    assert log.index("short", "finish") < log.index("long", "finish")  # and left before it
+    assert max(log.rows) >= 3 and log.rows[-1] == 1  # decoded together; the long one alone at the end
+    assert runner.running == 0 and runner.cache_reserved == 0
+
+
+def test_a_cache_the_scheduler_cannot_merge_decodes_in_batches_of_its_own(loaded, log, monkeypatch):
+    """Models whose cache is not a plain DynamicCache (sliding windows, hybrids): each prefill group stays its
+    own batch, rows leave through the cache's own ``batch_select_indices``; tokens still those of generate."""
+    from hftool.serve import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "_mergeable", lambda cache: False)
+    _, tokenizer = loaded
+    encoded = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    runner = scheduler(loaded, prefill_chunk=8)
+    limits = {"a": 12, "b": 4, "c": 7}
+    for (name, limit), ids in zip(limits.items(), encoded, strict=True):
+        runner.submit(Job([ids], DecodingSettings(max_new_tokens=limit), log.sink(name)))
+    runner.start()
+    wait_for(lambda: ended(log, *limits))
+    runner.close()
+    for (name, limit), ids in zip(limits.items(), encoded, strict=True):
+        assert finished_text(log, name) == generate_alone(loaded, ids, DecodingSettings(max_new_tokens=limit))
+
+
+def test_a_prompt_list_with_n_and_mixed_limits_match_alone(loaded, log):
+    _, tokenizer = loaded
+    encoded = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    runner = scheduler(loaded)
+    runner.submit(Job(encoded, DecodingSettings(max_new_tokens=6), log.sink("list")))
+    runner.submit(Job([encoded[1]], DecodingSettings(max_new_tokens=11), log.sink("one")))
+    runner.start()
+    wait_for(lambda: ended(log, "list", "one"))
+    runner.close()
+    finishes = {event[1]: event[5] for event in log.of("list") if event[0] == "finish"}
+    assert [finishes[i] for i in range(3)] == [generate_alone(loaded, ids, DecodingSettings(max_new_tokens=6))
+                                               for ids in encoded]
+    assert finished_text(log, "one") == generate_alone(loaded, encoded[1], DecodingSettings(max_new_tokens=11))
+
+
+def test_a_cancelled_job_leaves_at_the_next_step_and_counts_once(loaded, log):
+    _, tokenizer = loaded
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    metrics = Metrics()
+    runner = scheduler(loaded, metrics=metrics)
+    job = Job([ids], DecodingSettings(max_new_tokens=60), log.sink("gone"), stream=True)
+    sink = log.sink("gone")
+
+    at = []
+
+    def hang_up(event):  # the client goes away after its second piece of text
+        sink(event)
+        if len(log.of("gone")) == 2:
+            job.cancelled.set()
+            at.append(len(log.rows))
+
+    job.emit = hang_up
+    other = DecodingSettings(max_new_tokens=20)
+    runner.submit(job)
+    runner.submit(Job([ids], other, log.sink("other")))
+    runner.start()
+    wait_for(lambda: ended(log, "other"))
+    runner.close()
+    assert [event[0] for event in log.of("gone")] == ["text", "text"]
+    assert finished_text(log, "other") == generate_alone(loaded, ids, other)
+    assert metrics.cancelled == 1
+    # both rows up to the step that ended in the hang-up, the other row alone from the next step on
+    assert set(log.rows[:at[0]]) == {2} and set(log.rows[at[0]:]) == {1}
+    assert runner.running == 0 and runner.cache_reserved == 0
+
+
+def test_the_cache_budget_holds_jobs_back_and_refuses_one_too_large(loaded, log):
+    _, tokenizer = loaded
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    settings = DecodingSettings(max_new_tokens=8)
+    need = len(ids) + 8
+    metrics = Metrics()
+    runner = scheduler(loaded, max_cache_tokens=need + 5, max_queue=2, metrics=metrics)
+    with pytest.raises(TooLarge):
+        runner.submit(Job([ids, ids], settings, log.sink("two rows")))
+    first = log.sink("first")
+    reserved = []
+
+    def first_sink(event):  # what /metrics shows while the first runs ("end": its cache is already free)
+        first(event)
+        if event[0] != "end":
+                reserved.extend(line.split()[1] for line in metrics.render().splitlines()
+                            if line.startswith("hftool_cache_tokens_reserved "))
+
+    runner.submit(Job([ids], settings, first_sink))
+    runner.submit(Job([ids], settings, log.sink("second")))
+    with pytest.raises(QueueFull):
+        runner.submit(Job([ids], settings, log.sink("third")))
+    runner.start()
+    wait_for(lambda: ended(log, "first", "second"))
+    runner.close()
+    assert log.index("first", "end") < log.index("second", "text")  # the second waited for the first's cache
+    assert max(log.rows) == 1 and set(reserved) == {str(need)}
+    assert "\nhftool_cache_tokens_reserved 0\n" in metrics.render()
+    assert finished_text(log, "first") == finished_text(log, "second") == generate_alone(loaded, ids, settings)
+
+
+def test_a_seeded_sampled_job_is_reproduced_whoever_decodes_beside_it(gpt2, tiny_gpt2):
+    from transformers import set_seed
+
+    model, tokenizer = gpt2
+    ids = tokenizer(PROMPTS[2])["input_ids"]
+    sampled = DecodingSettings(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7)
+
+    def run(companions: int) -> str:
+        log = Log(model)
+        try:
+            runner = scheduler(gpt2)
+            for i in range(companions):
+                runner.submit(Job([ids], DecodingSettings(max_new_tokens=5 + i, do_sample=True), log.sink(i)))
+            runner.submit(Job([ids], sampled, log.sink("seeded")))
+            runner.start()
+            wait_for(lambda: ended(log, "seeded", *range(companions)))
+            runner.close()
+        finally:
+            log.restore()
+        return finished_text(log, "seeded")
+
+    alone, beside = run(0), run(3)
+    assert alone == beside
+    set_seed(7)  # what hftool generate --seed 7 does before model.generate
+    out = model.generate(input_ids=torch.tensor([ids]), do_sample=True, max_new_tokens=12, temperature=1.5,
+                         top_k=50, top_p=0.95, pad_token_id=tokenizer.pad_token_id)
+    assert alone == tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_close_drains_the_running_jobs_and_refuses_the_queued(loaded, log):
+    """SIGTERM: uvicorn's shutdown closes the scheduler; admitted jobs finish, queued ones get an error."""
+    _, tokenizer = loaded
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    settings = DecodingSettings(max_new_tokens=30)
+    runner = scheduler(loaded, max_cache_tokens=len(ids) + 30)
+    sink = log.sink("running")
+    closing = []
+
+    def close_after_first_text(event):
+        sink(event)
+        if event[0] == "text" and not closing:
+            closing.append(True)
+            runner.closed = True  # what close() does first, from the decoding thread's side of the lock
+
+    runner.submit(Job([ids], settings, close_after_first_text))
+    runner.submit(Job([ids], settings, log.sink("queued")))
+    runner.start()
+    wait_for(lambda: closing)
+    runner.close()
+    assert log.of("running")[-2][2:4] == ("length", 30) and log.of("running")[-1] == ("end",)
+    assert log.of("queued") == [("error", "the server is shutting down; retry on another replica or later")]
+    assert not runner.thread.is_alive()
+
+
+def test_a_failed_step_fails_the_requests_in_flight_and_the_next_one_is_served(loaded, log):
+    _, tokenizer = loaded
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    runner = scheduler(loaded)
+    counting = log.model.forward
+    calls = [0]
+
+    def failing_once(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("out of memory")
+        return counting(*args, **kwargs)
+
+    log.model.forward = failing_once
+    settings = DecodingSettings(max_new_tokens=6)
+    runner.submit(Job([ids], settings, log.sink("a")))
+    runner.submit(Job([ids], settings, log.sink("b")))
+    runner.start()
+    wait_for(lambda: ended(log, "a", "b"))
+    assert log.of("a")[-1] == log.of("b")[-1] == ("error", "generation failed: RuntimeError: out of memory")
+    assert runner.running == 0 and runner.cache_reserved == 0
+    runner.submit(Job([ids], settings, log.sink("after")))
+    wait_for(lambda: ended(log, "after"))
+    runner.close()
+    assert finished_text(log, "after") == generate_alone(loaded, ids, settings)
