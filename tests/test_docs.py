@@ -74,7 +74,7 @@ CASES = [(f"{page.name}: hftool {line}", line) for page in PAGES
 def test_the_pages_show_commands_for_every_command_group():
     shown = {case.split(": hftool ")[1].split()[0] for case, _ in CASES}
     assert {"pretrain", "finetune", "evaluate", "answer", "classify", "tag", "generate", "serve", "explain",
-            "recipes"} <= shown
+            "recipes", "adapters"} <= shown
 
 
 def check(line: str) -> None:
@@ -111,3 +111,20 @@ def test_a_wrong_flag_or_command_is_caught():
     assert documented_commands("```bash\nhftool recipes cp gpt2-small my.yaml && hftool pretrain -r my.yaml \\\n"
                                "    train.max_steps=1  # a comment\n```") == [
         "recipes cp gpt2-small my.yaml", "pretrain -r my.yaml train.max_steps=1"]
+
+
+def test_the_serve_page_names_every_endpoint_flag_and_metric_the_server_has():
+    """docs/serve.md keeps up with the server: each route the app serves, each flag of ``hftool serve`` and each
+    metric ``/metrics`` exports is named on the page."""
+    from hftool.cli import app
+    from hftool.serve.app import Served, create_app
+    from hftool.serve.metrics import Metrics
+
+    page = (REPO / "docs" / "serve.md").read_text(encoding="utf-8")
+    routes = set(create_app(Served(name="x", metrics=Metrics())).openapi()["paths"])
+    flags = {option for param in typer.main.get_command(app).commands["serve"].params
+             for option in param.opts if option.startswith("--") and option != "--help"}
+    metrics = {line.split()[2] for line in Metrics().render().splitlines() if line.startswith("# TYPE")}
+    assert {"/v1/completions", "/v1/embeddings", "/metrics"} <= routes and "--prefill-chunk" in flags
+    missing = sorted(name for name in routes | flags | metrics if f"`{name}" not in page and f" {name}" not in page)
+    assert not missing, f"docs/serve.md does not name {missing}"
