@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -274,6 +275,55 @@ def test_the_output_answers_a_chat_request_through_serve(sft_run, tmp_path):
     body = response.json()
     assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] >= 1
     assert body["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+LORA = ["adapter.kind=lora", "adapter.r=2", "adapter.alpha=4", "train.lr=1e-2"]
+CHATML_PROMPT = "<|im_start|>user\nThe quick brown fox?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def sft_lora_run(tiny_gpt2, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft-lora-run")
+    train = write_jsonl(root / "train.jsonl", CHATS * 2)
+    validation = write_jsonl(root / "dev.jsonl", CHATS[:2])
+    code, out, err = run_cli(sft_args(tiny_gpt2, train, validation, root / "out", *LORA))
+    assert code == 0, err[-3000:]
+    return root / "out", out + err
+
+
+def test_a_lora_sft_run_trains_the_adapters_and_the_added_chatml_rows_only(sft_lora_run, tiny_gpt2):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    out, log = sft_lora_run
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "metrics.json"} <= names
+    assert "model.safetensors" not in names  # the base weights stay in the base folder
+    config = json.loads((out / "adapter_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    chatml_ids = tokenizer.convert_tokens_to_ids(list(sft.CHATML_TOKENS))
+    base_vocabulary = len(AutoTokenizer.from_pretrained(tiny_gpt2))
+    assert config["trainable_token_indices"] == chatml_ids and min(chatml_ids) >= base_vocabulary
+    weights = load_file(out / "adapter_model.safetensors")
+    rows = [w for k, w in weights.items() if "trainable_tokens_delta" in k]
+    assert len(rows) == 1 and rows[0].shape == (2, 64)  # the two new rows, the output head tied to them
+    assert not any(k.endswith(("wte.weight", "lm_head.weight")) for k in weights)  # no whole embedding matrix
+    counts = re.search(r"LoRA: ([\d,]+) of ([\d,]+) parameters", log).groups()
+    trained, total = (int(x.replace(",", "")) for x in counts)
+    assert 0 < trained / total < 0.05, log
+
+
+@pytest.mark.integration  # peft alone, in a subprocess
+def test_the_lora_sft_folder_loads_in_plain_peft_with_hftools_logits(sft_lora_run):
+    from test_adapters import _hftool_logits, _plain_peft_logits
+    from transformers import AutoModelForCausalLM
+
+    out, _ = sft_lora_run
+    texts = [CHATML_PROMPT + "jumps<|im_end|>"]  # the new rows in and out, through the tied head
+    plain = _plain_peft_logits("AutoPeftModelForCausalLM", out, texts)
+    ours = _hftool_logits(AutoModelForCausalLM, out, texts)
+    assert plain.shape == ours.shape and plain.shape[-1] == 402  # the vocabulary with ChatML's two tokens
+    assert torch.allclose(plain, ours, atol=1e-5)
 
 
 def test_packing_is_refused_where_the_model_cannot_keep_conversations_apart(tiny_bloom, tmp_path):
