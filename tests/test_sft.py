@@ -253,7 +253,8 @@ def test_the_output_chats_in_plain_transformers(sft_run):
     assert result.returncode == 0 and result.stdout.startswith("ok True"), result.stderr[-2000:]
 
 
-def test_the_output_answers_a_chat_request_through_serve(sft_run, tmp_path):
+@pytest.mark.parametrize("run", ["sft_run", "sft_lora_run"])
+def test_the_output_answers_a_chat_request_through_serve(run, request, tmp_path):
     from fastapi.testclient import TestClient
 
     from hftool.cli.generate import _recipe
@@ -262,7 +263,7 @@ def test_the_output_answers_a_chat_request_through_serve(sft_run, tmp_path):
     from hftool.schemas.generate import GenerateRecipe
     from hftool.serve.app import create_app
 
-    out, _ = sft_run
+    out, _ = request.getfixturevalue(run)
     path = tmp_path / "serve.yaml"
     path.write_text(json.dumps({"command": "generate", "model": {"name": str(out)},
                                 "decoding": {"max_new_tokens": 4}}))
@@ -326,6 +327,38 @@ def test_the_lora_sft_folder_loads_in_plain_peft_with_hftools_logits(sft_lora_ru
     assert torch.allclose(plain, ours, atol=1e-5)
 
 
+def test_an_adapter_served_by_name_beside_its_base_chats_like_its_merged_folder(sft_lora_run, tiny_gpt2, tmp_path):
+    """``hftool serve -m base=BASE -m mychat=ADAPTER``: each request goes to the model its ``model`` field names."""
+    from fastapi.testclient import TestClient
+
+    from hftool.runs.serve import ServeOptions, build_all_served
+    from hftool.serve.app import create_app
+
+    out, _ = sft_lora_run
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(["adapters", "merge", str(out), "-o", str(merged)])
+    assert code == 0, err
+    chat = {"messages": [{"role": "user", "content": "The quick brown fox?"}], "max_tokens": 6, "temperature": 0}
+
+    def serve(*models):
+        options = ServeOptions(models=list(models), max_batch_size=2, max_queue=4, threads=1)
+        options.validate()
+        return TestClient(create_app(build_all_served(options)))
+
+    def reply(response):
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    with serve(f"base={tiny_gpt2}", f"mychat={out}") as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["base", "mychat"]
+        adapter_reply = reply(client.post("/v1/chat/completions", json={**chat, "model": "mychat"}))
+        base = client.post("/v1/chat/completions", json={**chat, "model": "base"})  # the base has no template
+        assert base.status_code == 400 and base.json()["error"]["code"] == "no_chat_template"
+        assert client.post("/v1/completions", json={"model": "base", "prompt": "The quick"}).status_code == 200
+    with serve(f"mychat={merged}") as client:
+        assert adapter_reply == reply(client.post("/v1/chat/completions", json={**chat, "model": "mychat"}))
+
+
 def test_packing_is_refused_where_the_model_cannot_keep_conversations_apart(tiny_bloom, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", CHATS)
     code, _, err = run_cli(sft_args(tiny_bloom, train, train, tmp_path / "out", "data.packing=true"))
@@ -351,17 +384,21 @@ def test_the_shared_data_sets_become_chats(shared_data):
                                      {"role": "assistant", "content": "LONDON (LOC)"})
 
 
-def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_gpt2, tmp_path, monkeypatch):
-    """The engine's exact resume holds for sft runs (packed rows, ChatML tokens added to the embeddings)."""
+@pytest.mark.parametrize("adapter", [[], LORA], ids=["full", "lora"])
+def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(adapter, tiny_gpt2, tmp_path,
+                                                                            monkeypatch):
+    """The engine's exact resume holds for sft runs (packed rows, ChatML tokens added to the embeddings), full
+    or LoRA (the adapters and the trainable ChatML rows)."""
     import os
     import signal
 
-    from helpers import load_weights
+    from safetensors.torch import load_file
 
     from hftool.engine import trainer
 
     train = write_jsonl(tmp_path / "train.jsonl", CHATS * 4)
-    common = ["data.packing=true", "train.max_steps=4", "train.save_every=0", "evaluation.max_generate_examples=0"]
+    common = ["data.packing=true", "train.max_steps=4", "train.save_every=0", "evaluation.max_generate_examples=0",
+              *adapter]
     code, _, err = run_cli([*sft_args(tiny_gpt2, train, train, tmp_path / "reference"), *common])
     assert code == 0, err
 
@@ -376,11 +413,12 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_
     stopped = tmp_path / "stopped"
     code, out, err = run_cli([*sft_args(tiny_gpt2, train, train, stopped), *common])
     assert code == 0 and "stopped by SIGTERM after step 2" in out + err
-    assert not (stopped / "model.safetensors").exists()
+    weights = "adapter_model.safetensors" if adapter else "model.safetensors"
+    assert not (stopped / weights).exists()
     monkeypatch.setattr(trainer.HeapTrimmer, "after_step", after_step)
     code, _, err = run_cli([*sft_args(tiny_gpt2, train, train, stopped), *common, "--resume"])
     assert code == 0, err
-    expected, resumed = load_weights(tmp_path / "reference"), load_weights(stopped)
+    expected, resumed = load_file(tmp_path / "reference" / weights), load_file(stopped / weights)
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
 
