@@ -146,6 +146,40 @@ def test_packed_loss_equals_unpacked_loss(tiny_gpt2, tokenizer, conversations):
     assert task.count_targets(task.collate(rows, 0)) == sum(int(i["targets"].sum()) for i in items)
 
 
+def test_the_fused_loss_trains_the_new_chatml_rows_of_a_lora_model_as_the_plain_loss_does(tiny_gpt2, tokenizer,
+                                                                                          conversations):
+    """Under peft's trainable tokens the head is a wrapper: the fused loss reads its weight with the trained rows."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from hftool.adapters import apply_adapter
+    from hftool.schemas.adapter import AdapterSettings
+    from hftool.tasks.lm_head_loss import fused_head_applies
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    model.resize_token_embeddings(len(tokenizer))
+    new_rows = tokenizer.convert_tokens_to_ids(list(sft.CHATML_TOKENS))
+    model = apply_adapter(model, AdapterSettings(kind="lora", r=2, alpha=4, dropout=0.0), "causal-lm", new_rows)
+    deltas = [p for name, p in model.named_parameters() if "trainable_tokens_delta" in name]
+    assert len(deltas) == 1  # the output head is tied to the input rows
+    with torch.no_grad():
+        deltas[0].add_(torch.randn_like(deltas[0]))  # trained rows that differ from the frozen matrix's
+    assert fused_head_applies(model, SimpleNamespace(shards_parameters=False, static_shapes=False))
+    items, _ = sft.encode(tokenizer, conversations, 128, False)
+    losses, gradients = [], []
+    for fused in (False, True):
+        task = sft.SftTask(tokenizer, 128, fused_head=fused)
+        model.zero_grad()
+        loss = task.loss_sum(model, task.collate(items, 0))
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append(deltas[0].grad.clone())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-5)
+    assert gradients[0].abs().sum() > 0
+
+
 def test_pack_keeps_conversations_whole_within_the_row_length():
     items = [{"input_ids": np.arange(n), "targets": np.ones(n, dtype=bool)} for n in (5, 4, 3, 6)]
     rows = sft.pack(items, 10)
