@@ -11,6 +11,7 @@ wrapped or loaded.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -81,9 +82,13 @@ def target_modules(model, settings: AdapterSettings) -> list[str]:
                       "linear layers LoRA should adapt, e.g. adapter.target_modules=[q_proj,v_proj]")
 
 
-def apply_adapter(model, settings: AdapterSettings, task: str):
+def apply_adapter(model, settings: AdapterSettings, task: str, new_token_ids: list[int] | None = None):
     """``model`` wrapped for LoRA training (``task``: hftool's head name, e.g. ``sequence-classification``), or
-    ``model`` itself when the recipe asks for no adapter. Only the adapters and the new head are trainable."""
+    ``model`` itself when the recipe asks for no adapter. Only the adapters and the new head are trainable.
+
+    ``new_token_ids``: tokens the run added to the vocabulary (sft's ChatML markers). Their embedding rows (and,
+    through the tie, their output rows) train too, as peft's ``trainable_token_indices``: the adapter file holds
+    just those rows, which replace whatever rows a loader's resize makes for them."""
     if not settings.enabled:
         return model
     from peft import LoraConfig, get_peft_model
@@ -100,6 +105,7 @@ def apply_adapter(model, settings: AdapterSettings, task: str):
         heads = [name for name in HEAD_MODULES if hasattr(model, name)]
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, modules_to_save=heads or None, task_type=TASK_TYPES[task],
+                        trainable_token_indices=list(new_token_ids) if new_token_ids else None,
                         base_model_name_or_path=_base_path(model))
     with quiet_peft():
         return get_peft_model(model, config)
@@ -113,8 +119,10 @@ def is_adapter_model(model) -> bool:
 
 def save_adapter(model, folder: Path, state_dict=None) -> None:
     """The adapter files (peft's format) and the trained model's config and generation settings, so that the
-    folder reads like a model folder (``state_dict``: the gathered state of a sharded run)."""
-    model.save_pretrained(folder, state_dict=state_dict)
+    folder reads like a model folder (``state_dict``: the gathered state of a sharded run). When the vocabulary
+    grew by trainable tokens, their rows are saved on their own and the whole embedding matrix is left out."""
+    new_tokens = getattr(model.peft_config["default"], "trainable_token_indices", None)
+    model.save_pretrained(folder, state_dict=state_dict, save_embedding_layers=False if new_tokens else "auto")
     base = model.get_base_model()
     base.config.architectures = [type(base).__name__]  # the trained head's class, as save_pretrained records it
     base.config.save_pretrained(folder)
@@ -189,7 +197,15 @@ def load_for_inference(folder: str | Path, auto_class, flag: str = "--model", **
     if body_only:
         auto_class = getattr(transformers, AUTO_CLASSES[peft_config.task_type])
     options = {**ref.load_kwargs(), "config": options.get("config") or AutoConfig.from_pretrained(folder), **options}
+    vocabulary = getattr(options["config"], "vocab_size", None)
+    base_vocabulary = getattr(AutoConfig.from_pretrained(ref.name_or_path, **ref.load_kwargs()), "vocab_size", None)
+    grown = bool(vocabulary and base_vocabulary and vocabulary > base_vocabulary)
+    if grown:  # the run added tokens: load the base at its own size, then grow it as the run did
+        options["config"] = copy.deepcopy(options["config"])
+        options["config"].vocab_size = base_vocabulary
     base, info = auto_class.from_pretrained(ref.name_or_path, output_loading_info=True, **options)
+    if grown:  # the new rows come from the adapter (its trainable tokens, or the saved embedding matrices)
+        base.resize_token_embeddings(vocabulary, mean_resizing=False)
     saved = load_file(str(folder / "adapter_model.safetensors"))
     missing = [k for k in info["missing_keys"] if f"base_model.model.{k}" not in saved]
     with quiet_peft():

@@ -227,7 +227,8 @@ CASES = [
     ("finetune-sft-longer-than-model", [*SFT, "--train-file", "{chat_ok}", "data.max_length=1024"],
      "data.max_length=1024 is longer than the 128 positions"),
     ("finetune-sft-missing-base", [*SFT, "--train-file", "{chat_ok}", "model.name_or_path={tmp}/runs/gpt2-mini"],
-     "no such folder; make it first: hftool pretrain -r gpt2-mini"),
+     "/runs/gpt2-mini: no such folder; make it first: hftool pretrain -r gpt2-mini "
+     "data.files=[../shared/data/corpus/wikitext-2-raw/wiki.valid.raw]"),
     ("finetune-sft-no-train-file", [*SFT, "data.train_file="], "no training data: pass --train-file"),
 ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -145,6 +146,40 @@ def test_packed_loss_equals_unpacked_loss(tiny_gpt2, tokenizer, conversations):
     assert task.count_targets(task.collate(rows, 0)) == sum(int(i["targets"].sum()) for i in items)
 
 
+def test_the_fused_loss_trains_the_new_chatml_rows_of_a_lora_model_as_the_plain_loss_does(tiny_gpt2, tokenizer,
+                                                                                          conversations):
+    """Under peft's trainable tokens the head is a wrapper: the fused loss reads its weight with the trained rows."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from hftool.adapters import apply_adapter
+    from hftool.schemas.adapter import AdapterSettings
+    from hftool.tasks.lm_head_loss import fused_head_applies
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    model.resize_token_embeddings(len(tokenizer))
+    new_rows = tokenizer.convert_tokens_to_ids(list(sft.CHATML_TOKENS))
+    model = apply_adapter(model, AdapterSettings(kind="lora", r=2, alpha=4, dropout=0.0), "causal-lm", new_rows)
+    deltas = [p for name, p in model.named_parameters() if "trainable_tokens_delta" in name]
+    assert len(deltas) == 1  # the output head is tied to the input rows
+    with torch.no_grad():
+        deltas[0].add_(torch.randn_like(deltas[0]))  # trained rows that differ from the frozen matrix's
+    assert fused_head_applies(model, SimpleNamespace(shards_parameters=False, static_shapes=False))
+    items, _ = sft.encode(tokenizer, conversations, 128, False)
+    losses, gradients = [], []
+    for fused in (False, True):
+        task = sft.SftTask(tokenizer, 128, fused_head=fused)
+        model.zero_grad()
+        loss = task.loss_sum(model, task.collate(items, 0))
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append(deltas[0].grad.clone())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-5)
+    assert gradients[0].abs().sum() > 0
+
+
 def test_pack_keeps_conversations_whole_within_the_row_length():
     items = [{"input_ids": np.arange(n), "targets": np.ones(n, dtype=bool)} for n in (5, 4, 3, 6)]
     rows = sft.pack(items, 10)
@@ -252,7 +287,8 @@ def test_the_output_chats_in_plain_transformers(sft_run):
     assert result.returncode == 0 and result.stdout.startswith("ok True"), result.stderr[-2000:]
 
 
-def test_the_output_answers_a_chat_request_through_serve(sft_run, tmp_path):
+@pytest.mark.parametrize("run", ["sft_run", "sft_lora_run"])
+def test_the_output_answers_a_chat_request_through_serve(run, request, tmp_path):
     from fastapi.testclient import TestClient
 
     from hftool.cli.generate import _recipe
@@ -261,7 +297,7 @@ def test_the_output_answers_a_chat_request_through_serve(sft_run, tmp_path):
     from hftool.schemas.generate import GenerateRecipe
     from hftool.serve.app import create_app
 
-    out, _ = sft_run
+    out, _ = request.getfixturevalue(run)
     path = tmp_path / "serve.yaml"
     path.write_text(json.dumps({"command": "generate", "model": {"name": str(out)},
                                 "decoding": {"max_new_tokens": 4}}))
@@ -276,6 +312,87 @@ def test_the_output_answers_a_chat_request_through_serve(sft_run, tmp_path):
     assert body["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+LORA = ["adapter.kind=lora", "adapter.r=2", "adapter.alpha=4", "train.lr=1e-2"]
+CHATML_PROMPT = "<|im_start|>user\nThe quick brown fox?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def sft_lora_run(tiny_gpt2, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft-lora-run")
+    train = write_jsonl(root / "train.jsonl", CHATS * 2)
+    validation = write_jsonl(root / "dev.jsonl", CHATS[:2])
+    code, out, err = run_cli(sft_args(tiny_gpt2, train, validation, root / "out", *LORA))
+    assert code == 0, err[-3000:]
+    return root / "out", out + err
+
+
+def test_a_lora_sft_run_trains_the_adapters_and_the_added_chatml_rows_only(sft_lora_run, tiny_gpt2):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    out, log = sft_lora_run
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "metrics.json"} <= names
+    assert "model.safetensors" not in names  # the base weights stay in the base folder
+    config = json.loads((out / "adapter_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    chatml_ids = tokenizer.convert_tokens_to_ids(list(sft.CHATML_TOKENS))
+    base_vocabulary = len(AutoTokenizer.from_pretrained(tiny_gpt2))
+    assert config["trainable_token_indices"] == chatml_ids and min(chatml_ids) >= base_vocabulary
+    weights = load_file(out / "adapter_model.safetensors")
+    rows = [w for k, w in weights.items() if "trainable_tokens_delta" in k]
+    assert len(rows) == 1 and rows[0].shape == (2, 64)  # the two new rows, the output head tied to them
+    assert not any(k.endswith(("wte.weight", "lm_head.weight")) for k in weights)  # no whole embedding matrix
+    counts = re.search(r"LoRA: ([\d,]+) of ([\d,]+) parameters", log).groups()
+    trained, total = (int(x.replace(",", "")) for x in counts)
+    assert 0 < trained / total < 0.05, log
+
+
+@pytest.mark.integration  # peft alone, in a subprocess
+def test_the_lora_sft_folder_loads_in_plain_peft_with_hftools_logits(sft_lora_run):
+    from test_adapters import _hftool_logits, _plain_peft_logits
+    from transformers import AutoModelForCausalLM
+
+    out, _ = sft_lora_run
+    texts = [CHATML_PROMPT + "jumps<|im_end|>"]  # the new rows in and out, through the tied head
+    plain = _plain_peft_logits("AutoPeftModelForCausalLM", out, texts)
+    ours = _hftool_logits(AutoModelForCausalLM, out, texts)
+    assert plain.shape == ours.shape and plain.shape[-1] == 402  # the vocabulary with ChatML's two tokens
+    assert torch.allclose(plain, ours, atol=1e-5)
+
+
+def test_an_adapter_served_by_name_beside_its_base_chats_like_its_merged_folder(sft_lora_run, tiny_gpt2, tmp_path):
+    """``hftool serve -m base=BASE -m mychat=ADAPTER``: each request goes to the model its ``model`` field names."""
+    from fastapi.testclient import TestClient
+
+    from hftool.runs.serve import ServeOptions, build_all_served
+    from hftool.serve.app import create_app
+
+    out, _ = sft_lora_run
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(["adapters", "merge", str(out), "-o", str(merged)])
+    assert code == 0, err
+    chat = {"messages": [{"role": "user", "content": "The quick brown fox?"}], "max_tokens": 6, "temperature": 0}
+
+    def serve(*models):
+        options = ServeOptions(models=list(models), max_batch_size=2, max_queue=4, threads=1)
+        options.validate()
+        return TestClient(create_app(build_all_served(options)))
+
+    def reply(response):
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    with serve(f"base={tiny_gpt2}", f"mychat={out}") as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["base", "mychat"]
+        adapter_reply = reply(client.post("/v1/chat/completions", json={**chat, "model": "mychat"}))
+        base = client.post("/v1/chat/completions", json={**chat, "model": "base"})  # the base has no template
+        assert base.status_code == 400 and base.json()["error"]["code"] == "no_chat_template"
+        assert client.post("/v1/completions", json={"model": "base", "prompt": "The quick"}).status_code == 200
+    with serve(f"mychat={merged}") as client:
+        assert adapter_reply == reply(client.post("/v1/chat/completions", json={**chat, "model": "mychat"}))
+
+
 def test_packing_is_refused_where_the_model_cannot_keep_conversations_apart(tiny_bloom, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", CHATS)
     code, _, err = run_cli(sft_args(tiny_bloom, train, train, tmp_path / "out", "data.packing=true"))
@@ -283,12 +400,16 @@ def test_packing_is_refused_where_the_model_cannot_keep_conversations_apart(tiny
     assert not (tmp_path / "out").exists()  # refused before the output folder is claimed
 
 
-def test_a_missing_base_names_the_command_that_makes_it(tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", CHATS)
-    code, _, err = run_cli(sft_args(tmp_path / "runs" / "gpt2-mini", train, train, tmp_path / "out"))
+def test_a_missing_base_names_the_command_that_makes_it(tmp_path, monkeypatch):
+    """From a fresh clone (beside ../shared), the recipe's base is missing: the hint is the exact command that
+    makes it (the embedded corpus would do too; the recipe's documented run uses WikiText-2)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["finetune", "sft", "-r", "sft-gpt2-mini-squad"])
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code != 0 and len(errors) == 1
-    assert "no such folder; make it first: hftool pretrain -r gpt2-mini" in errors[0]
+    assert code != 0 and errors == [
+        "error: model.name_or_path runs/gpt2-mini: no such folder; make it first: hftool pretrain -r gpt2-mini "
+        "data.files=[../shared/data/corpus/wikitext-2-raw/wiki.valid.raw]"]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_shared_data_sets_become_chats(shared_data):
@@ -301,17 +422,21 @@ def test_the_shared_data_sets_become_chats(shared_data):
                                      {"role": "assistant", "content": "LONDON (LOC)"})
 
 
-def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_gpt2, tmp_path, monkeypatch):
-    """The engine's exact resume holds for sft runs (packed rows, ChatML tokens added to the embeddings)."""
+@pytest.mark.parametrize("adapter", [[], LORA], ids=["full", "lora"])
+def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(adapter, tiny_gpt2, tmp_path,
+                                                                            monkeypatch):
+    """The engine's exact resume holds for sft runs (packed rows, ChatML tokens added to the embeddings), full
+    or LoRA (the adapters and the trainable ChatML rows)."""
     import os
     import signal
 
-    from helpers import load_weights
+    from safetensors.torch import load_file
 
     from hftool.engine import trainer
 
     train = write_jsonl(tmp_path / "train.jsonl", CHATS * 4)
-    common = ["data.packing=true", "train.max_steps=4", "train.save_every=0", "evaluation.max_generate_examples=0"]
+    common = ["data.packing=true", "train.max_steps=4", "train.save_every=0", "evaluation.max_generate_examples=0",
+              *adapter]
     code, _, err = run_cli([*sft_args(tiny_gpt2, train, train, tmp_path / "reference"), *common])
     assert code == 0, err
 
@@ -326,11 +451,12 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_
     stopped = tmp_path / "stopped"
     code, out, err = run_cli([*sft_args(tiny_gpt2, train, train, stopped), *common])
     assert code == 0 and "stopped by SIGTERM after step 2" in out + err
-    assert not (stopped / "model.safetensors").exists()
+    weights = "adapter_model.safetensors" if adapter else "model.safetensors"
+    assert not (stopped / weights).exists()
     monkeypatch.setattr(trainer.HeapTrimmer, "after_step", after_step)
     code, _, err = run_cli([*sft_args(tiny_gpt2, train, train, stopped), *common, "--resume"])
     assert code == 0, err
-    expected, resumed = load_weights(tmp_path / "reference"), load_weights(stopped)
+    expected, resumed = load_file(tmp_path / "reference" / weights), load_file(stopped / weights)
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
 

@@ -181,7 +181,7 @@ def sft(
 
       hftool finetune sft -r sft-gpt2-mini-squad
 
-      hftool finetune sft -r sft-bloom-560m data.format=auto --train-file chats.jsonl --validation-file dev.jsonl
+      hftool finetune sft -r sft-bloom-560m-lora data.format=auto --train-file chats.jsonl --validation-file dev.jsonl
 
       hftool finetune sft -r sft-gpt2-mini-squad model.name_or_path=runs/gpt2-mini data.packing=true
     """

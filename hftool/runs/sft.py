@@ -59,6 +59,7 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM, GenerationConfig
 
+    from hftool.adapters import apply_adapter
     from hftool.engine.trainer import Engine
     from hftool.loading import load_config, load_model, load_tokenizer, resolve_model
     from hftool.runs.labelled import check_positions
@@ -116,6 +117,12 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
         model.resize_token_embeddings(len(tokenizer))
     if added:
         engine.print(f"added {', '.join(added)} to the vocabulary for the ChatML chat template")
+    model = apply_adapter(model, recipe.adapter, "causal-lm", tokenizer.convert_tokens_to_ids(added))
+    if recipe.adapter.enabled:
+        trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                            sum(p.numel() for p in model.parameters()))
+        engine.print(f"LoRA: {trainable:,} of {total:,} parameters trained ({100 * trainable / total:.2f}%)"
+                     f"{', with the embedding rows of ' + ', '.join(added) if added else ''}")
     task = sft.SftTask(tokenizer, data.max_length, eval_items, fused_head_applies(model, engine), check)
     lengths = [len(item["input_ids"]) for item in rows] if data.group_by_length and not data.packing else None
     result = engine.fit(model, rows, task, resume=resume, strict_resume=strict_resume,

@@ -22,9 +22,24 @@ _CHUNK_ELEMENTS = 1 << 24  # float32 logits per chunk: 64 MiB
 def fused_head_applies(model: torch.nn.Module, engine) -> bool:
     """Whether a causal-LM loss can take the head out of the model's forward: a known architecture, and
     parameters that are whole outside the forward (not FSDP/DeepSpeed shards) with dynamic shapes allowed."""
-    head = model.get_output_embeddings()
+    head = _linear_head(model.get_output_embeddings())
     return (model.config.model_type in _FUSED_HEAD_MODELS and isinstance(head, torch.nn.Linear)
             and head.bias is None and not engine.shards_parameters and not engine.static_shapes)
+
+
+def _linear_head(head: torch.nn.Module) -> torch.nn.Module:
+    """The linear layer under peft's trainable-tokens wrapper (LoRA sft training the new ChatML rows), else ``head``."""
+    adapter = getattr(head, "token_adapter", None)
+    return adapter.base_layer if adapter is not None else head
+
+
+def head_weight(head: torch.nn.Module) -> torch.Tensor:
+    """The output head's weight as its forward uses it: under peft's trainable tokens, the frozen matrix with the
+    trained rows copied in (differentiable in those rows), so the fused loss trains them as the plain one does."""
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is None or adapter.disable_adapters or adapter.merged or not adapter.active_adapters:
+        return _linear_head(head).weight
+    return adapter.get_merged_weights(adapter.active_adapters)
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

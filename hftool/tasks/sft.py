@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from hftool.data.sft import Conversation
 from hftool.errors import HftoolError
-from hftool.tasks.lm_head_loss import NO_LOGITS, linear_cross_entropy_sum
+from hftool.tasks.lm_head_loss import NO_LOGITS, head_weight, linear_cross_entropy_sum
 
 IGNORE_INDEX = -100
 PAD_TO_MULTIPLE_OF = 8
@@ -246,7 +246,7 @@ class SftTask:
 
         output = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=NO_LOGITS)
         head = extract_model_from_parallel(model).get_output_embeddings()
-        return linear_cross_entropy_sum(output.hidden_states[-1].flatten(0, 1), head.weight, targets)
+        return linear_cross_entropy_sum(output.hidden_states[-1].flatten(0, 1), head_weight(head), targets)
 
     def evaluate(self, model: torch.nn.Module, engine) -> dict[str, float]:
         started = time.perf_counter()
