@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -263,9 +264,9 @@ def stop(proc: subprocess.Popen, grace: float = 30) -> tuple[int | None, float]:
     return code, time.perf_counter() - started
 
 
-def serve_cmd(folder: Path, port: int, max_queue: int, batch: int) -> list[str]:
+def serve_cmd(folder: Path, port: int, max_queue: int, batch: int, flags: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "hftool", "serve", "--model", str(folder), "--port", str(port),
-            "--max-batch-size", str(batch), "--max-queue", str(max_queue)]
+            "--max-batch-size", str(batch), "--max-queue", str(max_queue), *flags]
 
 
 def transformers_serve_cmd(folder: Path, port: int, continuous: bool) -> list[str]:
@@ -275,10 +276,11 @@ def transformers_serve_cmd(folder: Path, port: int, continuous: bool) -> list[st
             "--log-level", "warning", *(["--continuous-batching"] if continuous else [])]
 
 
-def server_commands(folder: Path, port: int) -> dict[str, tuple[list[str], bool, str | None]]:
+def server_commands(folder: Path, port: int, flags: tuple[str, ...] = ()
+                    ) -> dict[str, tuple[list[str], bool, str | None]]:
     """Every server of the comparison: its command, whether half its requests stream, the model field."""
     return {
-        "hftool serve": (serve_cmd(folder, port, max_queue=256, batch=64), True, None),
+        "hftool serve": (serve_cmd(folder, port, max_queue=256, batch=64, flags=flags), True, None),
         "transformers serve --continuous-batching": (transformers_serve_cmd(folder, port, True), True, str(folder)),
         "transformers serve": (transformers_serve_cmd(folder, port, False), True, str(folder)),
         "FastAPI + pipeline": ([sys.executable, __file__, "--model", str(folder), "--baseline-server", str(port)],
@@ -357,6 +359,7 @@ def main() -> None:
                                          "bloom-560m; quick,quick-bloom with --quick)")
     parser.add_argument("--servers", help="comma-separated names to run (default: all four)")
     parser.add_argument("--workloads", default="uniform,mixed")
+    parser.add_argument("--hftool-flags", default="", help="more flags for hftool serve, e.g. '--threads 2'")
     parser.add_argument("--clients", help="comma-separated levels (default 16,64; 16 with --quick)")
     parser.add_argument("--requests", type=int, help="requests per level (default 128; 16 with --quick)")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of the uniform workload")
@@ -384,7 +387,8 @@ def main() -> None:
                                       + [(p, args.max_tokens) for p in PROMPTS])
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            for name, (cmd, streaming, model) in server_commands(folder, port).items():
+            flags = tuple(shlex.split(args.hftool_flags))
+            for name, (cmd, streaming, model) in server_commands(folder, port, flags).items():
                 if args.servers and name not in args.servers.split(","):
                     continue
                 proc = start(cmd, port, deadline, required=name == "hftool serve")

@@ -88,6 +88,21 @@ def tiny_bloom(tmp_path_factory, byte_bpe_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sharp_gpt2(tmp_path_factory, byte_bpe_tokenizer) -> Path:
+    """``tiny_gpt2`` with weights drawn 25 times wider: its next token depends strongly on every cached key and
+    value, so a test of cache bookkeeping fails when a row's cache is wrong (the default init barely looks back)."""
+    return _save_tiny(tmp_path_factory.mktemp("sharp-gpt2"), "gpt2", byte_bpe_tokenizer,
+                      n_layer=2, n_embd=64, n_head=4, n_positions=128, initializer_range=0.5)
+
+
+@pytest.fixture(scope="session")
+def sharp_bloom(tmp_path_factory, byte_bpe_tokenizer) -> Path:
+    """``tiny_bloom`` with weights drawn 25 times wider (see ``sharp_gpt2``)."""
+    return _save_tiny(tmp_path_factory.mktemp("sharp-bloom"), "bloom", byte_bpe_tokenizer,
+                      n_layer=2, hidden_size=64, n_head=4, initializer_range=0.5)
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, wordpiece_tokenizer) -> Path:
     """A 2-layer, 64-wide BertForPreTraining with random weights and hftool's WordPiece tokenizer."""
     return _save_tiny(tmp_path_factory.mktemp("tiny-bert"), "bert", wordpiece_tokenizer,

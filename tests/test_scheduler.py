@@ -29,8 +29,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module", params=["gpt2", "bloom"])
-def loaded(request, tiny_gpt2, tiny_bloom):
-    folder = tiny_gpt2 if request.param == "gpt2" else tiny_bloom
+def loaded(request, sharp_gpt2, sharp_bloom):
+    folder = sharp_gpt2 if request.param == "gpt2" else sharp_bloom
     return load_for_generation(ModelSettings(name=str(folder)))
 
 
@@ -141,6 +141,41 @@ def test_rows_joining_and_leaving_mid_flight_keep_the_tokens_of_generate_alone(l
     assert log.index("short", "finish") < log.index("long", "finish")  # and left before it
     assert max(log.rows) >= 3 and log.rows[-1] == 1  # decoded together; the long one alone at the end
     assert runner.running == 0 and runner.cache_reserved == 0
+
+
+def test_slots_reallocated_as_rows_join_leave_and_outgrow_their_columns_keep_the_tokens_alone(loaded, log,
+                                                                                                monkeypatch):
+    """With no spare columns or slots the cache is reallocated at nearly every event: one-token prompts start
+    the batch, a long prompt joins later (it needs columns before the window), rows leave from the middle (the
+    last row moves into their slot) and the oldest leaves first (the window shrinks); every row's text is still
+    model.generate's alone, and the slots end empty, their buffers freed."""
+    from hftool.serve import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "SPARE_COLUMNS", 1)
+    _, tokenizer = loaded
+    long_ids = tokenizer(" ".join(PROMPTS))["input_ids"]
+    runner = scheduler(loaded, prefill_chunk=64)
+    limits = {"first": 3, "second": 9, "third": 14, "fourth": 6}
+    prompts = {"first": long_ids[:1], "second": long_ids[:2], "third": long_ids[:1], "fourth": long_ids}
+    sinks = {name: log.sink(name) for name in limits}
+    steps = [0]
+
+    def second_sink(event):
+        sinks["second"](event)
+        steps[0] += 1
+        if steps[0] == 2:  # from the decoding thread: joins a running batch whose window is narrower than it
+            runner.submit(Job([prompts["fourth"]], DecodingSettings(max_new_tokens=limits["fourth"]),
+                              sinks["fourth"]))
+
+    for name in ("first", "second", "third"):
+        sink = second_sink if name == "second" else sinks[name]
+        runner.submit(Job([prompts[name]], DecodingSettings(max_new_tokens=limits[name]), sink))
+    runner.start()
+    wait_for(lambda: ended(log, *limits))
+    runner.close()
+    for name, limit in limits.items():
+        assert finished_text(log, name) == generate_alone(loaded, prompts[name], DecodingSettings(max_new_tokens=limit))
+    assert max(log.rows) >= 3 and not runner.batches
 
 
 def test_a_cache_the_scheduler_cannot_merge_decodes_in_batches_of_its_own(loaded, log, monkeypatch):

@@ -32,7 +32,7 @@ class ServeOptions:
     prefill_chunk: int = setting(256, flag="--prefill-chunk", bound=at_least(1),
                                  help="Prompt tokens prefilled between two decoding steps, at most.")
     threads: int | None = setting(None, flag="--threads", bound=at_least(1),
-                                  help="Torch threads for decoding (default: all cores but one, left to HTTP).")
+                                  help="Torch threads for decoding (default: every core this process may use).")
     max_tokens_cap: int = setting(1024, flag="--max-tokens-cap", bound=at_least(1),
                                   help="Largest max_tokens a request may ask.")
     max_body_bytes: int = 1 << 20

@@ -7,10 +7,14 @@ tokens (short prompts together, a long one a chunk per step, so it never stalls 
 runs one decoding step for every running row. A row that ends (end of text, a stop string, its own
 ``max_tokens``) or whose client went away leaves the batch at once, and its cache with it.
 
-The batch is the model's own ``DynamicCache`` with the rows left-padded to one width, an attention mask that
-hides the padding and per-row position ids (GPT-2's learned positions; BLOOM derives its ALiBi from the mask),
-so a row's logits do not depend on its neighbours: its greedy tokens are those of ``model.generate`` on its
-prompt alone. A model whose cache is not a plain ``DynamicCache`` keeps each prefill group in its own batch.
+The running rows share one cache laid out in slots (:class:`_Slots`): per layer a buffer of (slots, heads,
+columns, head_dim), a row per slot, every row's tokens ending at the column the next step writes, so a step is
+one forward over the running rows. A row that leaves frees its slot at the cost of copying one row (the last
+row moves into it), a row that joins copies only its own prefilled cache, and a step attends over the columns
+the oldest running row needs, each row's earlier columns hidden by the attention mask. Per-row position ids
+(GPT-2's learned positions; BLOOM derives its ALiBi from the mask) make a row's logits independent of its
+neighbours: its greedy tokens are those of ``model.generate`` on its prompt alone. A model whose cache is not
+a plain ``DynamicCache`` keeps each prefill group in a batch of its own, in the model's cache.
 Every decoding setting applies per row: repetition penalty, n-gram blocking, temperature, top-k and top-p run
 as transformers' own logits processors on the row's prompt and tokens, and a sampled job draws from a
 ``torch.Generator`` of its own, seeded by its ``seed``, so its output does not depend on who else is decoding.
@@ -20,7 +24,7 @@ model's own forward, in the dtype the model was loaded in (``--dtype bfloat16`` 
 
 Per step the thread does O(new tokens) Python work per row: it decodes only a few trailing tokens, looks for
 stop strings only in the newly decoded tail and recognises end of text by id. It sets its own torch thread
-count (``threads``): by default one core is left to the event loop (see benchmarks/bench_serve.py).
+count (``threads``): by default every core the process may use (see benchmarks/README.md, "Serving").
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from hftool.schemas.generate import DecodingSettings
 
 _ids = itertools.count()
 PREFILL_CHUNK = 256
-SPARE_POSITIONS = 64  # room a batch's cache buffers keep for the coming steps (doubled when it runs out)
+SPARE_COLUMNS = 64  # free cache columns the slots keep after their window (and before it, for joining prompts)
 
 
 class QueueFull(Exception):
@@ -129,11 +133,138 @@ class _Prompt:
 
 @dataclass(eq=False)
 class _Batch:
-    """Rows decoded together: one cache, left-padded to one width, and its attention mask."""
+    """Rows decoded together in the model's own cache (one the scheduler cannot lay out in slots), left-padded to
+    one width; finished rows leave through the cache's ``batch_select_indices``."""
 
     rows: list[_Row]
     cache: object
     mask: object  # (rows, width) long tensor, 0 on padding
+
+    def inputs(self):
+        """The cache and attention mask of the next decoding step."""
+        import torch
+
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        return self.cache, self.mask
+
+    def stepped(self) -> None:
+        """The step's keys and values are in the cache (the model appended them)."""
+
+    def drop_done(self) -> None:
+        import torch
+
+        keep = [i for i, row in enumerate(self.rows) if not row.done]
+        if len(keep) < len(self.rows) and keep:
+            index = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask[index]
+        self.rows = [self.rows[i] for i in keep]
+
+
+class _Slots:
+    """The running rows in one cache of preallocated buffers, a slot (buffer row) per row.
+
+    Every layer keeps its keys and values in a (slots, heads, columns, head_dim) buffer. All rows write the next
+    token's keys at the same column, ``end``; a joining row's prefilled cache is copied, left-padded, to end just
+    before it. A step attends over ``[lo, end]``, ``lo`` being the first column of the oldest running row, and
+    the attention mask hides each row's columns before its own first. A finished row frees its slot: the last row
+    moves into it, copying that row's window only, and the window shrinks when the oldest row leaves. Buffers are
+    reallocated, the live window copied once, only when slots or columns run out, with ``SPARE_COLUMNS`` to spare.
+    """
+
+    def __init__(self, cache, max_slots: int):
+        self.cache = cache  # a DynamicCache whose layers become slot layers (below)
+        self.max_slots = max_slots
+        self.rows: list[_Row] = []
+        self.starts: list[int] = []  # each row's first column
+        self.lo = self.end = 0
+        self.mask = None  # (slots, columns) long tensor; None: no buffers (no rows)
+
+    def add(self, rows: list[_Row], cache, mask) -> None:
+        """Rows prefilled in ``cache``, left-padded to ``mask``'s width, take the next free slots."""
+        width, count, first = mask.shape[1], len(rows), len(self.rows)
+        if self.mask is None:
+            self._allocate(cache, first + count, width)
+        elif first + count > self.mask.shape[0] or width > self.end:
+            self._reallocate(first + count, max(width - (self.end - self.lo), 0))
+        start = self.end - width  # a slot's mask is 0 before its row's first column: no stale column shows
+        for layer, new in zip(self.cache.layers, cache.layers, strict=True):
+            layer.key_buffer[first:first + count, :, start:self.end] = new.keys
+            layer.value_buffer[first:first + count, :, start:self.end] = new.values
+        self.mask[first:first + count] = 0
+        self.mask[first:first + count, start:self.end] = mask
+        self.rows += rows
+        self.starts += (start + width - mask.sum(dim=1)).tolist()
+        self.lo = min(self.starts)
+        self._views()
+
+    def inputs(self):
+        if self.end == self.mask.shape[1]:
+            self._reallocate(len(self.rows), 0)
+        self.mask[:len(self.rows), self.end] = 1
+        return self.cache, self.mask[:len(self.rows), self.lo:self.end + 1]
+
+    def stepped(self) -> None:
+        self.end += 1
+        self._views()
+
+    def drop_done(self) -> None:
+        for i in range(len(self.rows) - 1, -1, -1):
+            if not self.rows[i].done:
+                continue
+            last = len(self.rows) - 1
+            if i != last:
+                window = slice(self.lo, self.end)
+                for layer in self.cache.layers:
+                    layer.key_buffer[i, :, window] = layer.key_buffer[last, :, window]
+                    layer.value_buffer[i, :, window] = layer.value_buffer[last, :, window]
+                self.mask[i, window] = self.mask[last, window]
+                self.rows[i], self.starts[i] = self.rows[last], self.starts[last]
+            self.rows.pop()
+            self.starts.pop()
+        if not self.rows:
+            self.mask = None  # the buffers go; the next row allocates them again
+            for layer in self.cache.layers:
+                layer.key_buffer = layer.value_buffer = layer.keys = layer.values = None
+            return
+        self.lo = min(self.starts)
+        self._views()
+
+    def _slots_for(self, rows: int) -> int:
+        return max(rows, min(2 * rows, self.max_slots))
+
+    def _allocate(self, template, rows: int, width: int) -> None:
+        """The first buffers, shaped after the prefilled ``template`` cache: the window ends at ``width`` columns
+        (room for the first rows and ``SPARE_COLUMNS`` before them for joining prompts)."""
+        import torch
+
+        layer_class = _slot_layer_class()
+        slots, columns = self._slots_for(rows), SPARE_COLUMNS + width + SPARE_COLUMNS
+        self.cache.layers = [layer_class(self, new.keys, new.values, slots, columns) for new in template.layers]
+        self.mask = template.layers[0].keys.new_zeros((slots, columns), dtype=torch.long)
+        self.lo = self.end = SPARE_COLUMNS + width
+
+    def _reallocate(self, rows: int, left: int) -> None:
+        """New buffers with room for ``rows`` rows, ``left`` more columns before the window than now and
+        ``SPARE_COLUMNS`` more after it; the running rows' window is copied over."""
+        slots, window = self._slots_for(rows), slice(self.lo, self.end)
+        lo = SPARE_COLUMNS + left
+        columns = lo + (self.end - self.lo) + SPARE_COLUMNS
+        count = len(self.rows)
+        for layer in self.cache.layers:
+            keys, values = layer.key_buffer, layer.value_buffer
+            layer.allocate(keys, values, slots, columns)
+            layer.key_buffer[:count, :, lo:lo + self.end - self.lo] = keys[:count, :, window]
+            layer.value_buffer[:count, :, lo:lo + self.end - self.lo] = values[:count, :, window]
+        mask = self.mask.new_zeros((slots, columns))
+        mask[:count, lo:lo + self.end - self.lo] = self.mask[:count, window]
+        self.mask = mask
+        self.starts = [s - self.lo + lo for s in self.starts]
+        self.lo, self.end = lo, lo + self.end - self.lo
+
+    def _views(self) -> None:
+        for layer in self.cache.layers:
+            layer.show(len(self.rows), self.lo, self.end)
 
 
 class Scheduler:
@@ -162,7 +293,7 @@ class Scheduler:
         self.takes_logits_to_keep = "logits_to_keep" in accepted
         self.pending: deque[Job] = deque()
         self.prefilling: deque[_Prompt] = deque()
-        self.batches: list[_Batch] = []
+        self.batches: list = []  # a _Slots (at most one) and _Batch
         self.reserved: dict[int, int] = {}  # job number -> cache tokens it reserved while admitted
         self.rows_left: dict[int, int] = {}  # job number -> its rows not yet finished
         self.closed = False
@@ -272,8 +403,7 @@ class Scheduler:
                 for row in batch.rows:
                     if row.job.cancelled.is_set():
                         self._cancel(row)
-        self.batches = [self._without_done(b) for b in self.batches]
-        self.batches = [b for b in self.batches if b.rows]
+        self._drop_done()
         for prompt in list(self.prefilling):
             if prompt.rows[0].job.cancelled.is_set():
                 for row in prompt.rows:
@@ -334,6 +464,7 @@ class Scheduler:
         """Each prompt's rows take their first token from ``logits``; the rows that go on join the batch with
         their prompt's cache (repeated for its ``n`` continuations)."""
         import torch
+        from transformers import DynamicCache
 
         rows = [row for p in prompts for row in p.rows]
         if len(rows) != len(prompts):
@@ -342,30 +473,40 @@ class Scheduler:
             mask, logits = mask[index], logits[index]
         for row, token in zip(rows, self._choose(rows, logits), strict=True):
             self._accept(row, token)
-        batch = self._without_done(_Batch(rows, cache, mask))
-        if not batch.rows:
+        keep = [i for i, row in enumerate(rows) if not row.done]
+        if not keep:
             return
-        into = next((b for b in self.batches if _mergeable(b.cache) and _mergeable(batch.cache)), None)
-        if into is None:
-            if _mergeable(batch.cache):
-                _rebuffer(batch.cache)
-            self.batches.append(batch)
-        else:
-            _merge(into, batch)
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=self.device)
+            _select(cache, index)
+            rows, mask = [rows[i] for i in keep], mask[index]
+        if not _mergeable(cache):
+            self.batches.append(_Batch(rows, cache, mask))
+            return
+        slots = next((b for b in self.batches if isinstance(b, _Slots)), None)
+        if slots is None:
+            slots = _Slots(DynamicCache(config=self.model.config), self.max_batch_size)
+            self.batches.insert(0, slots)
+        slots.add(rows, cache, mask)
 
     def _decode(self) -> None:
         import torch
 
         for batch in self.batches:
+            cache, mask = batch.inputs()
             tokens = torch.tensor([[row.ids[-1]] for row in batch.rows], device=self.device)
-            batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
             positions = torch.tensor([[row.position] for row in batch.rows], device=self.device)
-            logits = self._forward(tokens, batch.mask, positions, batch.cache)
+            logits = self._forward(tokens, mask, positions, cache)
+            batch.stepped()
             if self.metrics:
                 self.metrics.batch(len(batch.rows))
             for row, token in zip(batch.rows, self._choose(batch.rows, logits), strict=True):
                 self._accept(row, token)
-        self.batches = [self._without_done(b) for b in self.batches]
+        self._drop_done()
+
+    def _drop_done(self) -> None:
+        for batch in self.batches:
+            batch.drop_done()
         self.batches = [b for b in self.batches if b.rows]
 
     def _forward(self, ids, mask, positions, cache):
@@ -422,26 +563,6 @@ class Scheduler:
             self._finish(row, "length")
         else:
             self._send(row, len(row.text) - _stop_prefix(row.text, stops))
-
-    def _without_done(self, batch: _Batch) -> _Batch:
-        """The batch without its finished rows, and without the padding columns no remaining row needs."""
-        import torch
-
-        keep = [i for i, row in enumerate(batch.rows) if not row.done]
-        if len(keep) == len(batch.rows):
-            return batch
-        if not keep:
-            return _Batch([], None, None)
-        index = torch.tensor(keep, device=self.device)
-        mask = batch.mask[index]
-        if not _mergeable(batch.cache):
-            batch.cache.batch_select_indices(index)
-            return _Batch([batch.rows[i] for i in keep], batch.cache, mask)
-        start = int(mask.any(dim=0).nonzero()[0])
-        for layer in batch.cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
-        _rebuffer(batch.cache)
-        return _Batch([batch.rows[i] for i in keep], batch.cache, mask[:, start:])
 
     def _fail_all(self, message: str) -> None:
         jobs = {row.job.number: row.job for b in self.batches for row in b.rows}
@@ -528,60 +649,49 @@ def logits_processors(settings: DecodingSettings) -> list:
 
 def _mergeable(cache) -> bool:
     """Whether ``cache`` is a plain ``DynamicCache`` of (rows, heads, positions, head_dim) layers, whose rows
-    the scheduler may select, pad and concatenate."""
+    the scheduler may copy into its slots."""
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) in (DynamicLayer, _buffered_layer_class()) and layer.is_initialized
-                                and layer.keys.dim() == 4 for layer in layers)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4
+                                for layer in layers)
 
 
-def _rebuffer(cache) -> None:
-    """Put a mergeable cache's keys and values into buffers with room to grow (see ``_buffered_layer_class``)."""
-    layer_class = _buffered_layer_class()
-    cache.layers = [layer_class(layer.keys, layer.values) for layer in cache.layers]
+_SLOT_LAYER: list = []
 
 
-_BUFFERED: list = []
-
-
-def _buffered_layer_class():
-    """A ``DynamicLayer`` whose keys and values live in buffers with spare positions: a decoding step writes its
-    position in place instead of ``torch.cat``-copying the whole cache of every row (at 64 rows of a
-    BLOOM-560m shape, gigabytes a step). The attention reads views of the filled part: the same values. Built on
-    first use, so importing the scheduler does not import transformers."""
-    if _BUFFERED:
-        return _BUFFERED[0]
+def _slot_layer_class():
+    """A ``DynamicLayer`` whose keys and values live in the buffers of a :class:`_Slots`: a step writes its
+    column in place for every running row and the attention reads views of the window. Built on first use, so
+    importing the scheduler does not import transformers."""
+    if _SLOT_LAYER:
+        return _SLOT_LAYER[0]
     from transformers.cache_utils import DynamicLayer
 
-    class BufferedLayer(DynamicLayer):
-        def __init__(self, keys, values):
+    class SlotLayer(DynamicLayer):
+        def __init__(self, slots: _Slots, keys, values, rows: int, columns: int):
             super().__init__()
-            self.is_initialized, self.device = True, keys.device
-            self._allocate(keys, values, SPARE_POSITIONS)
+            self.slots, self.is_initialized, self.device = slots, True, keys.device
+            self.allocate(keys, values, rows, columns)
 
-        def _allocate(self, keys, values, spare: int) -> None:
-            batch, heads, length, width = keys.shape
-            self.key_buffer = keys.new_empty((batch, heads, length + spare, width))
-            self.value_buffer = values.new_empty((batch, heads, length + spare, values.shape[-1]))
-            self.key_buffer[:, :, :length] = keys
-            self.value_buffer[:, :, :length] = values
-            self.length = length
-            self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+        def allocate(self, keys, values, rows: int, columns: int) -> None:
+            # zeros, not empty: a masked column's weight is 0, and 0 * NaN from uninitialised memory is not
+            self.key_buffer = keys.new_zeros((rows, keys.shape[1], columns, keys.shape[-1]))
+            self.value_buffer = values.new_zeros((rows, values.shape[1], columns, values.shape[-1]))
+
+        def show(self, rows: int, lo: int, end: int) -> None:
+            self.keys, self.values = self.key_buffer[:rows, :, lo:end], self.value_buffer[:rows, :, lo:end]
 
         def update(self, key_states, value_states, *args, **kwargs):
+            rows, lo, end = len(self.slots.rows), self.slots.lo, self.slots.end
             new = key_states.shape[-2]
-            if self.length + new > self.key_buffer.shape[-2]:
-                self._allocate(self.keys, self.values, max(self.length, SPARE_POSITIONS) + new)
-            end = self.length + new
-            self.key_buffer[:, :, self.length:end] = key_states
-            self.value_buffer[:, :, self.length:end] = value_states
-            self.length = end
-            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            self.key_buffer[:rows, :, end:end + new] = key_states
+            self.value_buffer[:rows, :, end:end + new] = value_states
+            self.show(rows, lo, end + new)
             return self.keys, self.values
 
-    _BUFFERED.append(BufferedLayer)
-    return BufferedLayer
+    _SLOT_LAYER.append(SlotLayer)
+    return SlotLayer
 
 
 def _select(cache, index) -> None:
@@ -589,31 +699,8 @@ def _select(cache, index) -> None:
     if _mergeable(cache):
         for layer in cache.layers:
             layer.keys, layer.values = layer.keys[index], layer.values[index]
-        _rebuffer(cache)
     else:
         cache.batch_select_indices(index)
-
-
-def _merge(into: _Batch, batch: _Batch) -> None:
-    """Append ``batch``'s rows to ``into``: both left-padded to the wider one's width, then concatenated."""
-    import torch
-
-    width = max(into.mask.shape[1], batch.mask.shape[1])
-
-    def padded(tensor, dim):
-        missing = width - tensor.shape[dim]
-        if not missing:
-            return tensor
-        shape = list(tensor.shape)
-        shape[dim] = missing
-        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-    for mine, theirs in zip(into.cache.layers, batch.cache.layers, strict=True):
-        mine.keys = torch.cat([padded(mine.keys, -2), padded(theirs.keys, -2)], dim=0)
-        mine.values = torch.cat([padded(mine.values, -2), padded(theirs.values, -2)], dim=0)
-    _rebuffer(into.cache)
-    into.mask = torch.cat([padded(into.mask, 1), padded(batch.mask, 1)], dim=0)
-    into.rows += batch.rows
 
 
 def _find_stop(text: str, stops: list[str], since: int) -> int:
@@ -642,6 +729,5 @@ def count_cancelled(job: Job, metrics) -> None:
 
 
 def default_threads() -> int:
-    """Torch threads for the decoding thread: every core this process may use but one, left to the HTTP side."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)
+    """Torch threads for the decoding thread: every core this process may use (the HTTP side needs little)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
