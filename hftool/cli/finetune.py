@@ -20,6 +20,35 @@ app = typer.Typer(help="Fine-tune a pretrained model on a task (SQuAD question a
                   no_args_is_help=True)
 
 
+def _files(train_file: str | None, validation_file: str | None) -> list[str]:
+    flags = {"data.train_file": train_file, "data.validation_file": validation_file}
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def _finetune(task: str, recipe: str, overrides: list[str], resume: bool, overwrite: bool, strict_resume: bool,
+              num_processes: int) -> None:
+    """Every fine-tune: read the recipe with its overrides and check what needs no model (before any process is
+    started), relaunch across processes if asked, run the task."""
+    from importlib import import_module
+
+    from hftool.config import load_recipe
+    from hftool.environment import check_bf16_pays
+    from hftool.launch import relaunch
+    from hftool.recipes import RECIPES
+
+    config = load_recipe(RECIPES[f"finetune {task}"], recipe, overrides)
+    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
+    relaunch(num_processes)
+    run = getattr(import_module(f"hftool.runs.{task}"), f"run_finetune_{task}")
+    run(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
+
+
+TRAIN_FILE = typer.Option(None, "--train-file", show_default=False,
+                          help="File to train on (same as data.train_file=...).")
+VALIDATION_FILE = typer.Option(None, "--validation-file", show_default=False,
+                               help="File to evaluate on (same as data.validation_file=...).")
+
+
 @app.command("squad")
 def squad(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
@@ -57,31 +86,9 @@ def squad(
 
       accelerate launch -m hftool finetune squad -r squad-bert-base --resume
     """
-    from hftool.config import load_recipe
-    from hftool.environment import check_bf16_pays
-    from hftool.launch import relaunch
-    from hftool.runs.squad import run_finetune_squad
-    from hftool.schemas.finetune import SquadRecipe
-
-    flags = {"data.train_file": train_file, "data.validation_file": validation_file}
-    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    if strict:
-        extra.append("data.strict=true")
-    config = load_recipe(SquadRecipe, recipe, (overrides or []) + extra)
-    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
-    relaunch(num_processes)
-    run_finetune_squad(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
-
-
-def _files(train_file: str | None, validation_file: str | None) -> list[str]:
-    flags = {"data.train_file": train_file, "data.validation_file": validation_file}
-    return [f"{key}={value}" for key, value in flags.items() if value is not None]
-
-
-TRAIN_FILE = typer.Option(None, "--train-file", show_default=False,
-                          help="File to train on (same as data.train_file=...).")
-VALIDATION_FILE = typer.Option(None, "--validation-file", show_default=False,
-                               help="File to evaluate on (same as data.validation_file=...).")
+    extra = ["data.strict=true"] if strict else []
+    _finetune("squad", recipe, (overrides or []) + _files(train_file, validation_file) + extra, resume, overwrite,
+              strict_resume, num_processes)
 
 
 @app.command("classify")
@@ -108,16 +115,8 @@ def classify(
 
       hftool finetune classify -r classify-sst2-bert-base data.text_column=text data.label_column=stars
     """
-    from hftool.config import load_recipe
-    from hftool.environment import check_bf16_pays
-    from hftool.launch import relaunch
-    from hftool.runs.classify import run_finetune_classify
-    from hftool.schemas.finetune import ClassifyRecipe
-
-    config = load_recipe(ClassifyRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
-    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
-    relaunch(num_processes)
-    run_finetune_classify(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
+    _finetune("classify", recipe, (overrides or []) + _files(train_file, validation_file), resume, overwrite,
+              strict_resume, num_processes)
 
 
 @app.command("ner")
@@ -143,16 +142,8 @@ def ner(
 
       hftool finetune ner -r ner-conll2003-bert-base --num-processes 2
     """
-    from hftool.config import load_recipe
-    from hftool.environment import check_bf16_pays
-    from hftool.launch import relaunch
-    from hftool.runs.ner import run_finetune_ner
-    from hftool.schemas.finetune import NerRecipe
-
-    config = load_recipe(NerRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
-    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
-    relaunch(num_processes)
-    run_finetune_ner(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
+    _finetune("ner", recipe, (overrides or []) + _files(train_file, validation_file), resume, overwrite,
+              strict_resume, num_processes)
 
 
 @app.command("sft")
@@ -185,13 +176,5 @@ def sft(
 
       hftool finetune sft -r sft-gpt2-mini-squad model.name_or_path=runs/gpt2-mini data.packing=true
     """
-    from hftool.config import load_recipe
-    from hftool.environment import check_bf16_pays
-    from hftool.launch import relaunch
-    from hftool.runs.sft import run_finetune_sft
-    from hftool.schemas.finetune import SftRecipe
-
-    config = load_recipe(SftRecipe, recipe, (overrides or []) + _files(train_file, validation_file))
-    check_bf16_pays(config.train.mixed_precision, config.train.allow_slow_bf16)
-    relaunch(num_processes)
-    run_finetune_sft(config, resume=resume, overwrite=overwrite, strict_resume=strict_resume)
+    _finetune("sft", recipe, (overrides or []) + _files(train_file, validation_file), resume, overwrite,
+              strict_resume, num_processes)

@@ -113,19 +113,19 @@ def load_encoder(name: str, kind: str):
     ``hftool tag`` load, or a bare encoder body for embeddings."""
     from accelerate import PartialState
 
-    from hftool.serve.encoders import Classifier, Embedder, Tagger, embedding_length
+    from hftool.serve.encoders import Embedder, Labeller, embedding_length
 
     device = PartialState().device
     if kind == "classify":
         from hftool.runs.classify import load_trained
 
         tokenizer, model = load_trained(name)
-        return Classifier(model.to(device), tokenizer)
+        return Labeller("classify", model.to(device), tokenizer)
     if kind == "tag":
         from hftool.runs.ner import load_trained
 
         tokenizer, model = load_trained(name, split_words=False)
-        return Tagger(model.to(device), tokenizer)
+        return Labeller("tag", model.to(device), tokenizer)
     from transformers import AutoModel
 
     from hftool.loading import load_model, load_tokenizer, resolve_model

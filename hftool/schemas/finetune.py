@@ -16,21 +16,22 @@ from hftool.engine.config import TrainConfig
 from hftool.errors import HftoolError
 from hftool.schemas.adapter import AdapterSettings
 
-# ---- finetune squad ---------------------------------------------------------------------------------------
 
 @dataclass
-class SquadModelConfig:
-    """The pretrained encoder to fine-tune; a fresh question-answering head is put on top."""
+class PretrainedModelConfig:
+    """The pretrained model to fine-tune (squad, classify, ner); a fresh task head is put on top."""
 
     name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
     trust_remote_code: bool = False
 
 
+# ---- finetune squad ---------------------------------------------------------------------------------------
+
 @dataclass
 class SquadRecipe:
     """A SQuAD fine-tuning run: model, data and training settings."""
 
-    model: SquadModelConfig = field(default_factory=SquadModelConfig)
+    model: PretrainedModelConfig = field(default_factory=PretrainedModelConfig)
     data: SquadDataConfig = field(default_factory=SquadDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         output_dir="runs/squad", lr=3e-5, batch_size=12, epochs=2, scheduler="linear", weight_decay=0.0,
@@ -46,18 +47,10 @@ class SquadRecipe:
 # ---- finetune classify ------------------------------------------------------------------------------------
 
 @dataclass
-class LabelModelConfig:
-    """The pretrained model to fine-tune; a fresh classification head is put on top."""
-
-    name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
-    trust_remote_code: bool = False
-
-
-@dataclass
 class ClassifyRecipe:
     """A sequence-classification fine-tuning run: model, data and training settings."""
 
-    model: LabelModelConfig = field(default_factory=LabelModelConfig)
+    model: PretrainedModelConfig = field(default_factory=PretrainedModelConfig)
     data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         output_dir="runs/classify", lr=2e-5, batch_size=32, epochs=3, scheduler="linear", weight_decay=0.0,
@@ -76,7 +69,7 @@ class ClassifyRecipe:
 class NerRecipe:
     """A token-classification fine-tuning run: model, data and training settings."""
 
-    model: LabelModelConfig = field(default_factory=LabelModelConfig)
+    model: PretrainedModelConfig = field(default_factory=PretrainedModelConfig)
     data: NerDataConfig = field(default_factory=NerDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         output_dir="runs/ner", lr=5e-5, batch_size=32, epochs=3, scheduler="linear", weight_decay=0.0,

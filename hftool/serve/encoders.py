@@ -84,36 +84,27 @@ def _settle(future: asyncio.Future, result=None, error: BaseException | None = N
         future.set_result(result)
 
 
-class Classifier:
-    """A sequence-classification model: ``hftool classify``'s labels and scores."""
+class Labeller:
+    """A sequence- or token-classification model (``kind`` "classify" or "tag"): ``hftool classify``'s labels and
+    scores or ``hftool tag``'s entities, with those commands' default batch size and length limit."""
 
-    kind = "classify"
+    def __init__(self, kind: str, model, tokenizer):
+        from hftool.schemas.inference import PredictOptions
 
-    def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 32):
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
-
-    def run(self, texts: list[str], key=None) -> list[dict]:
-        from hftool.runs.classify import classify_loaded, label_record
-
-        results, _, _ = classify_loaded(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
-        return [label_record(text, result) for text, result in zip(texts, results, strict=True)]
-
-
-class Tagger:
-    """A token-classification model: ``hftool tag``'s entities."""
-
-    kind = "tag"
-
-    def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 32):
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
+        options = PredictOptions()
+        self.kind, self.model, self.tokenizer = kind, model.eval(), tokenizer
+        self.batch_size = options.batch_size
+        self.max_length = options.text_max_length if kind == "classify" else options.tag_max_length
 
     def run(self, texts: list[str], key=None) -> list[dict]:
-        from hftool.runs.ner import entity_record, tag_loaded
-
-        results, _, _ = tag_loaded(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
-        return [entity_record(text, found) for text, found in zip(texts, results, strict=True)]
+        if self.kind == "classify":
+            from hftool.runs.classify import classify_loaded as predict
+            from hftool.runs.classify import label_record as record
+        else:
+            from hftool.runs.ner import entity_record as record
+            from hftool.runs.ner import tag_loaded as predict
+        results, _, _ = predict(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
+        return [record(text, result) for text, result in zip(texts, results, strict=True)]
 
 
 class Embedder:
@@ -122,9 +113,11 @@ class Embedder:
 
     kind = "embed"
 
-    def __init__(self, model, tokenizer, max_length: int, batch_size: int = 32):
+    def __init__(self, model, tokenizer, max_length: int):
+        from hftool.schemas.inference import PredictOptions
+
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size = max_length, PredictOptions().batch_size
         self.dimensions = model.config.hidden_size
         self.vocab_size = model.get_input_embeddings().num_embeddings
 

@@ -1,21 +1,10 @@
-"""What the two labelling tasks (classify, ner) share: the model section of their recipes and how their
-batches are padded. Not a task itself."""
+"""What the two labelling tasks (classify, ner) share: how their batches are padded. Not a task itself."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 PAD_TO_MULTIPLE_OF = 8
-
-
-@dataclass
-class LabelModelConfig:
-    """The pretrained model to fine-tune; a fresh classification head is put on top."""
-
-    name_or_path: str = "bert-base-uncased"  # folder, Hub id, alias, or package:<module> (a model on PyPI)
-    trust_remote_code: bool = False
 
 
 def pad_batch(items: list[dict], pad_token_id: int, pad_to: int | None, max_length: int) -> dict:
