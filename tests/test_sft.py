@@ -422,6 +422,15 @@ def test_the_shared_data_sets_become_chats(shared_data):
                                      {"role": "assistant", "content": "LONDON (LOC)"})
 
 
+def test_a_resume_with_another_adapter_rank_is_refused_before_anything_is_written(sft_lora_run, tiny_gpt2):
+    out, _ = sft_lora_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, _, err = run_cli([*sft_args(tiny_gpt2, out.parent / "train.jsonl", out.parent / "dev.jsonl", out, *LORA),
+                            "adapter.r=4", "--resume"])
+    assert code != 0 and "adapter.r: 2 -> 4" in err and "Traceback" not in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
 @pytest.mark.parametrize("adapter", [[], LORA], ids=["full", "lora"])
 def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(adapter, tiny_gpt2, tmp_path,
                                                                             monkeypatch):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -29,6 +31,8 @@ from hftool.outputs import (
 RECIPE_FILE = "hftool_recipe.yaml"
 # Recipe sections that decide the model's shape: a checkpoint cannot be resumed when they change.
 SHAPE_FIELDS = ("objective", "model.", "tokenizer.", "adapter.")
+FINE_TUNE_SHAPE_FIELDS = ("model.", "adapter.")
+MODEL_FLAG = "model.name_or_path"
 
 
 def check_run_dir(out: Path, recipe_yaml: str, resume: bool, overwrite: bool,
@@ -194,3 +198,54 @@ def fine_tune_summary(result, engine, eval_seconds: list[float], counts: dict[st
         f"train_{unit}_per_s": round(trained_steps * engine.examples_per_step / max(train_seconds, 1e-9), 2),
         "wall_s": round(result.wall_s, 1), **{f"eval_{k}": v for k, v in result.eval_metrics.items()},
     }
+
+
+@dataclass
+class FineTuneFolder:
+    """The output folder of a ``finetune`` run, the same for every task: checked before any data or model is read,
+    claimed by the main process once the engine exists, and given the final artifacts when training ends."""
+
+    out: Path
+    recipe_yaml: str
+    inputs: Inputs
+    shape_fields: tuple[str, ...]
+    resume: bool
+    overwrite: bool
+
+    @classmethod
+    def check(cls, recipe, command: str, resume: bool, overwrite: bool,
+              shape_fields: tuple[str, ...] = FINE_TUNE_SHAPE_FIELDS) -> FineTuneFolder:
+        """Every check :func:`check_run_dir` makes, writing nothing (``shape_fields``: the recipe fields a
+        resume may not change)."""
+        data = recipe.data
+        inputs = {MODEL_FLAG: recipe.model.name_or_path, "--train-file": data.train_file,
+                  "--validation-file": data.validation_file}
+        folder = cls(Path(recipe.train.output_dir).expanduser(), cfgmod.dump_yaml(recipe, command), inputs,
+                     shape_fields, resume, overwrite)
+        check_run_dir(folder.out, folder.recipe_yaml, resume, overwrite, shape_fields, inputs)
+        return folder
+
+    def claim(self, engine) -> None:
+        if engine.is_main:
+            prepare_output_dir(self.out, self.recipe_yaml, self.resume, self.overwrite, self.shape_fields,
+                               self.inputs)
+        engine.wait()
+
+    def finish(self, engine, model, tokenizer, summary: dict, interrupted: bool,
+               predictions: Callable[[], object] | None, card: Callable[[], str], command: str,
+               curve_title: str) -> dict:
+        """Write ``predictions()`` as ``predictions.json`` (unless it returns None), the model (or adapter) folder
+        with ``card()``, the loss curve and the summary table; an interrupted run keeps its checkpoint and says
+        how to resume."""
+        if interrupted:
+            engine.print(f"checkpoint saved in {self.out / 'checkpoints'}; continue with --resume")
+            return summary
+        state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
+        if engine.is_main:
+            written = predictions() if predictions else None
+            if written is not None:
+                write_json(self.out / "predictions.json", written)
+            write_final_artifacts(engine.unwrap(model), tokenizer, self.out, summary, card(), state_dict)
+            finish_report(self.out, summary, title=f"hftool {command}", curve_title=curve_title)
+        engine.wait()
+        return summary

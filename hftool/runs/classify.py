@@ -23,14 +23,12 @@ from hftool.errors import HftoolError
 from hftool.loading import load_tokenizer
 from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
-    check_run_dir,
+    FINE_TUNE_SHAPE_FIELDS,
+    MODEL_FLAG,
+    FineTuneFolder,
     fine_tune_summary,
-    finish_report,
     model_card,
-    prepare_output_dir,
     training_fact,
-    write_final_artifacts,
-    write_json,
 )
 from hftool.runs.labelled import (
     OFFSETS_FOR,
@@ -76,6 +74,8 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
     ``predictions.json`` and ``metrics.json``; returns the final metrics."""
     recipe.validate()
     data = recipe.data
+    folder = FineTuneFolder.check(recipe, COMMAND, resume, overwrite,
+                                  FINE_TUNE_SHAPE_FIELDS + ("data.label_names",))
     train_examples, names = load_split(data, "train")
     eval_examples, _ = load_split(data, "validation")
     labels = label_list(train_examples, names)
@@ -91,19 +91,11 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
     from hftool.engine.trainer import Engine
     from hftool.loading import resolve_model
 
-    flag = "model.name_or_path"
-    out = Path(recipe.train.output_dir).expanduser()
-    recipe_yaml, shape_fields = cfgmod.dump_yaml(recipe, COMMAND), ("model.", "data.label_names", "adapter.")
-    inputs = {flag: recipe.model.name_or_path, "--train-file": data.train_file,
-              "--validation-file": data.validation_file}
-    check_run_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
-    ref = resolve_model(recipe.model.name_or_path, flag)
-    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code,
+    ref = resolve_model(recipe.model.name_or_path, MODEL_FLAG)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, MODEL_FLAG, recipe.model.trust_remote_code,
                                offsets_for=OFFSETS_FOR, pad=True)
-    engine = Engine(recipe.train, out)
-    if engine.is_main:
-        prepare_output_dir(out, recipe_yaml, resume, overwrite, shape_fields, inputs)
-    engine.wait()
+    engine = Engine(recipe.train, folder.out)
+    folder.claim(engine)
     train_items, cut = encode_texts(tokenizer, train_examples, data.max_length)
     warn_truncated(cut, len(train_items), "training data", "data.max_length", data.max_length)
     with_labels(train_items, label_ids(train_examples, label2id, "the training data"))
@@ -114,10 +106,10 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
                  f"labels: {', '.join(labels)}")
 
     set_seed(recipe.train.seed)
-    model = new_head_model(AutoModelForSequenceClassification, ref, labels, flag, recipe.model.trust_remote_code,
-                           tokenizer, {"hftool_integer_labels": bool(names)})
+    model = new_head_model(AutoModelForSequenceClassification, ref, labels, MODEL_FLAG,
+                           recipe.model.trust_remote_code, tokenizer, {"hftool_integer_labels": bool(names)})
     model = apply_adapter(model, recipe.adapter, HEAD)
-    check_positions(model.config, data.max_length, "data.max_length", flag, recipe.model.name_or_path)
+    check_positions(model.config, data.max_length, "data.max_length", MODEL_FLAG, recipe.model.name_or_path)
     task = ClassifyTask(tokenizer.pad_token_id, len(labels), data.max_length, eval_items,
                         data.pad_to_max_length, data.matthews)
     result = engine.fit(model, train_items, task, resume=resume, strict_resume=strict_resume,
@@ -125,17 +117,10 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
                         lengths=[len(i["input_ids"]) for i in train_items] if recipe.group_by_length else None)
 
     summary = fine_tune_summary(result, engine, task.eval_seconds, {"train_examples": len(train_items)})
-    if result.interrupted:
-        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
-        return summary
-    state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
-    if engine.is_main:
-        write_json(out / "predictions.json", [labels[p] for p in task.last_predictions.values()])
-        card = classify_card(recipe, summary, labels, engine.batch_size)
-        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, card, state_dict)
-        finish_report(out, summary, title="hftool finetune classify", curve_title="sequence classification")
-    engine.wait()
-    return summary
+    return folder.finish(engine, model, tokenizer, summary, result.interrupted,
+                         lambda: [labels[p] for p in task.last_predictions.values()],
+                         lambda: classify_card(recipe, summary, labels, engine.batch_size),
+                         COMMAND, "sequence classification")
 
 
 def classify_card(recipe: ClassifyRecipe, summary: dict, labels: list[str], batch_size: int) -> str:

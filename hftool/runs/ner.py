@@ -14,14 +14,11 @@ from hftool.errors import HftoolError
 from hftool.loading import load_tokenizer
 from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
-    check_run_dir,
+    MODEL_FLAG,
+    FineTuneFolder,
     fine_tune_summary,
-    finish_report,
     model_card,
-    prepare_output_dir,
     training_fact,
-    write_final_artifacts,
-    write_json,
 )
 from hftool.runs.labelled import (
     OFFSETS_FOR,
@@ -72,6 +69,7 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
     ``predictions.json`` (tags per validation sentence) and ``metrics.json``; returns the final metrics."""
     recipe.validate()
     data = recipe.data
+    folder = FineTuneFolder.check(recipe, COMMAND, resume, overwrite)
     train_sentences = load_split(data, "train")
     eval_sentences = load_split(data, "validation")
     labels = tag_list(train_sentences)
@@ -85,19 +83,11 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
     from hftool.engine.trainer import Engine
     from hftool.loading import resolve_model
 
-    flag = "model.name_or_path"
-    out = Path(recipe.train.output_dir).expanduser()
-    recipe_yaml = cfgmod.dump_yaml(recipe, COMMAND)
-    inputs = {flag: recipe.model.name_or_path, "--train-file": data.train_file,
-              "--validation-file": data.validation_file}
-    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
-    ref = resolve_model(recipe.model.name_or_path, flag)
-    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code, split_words=True,
+    ref = resolve_model(recipe.model.name_or_path, MODEL_FLAG)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, MODEL_FLAG, recipe.model.trust_remote_code, split_words=True,
                                offsets_for=OFFSETS_FOR, pad=True)
-    engine = Engine(recipe.train, out)
-    if engine.is_main:
-        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
-    engine.wait()
+    engine = Engine(recipe.train, folder.out)
+    folder.claim(engine)
     train_items, cut = encode_sentences(tokenizer, train_sentences, data.max_length, label2id,
                                         data.label_all_tokens)
     warn_truncated(cut, len(train_items), "training data", "data.max_length", data.max_length)
@@ -107,27 +97,20 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
                  f"tags: {', '.join(labels)}")
 
     set_seed(recipe.train.seed)
-    model = new_head_model(AutoModelForTokenClassification, ref, labels, flag, recipe.model.trust_remote_code,
-                           tokenizer)
+    model = new_head_model(AutoModelForTokenClassification, ref, labels, MODEL_FLAG,
+                           recipe.model.trust_remote_code, tokenizer)
     model = apply_adapter(model, recipe.adapter, HEAD)
-    check_positions(model.config, data.max_length, "data.max_length", flag, recipe.model.name_or_path)
+    check_positions(model.config, data.max_length, "data.max_length", MODEL_FLAG, recipe.model.name_or_path)
     task = NerTask(tokenizer.pad_token_id, dict(enumerate(labels)), data.max_length, eval_sentences, eval_items)
     result = engine.fit(model, train_items, task, resume=resume, strict_resume=strict_resume,
                         tracker_config=cfgmod.to_dict(recipe),
                         lengths=[len(i["input_ids"]) for i in train_items] if recipe.group_by_length else None)
 
     summary = fine_tune_summary(result, engine, task.eval_seconds, {"train_examples": len(train_items)})
-    if result.interrupted:
-        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
-        return summary
-    state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
-    if engine.is_main:
-        write_json(out / "predictions.json", list(task.last_predictions.values()))
-        card = ner_card(recipe, summary, labels, engine.batch_size)
-        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, card, state_dict)
-        finish_report(out, summary, title="hftool finetune ner", curve_title="named-entity recognition")
-    engine.wait()
-    return summary
+    return folder.finish(engine, model, tokenizer, summary, result.interrupted,
+                         lambda: list(task.last_predictions.values()),
+                         lambda: ner_card(recipe, summary, labels, engine.batch_size),
+                         COMMAND, "named-entity recognition")
 
 
 def ner_card(recipe: NerRecipe, summary: dict, labels: list[str], batch_size: int) -> str:

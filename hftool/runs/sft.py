@@ -12,19 +12,16 @@ from hftool.data.splits import SPLIT_FLAGS
 from hftool.errors import HftoolError
 from hftool.outputs import releases_claims
 from hftool.runs.artifacts import (
-    check_run_dir,
+    FINE_TUNE_SHAPE_FIELDS,
+    MODEL_FLAG,
+    FineTuneFolder,
     fine_tune_summary,
-    finish_report,
     model_card,
-    prepare_output_dir,
     training_fact,
-    write_final_artifacts,
-    write_json,
 )
 from hftool.schemas.finetune import SftRecipe
 
 COMMAND = "finetune sft"
-FLAG = "model.name_or_path"
 
 
 def load_split(recipe: SftRecipe, split: str) -> list[Conversation]:
@@ -42,7 +39,7 @@ def check_base_exists(recipe: SftRecipe) -> None:
     folder is missing, before anything else is read."""
     name = recipe.model.name_or_path
     if recipe.model.missing_hint and not Path(name).expanduser().exists():
-        raise HftoolError(f"{FLAG} {name}: no such folder; make it first: {recipe.model.missing_hint}")
+        raise HftoolError(f"{MODEL_FLAG} {name}: no such folder; make it first: {recipe.model.missing_hint}")
 
 
 @releases_claims
@@ -53,6 +50,8 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
     recipe.validate()
     check_base_exists(recipe)
     data = recipe.data
+    folder = FineTuneFolder.check(recipe, COMMAND, resume, overwrite,
+                                  FINE_TUNE_SHAPE_FIELDS + ("data.chat_template",))
     train_conversations = load_split(recipe, "train")
     eval_conversations = load_split(recipe, "validation")
 
@@ -66,28 +65,21 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
     from hftool.tasks import sft
     from hftool.tasks.lm_head_loss import fused_head_applies
 
-    out = Path(recipe.train.output_dir).expanduser()
-    recipe_yaml = cfgmod.dump_yaml(recipe, COMMAND)
-    inputs = {FLAG: recipe.model.name_or_path, "--train-file": data.train_file,
-              "--validation-file": data.validation_file}
-    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.", "data.chat_template"), inputs)
-    ref = resolve_model(recipe.model.name_or_path, FLAG)
-    model_config = load_config(ref, recipe.model.name_or_path, FLAG, recipe.model.trust_remote_code)
-    check_positions(model_config, data.max_length, "data.max_length", FLAG, recipe.model.name_or_path)
+    ref = resolve_model(recipe.model.name_or_path, MODEL_FLAG)
+    model_config = load_config(ref, recipe.model.name_or_path, MODEL_FLAG, recipe.model.trust_remote_code)
+    check_positions(model_config, data.max_length, "data.max_length", MODEL_FLAG, recipe.model.name_or_path)
     if data.packing and model_config.model_type not in sft.PACKING_MODELS:
         raise HftoolError(f"data.packing=true: {model_config.model_type} models cannot keep packed conversations "
                           f"apart (supported: {', '.join(sft.PACKING_MODELS)}); set data.packing=false "
                           "(data.group_by_length keeps padding low)")
-    tokenizer = load_tokenizer(ref, recipe.model.name_or_path, FLAG, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(ref, recipe.model.name_or_path, MODEL_FLAG, recipe.model.trust_remote_code)
     if not tokenizer.is_fast:
-        raise HftoolError(f"{FLAG} {recipe.model.name_or_path}: hftool needs a fast (Rust) tokenizer to find the "
+        raise HftoolError(f"{MODEL_FLAG} {recipe.model.name_or_path}: hftool needs a fast (Rust) tokenizer to find the "
                           "assistant's tokens by character offsets; save the tokenizer with tokenizer.json")
     added = sft.use_chat_template(tokenizer, data.chat_template)
 
-    engine = Engine(recipe.train, out)
-    if engine.is_main:
-        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.", "data.chat_template"), inputs)
-    engine.wait()
+    engine = Engine(recipe.train, folder.out)
+    folder.claim(engine)
     train_items, train_stats = sft.encode(tokenizer, train_conversations, data.max_length, data.train_on_prompt,
                                           data.truncation)
     eval_items, eval_stats = sft.encode(tokenizer, eval_conversations, data.max_length, data.train_on_prompt,
@@ -111,7 +103,7 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
                      f"{recipe.evaluation.max_new_tokens} positions for the answer")
 
     set_seed(recipe.train.seed)
-    model = load_model(AutoModelForCausalLM, ref, recipe.model.name_or_path, FLAG, head="causal-lm",
+    model = load_model(AutoModelForCausalLM, ref, recipe.model.name_or_path, MODEL_FLAG, head="causal-lm",
                        trust_remote_code=recipe.model.trust_remote_code)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -133,23 +125,16 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
               "train_target_tokens": train_stats.target_tokens,
               "eval_conversations": eval_stats.conversations, "eval_truncated": eval_stats.truncated}
     summary = fine_tune_summary(result, engine, task.eval_seconds, counts)
-    if result.interrupted:
-        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
-        return summary
-    state_dict = engine.accelerator.get_state_dict(model)
-    if engine.is_main:
-        trained = engine.unwrap(model)
-        trained.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=sft.stop_token_ids(tokenizer),
-            pad_token_id=task.pad_token_id, do_sample=False, max_new_tokens=recipe.evaluation.max_new_tokens)
-        if task.last_answers:
-            write_json(out / "predictions.json", [{"answer": a, "references": list(r)} for a, r in
-                                                  zip(task.last_answers, check.references, strict=True)])
-        card = sft_card(recipe, summary, engine.batch_size)
-        write_final_artifacts(trained, tokenizer, out, summary, card, state_dict)
-        finish_report(out, summary, title="hftool finetune sft", curve_title="instruction fine-tuning")
-    engine.wait()
-    return summary
+    engine.unwrap(model).generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=sft.stop_token_ids(tokenizer),
+        pad_token_id=task.pad_token_id, do_sample=False, max_new_tokens=recipe.evaluation.max_new_tokens)
+
+    def answers() -> list[dict] | None:
+        return [{"answer": a, "references": list(r)} for a, r in zip(task.last_answers, check.references,
+                                                                      strict=True)] if task.last_answers else None
+
+    return folder.finish(engine, model, tokenizer, summary, result.interrupted, answers,
+                         lambda: sft_card(recipe, summary, engine.batch_size), COMMAND, "instruction fine-tuning")
 
 
 def sft_card(recipe: SftRecipe, summary: dict, batch_size: int) -> str:

@@ -29,13 +29,11 @@ from hftool.errors import HftoolError
 from hftool.loading import cache_dir, load_config, load_model, load_tokenizer, resolve_model
 from hftool.outputs import check_claim, claim_output_dir, releases_claims
 from hftool.runs.artifacts import (
-    check_run_dir,
+    MODEL_FLAG,
+    FineTuneFolder,
     fine_tune_summary,
-    finish_report,
     model_card,
-    prepare_output_dir,
     training_fact,
-    write_final_artifacts,
     write_json,
 )
 from hftool.schemas.finetune import SquadRecipe
@@ -76,11 +74,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     with ``predictions.json`` (id -> answer text) and ``metrics.json``; returns the final metrics."""
     recipe.validate()
     data, settings = recipe.data, recipe.data.windows
-    out = Path(recipe.train.output_dir).expanduser()
-    recipe_yaml = cfgmod.dump_yaml(recipe, COMMAND)
-    inputs = {"model.name_or_path": recipe.model.name_or_path, "--train-file": data.train_file,
-              "--validation-file": data.validation_file}
-    check_run_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
+    folder = FineTuneFolder.check(recipe, COMMAND, resume, overwrite)
     train_examples = load_split(data, "train")
     eval_examples = load_split(data, "validation")
 
@@ -90,17 +84,15 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
 
     from hftool.engine.trainer import Engine
 
-    flag = "model.name_or_path"
-    ref = resolve_model(recipe.model.name_or_path, flag)
-    tokenizer = load_tokenizer(ref, ref.name_or_path, flag, recipe.model.trust_remote_code, offsets_for=OFFSETS_FOR)
-    settings.check_positions(load_config(ref, ref.name_or_path, flag, recipe.model.trust_remote_code),
-                             f"{flag} {ref.name_or_path}")
+    ref = resolve_model(recipe.model.name_or_path, MODEL_FLAG)
+    tokenizer = load_tokenizer(ref, ref.name_or_path, MODEL_FLAG, recipe.model.trust_remote_code,
+                               offsets_for=OFFSETS_FOR)
+    settings.check_positions(load_config(ref, ref.name_or_path, MODEL_FLAG, recipe.model.trust_remote_code),
+                             f"{MODEL_FLAG} {ref.name_or_path}")
     check_windows_fit(train_examples + eval_examples, tokenizer, settings)
 
-    engine = Engine(recipe.train, out)
-    if engine.is_main:
-        prepare_output_dir(out, recipe_yaml, resume, overwrite, ("model.", "adapter."), inputs)
-    engine.wait()
+    engine = Engine(recipe.train, folder.out)
+    folder.claim(engine)
     with engine.accelerator.main_process_first():
         train_windows = cached_windows(train_examples, tokenizer, settings, cache_dir() / "squad")
         eval_windows = cached_windows(eval_examples, tokenizer, settings, cache_dir() / "squad")
@@ -110,7 +102,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
                  f"questions -> {len(eval_windows):,} windows")
 
     set_seed(recipe.train.seed)
-    model = load_model(AutoModelForQuestionAnswering, ref, recipe.model.name_or_path, flag,
+    model = load_model(AutoModelForQuestionAnswering, ref, recipe.model.name_or_path, MODEL_FLAG,
                        trust_remote_code=recipe.model.trust_remote_code)  # a fresh head on an encoder
     model = apply_adapter(model, recipe.adapter, "question-answering")
     task = SquadTask(settings, train_windows.pad_token_id, eval_examples, eval_windows, metric,
@@ -124,17 +116,8 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
     summary = fine_tune_summary(result, engine, task.eval_seconds,
                                 {"train_questions": len(train_examples), "train_windows": len(train_windows)},
                                 unit="windows")
-    if result.interrupted:
-        engine.print(f"checkpoint saved in {out / 'checkpoints'}; continue with --resume")
-        return summary
-    state_dict = engine.accelerator.get_state_dict(model)  # every rank: gathers FSDP / ZeRO-3 shards
-    if engine.is_main:
-        write_json(out / "predictions.json", task.last_predictions)
-        card = squad_card(recipe, summary, engine.batch_size)
-        write_final_artifacts(engine.unwrap(model), tokenizer, out, summary, card, state_dict)
-        finish_report(out, summary, title="hftool finetune squad", curve_title="SQuAD fine-tuning")
-    engine.wait()
-    return summary
+    return folder.finish(engine, model, tokenizer, summary, result.interrupted, lambda: task.last_predictions,
+                         lambda: squad_card(recipe, summary, engine.batch_size), COMMAND, "SQuAD fine-tuning")
 
 
 def squad_card(recipe: SquadRecipe, summary: dict, batch_size: int) -> str:
