@@ -37,9 +37,6 @@ HEADS = {
 }
 
 
-# Byte-level BPE tokenizers need a space before each pre-split word to encode it as inside a sentence.
-PREFIX_SPACE_TYPES = ("gpt2", "bloom", "roberta", "deberta", "longformer", "bart")
-
 # The class-name endings of the checkpoints that carry each head. A checkpoint saved with another head is refused
 # even where the weights' names match (BERT's sequence- and token-classification heads are both ``classifier``).
 HEAD_ARCHITECTURES = {
@@ -154,10 +151,10 @@ def load_tokenizer(ref: ModelRef, name: str, flag: str, trust_remote_code: bool 
     from transformers import AutoTokenizer
 
     options = {"trust_remote_code": trust_remote_code, **ref.load_kwargs()}
-    if split_words and load_config(ref, name, flag, trust_remote_code).model_type in PREFIX_SPACE_TYPES:
-        options["add_prefix_space"] = True
     tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(ref.name_or_path, **options), name, flag,
                                 "its tokenizer")
+    if split_words:
+        add_prefix_space(tokenizer)
     if offsets_for and not getattr(tokenizer, "is_fast", False):
         raise HftoolError(f"{flag} {name}: the tokenizer {type(tokenizer).__name__} is a slow (Python) tokenizer "
                           f"without offset mappings; {offsets_for} needs a fast tokenizer (a folder with "
@@ -168,6 +165,32 @@ def load_tokenizer(ref: ModelRef, name: str, flag: str, trust_remote_code: bool 
                               "batches with")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def add_prefix_space(tokenizer) -> None:
+    """Give every byte-level pre-tokenizer step a space before its text, so that words given one by one (NER) are
+    encoded as inside a sentence (" world", not "world"). Done on the tokenizer's own pipeline: transformers 5's
+    ``from_pretrained(add_prefix_space=True)`` records the flag but leaves a saved ``tokenizer.json``'s
+    pre-tokenizer as it was. The model folder saves it, so its inference encodes text the same way."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return
+    import json
+
+    from tokenizers import Tokenizer
+
+    state = json.loads(backend.to_str())
+
+    def set_space(step: dict) -> bool:
+        if step.get("type") == "ByteLevel":
+            changed = not step.get("add_prefix_space")
+            step["add_prefix_space"] = True
+            return changed
+        return any([set_space(inner) for inner in step.get("pretokenizers", [])])
+
+    if set_space(state["pre_tokenizer"]):
+        backend.pre_tokenizer = Tokenizer.from_str(json.dumps(state)).pre_tokenizer
+        tokenizer.add_prefix_space = True
 
 
 def load_model(auto_class, ref: ModelRef, name: str, flag: str, head: str | None = None,

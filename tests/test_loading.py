@@ -28,8 +28,23 @@ def test_gpt2_words_get_a_prefix_space_and_batches_its_end_of_text_token(tiny_gp
     plain = load_tokenizer(ref, "gpt2", "--model")
     assert plain.pad_token is None and not plain.add_prefix_space
     ready = load_tokenizer(ref, "gpt2", "--model", split_words=True, offsets_for="word alignment", pad=True)
-    assert ready.add_prefix_space  # passed on (transformers 5 leaves this tokenizer.json's ByteLevel as saved)
+    assert ready.add_prefix_space
     assert ready.pad_token == ready.eos_token is not None
+    # each word is encoded as inside a sentence, as the saved tokenizer.json alone would not do
+    words = ["the", "model", "reads", "words"]
+    as_words = ready(words, is_split_into_words=True, add_special_tokens=False).input_ids
+    assert as_words == plain(" " + " ".join(words), add_special_tokens=False).input_ids
+    assert plain(words, is_split_into_words=True, add_special_tokens=False).input_ids != as_words
+    ready.save_pretrained(tmp_path / "saved")  # a NER run's folder keeps encoding words that way
+    assert load_tokenizer(ModelRef(str(tmp_path / "saved")), "saved", "--model")(
+        words, is_split_into_words=True, add_special_tokens=False).input_ids == as_words
+
+
+def test_a_wordpiece_tokenizer_is_left_as_it_is_for_words(tiny_bert):
+    plain = load_tokenizer(ModelRef(str(tiny_bert)), "bert", "--model")
+    ready = load_tokenizer(ModelRef(str(tiny_bert)), "bert", "--model", split_words=True)
+    assert str(ready.backend_tokenizer.pre_tokenizer) == str(plain.backend_tokenizer.pre_tokenizer)
+    assert not getattr(ready, "add_prefix_space", False)
 
 
 def test_a_slow_tokenizer_is_refused_naming_what_needs_offsets(tmp_path):
