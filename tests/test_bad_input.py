@@ -50,6 +50,15 @@ CASES = [
      "bad_line.jsonl:3: not valid JSON"),
     ("tokenizer-jsonl-malformed", ["tokenizer", "train", "{bad_line}", "-o", "{tmp}/tok"],
      "bad_line.jsonl:3"),
+    # tokenizer train names its own arguments and flags, pretrain its recipe keys
+    ("tokenizer-missing-file", ["tokenizer", "train", "{tmp}/absent.txt", "-o", "{tmp}/tok"],
+     "absent.txt: no such file; check the FILES arguments"),
+    ("tokenizer-jsonl-no-text-column", ["tokenizer", "train", "{text_int}", "--text-column", "body", "-o", "{tmp}/tok"],
+     "text_int.jsonl:1: no column 'body' (fields: text); set --text-column"),
+    ("tokenizer-files-and-hub", ["tokenizer", "train", "{text_int}", "--hub-dataset", "wikitext", "-o", "{tmp}/tok"],
+     "--hub-dataset wikitext and FILES"),
+    ("pretrain-jsonl-no-text-column", [*PRETRAIN, "data.files=[{text_int}]", "data.text_column=body",
+                                       "train.output_dir={tmp}/run"], "set data.text_column"),
     # finetune classify / ner, evaluate classify / ner, classify, tag
     ("finetune-classify-missing-column", [*CLASSIFY, "--train-file", "{no_label_tsv}", "train.output_dir={tmp}/run"],
      "no_label.tsv:2: no column 'label'"),

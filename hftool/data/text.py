@@ -59,6 +59,19 @@ class DataConfig:
         return "the embedded Python documentation corpus (pydoc topics and standard-library docstrings)"
 
 
+@dataclass(frozen=True)
+class SettingNames:
+    """How an error names the data settings: recipe keys for ``pretrain``, flags for ``tokenizer train``."""
+
+    files: str = "data.files"
+    text_column: str = "data.text_column"
+    hub_dataset: str = "data.hub_dataset"
+    encoding_errors: str | None = "data.encoding_errors=replace"  # None: the command has no such setting
+
+
+RECIPE_NAMES = SettingNames()
+
+
 @dataclass
 class Documents:
     """Training and validation documents (lists, or iterators when streaming)."""
@@ -68,36 +81,37 @@ class Documents:
     source: str
 
 
-def read_text_documents(path: Path, encoding_errors: str = "strict") -> list[str]:
+def read_text_documents(path: Path, encoding_errors: str = "strict", names: SettingNames = RECIPE_NAMES
+                        ) -> list[str]:
     """Documents of a plain-text file: blocks separated by blank lines, stripped, empty ones dropped."""
     try:
         raw = read_input_bytes(path, str(path))
     except FileNotFoundError:
-        raise HftoolError(f"{path}: no such file; check data.files") from None
+        raise HftoolError(f"{path}: no such file; check {names.files}") from None
     except IsADirectoryError:
-        raise HftoolError(f"{path}: is a folder; list the files inside it in data.files") from None
+        raise HftoolError(f"{path}: is a folder; list the files inside it in {names.files}") from None
     try:
         text = raw.decode("utf-8", errors=encoding_errors)
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise HftoolError(
-            f"{path}:{line}:{column}: not UTF-8 (byte 0x{raw[exc.start]:02x}); re-encode the file as UTF-8 "
-            "or pass data.encoding_errors=replace"
+            f"{path}:{line}:{column}: not UTF-8 (byte 0x{raw[exc.start]:02x}); re-encode the file as UTF-8"
+            + (f" or pass {names.encoding_errors}" if names.encoding_errors else "")
         ) from None
     text = text.replace("\r\n", "\n")
     return [doc.strip() for doc in BLANK_LINES.split(text) if doc.strip()]
 
 
-def _dataset_column(dataset, column: str, where: str) -> Iterable[str]:
-    names = dataset.column_names or []
-    if names and column not in names:
-        raise HftoolError(f"{where}: no column '{column}' (columns: {', '.join(names)}); "
-                          "set data.text_column")
+def _dataset_column(dataset, column: str, where: str, names: SettingNames) -> Iterable[str]:
+    columns = dataset.column_names or []
+    if columns and column not in columns:
+        raise HftoolError(f"{where}: no column '{column}' (columns: {', '.join(columns)}); "
+                          f"set {names.text_column}")
     return (row[column] for row in dataset)
 
 
-def read_jsonl_texts(path: Path, column: str) -> Iterator[str]:
+def read_jsonl_texts(path: Path, column: str, names: SettingNames = RECIPE_NAMES) -> Iterator[str]:
     """The ``column`` text of each JSON Lines record; a bad line is an error naming ``file:line``, and
     records with empty text are skipped and counted on stderr."""
     import json
@@ -107,7 +121,7 @@ def read_jsonl_texts(path: Path, column: str) -> Iterator[str]:
     try:
         handle = path.open(encoding="utf-8")
     except FileNotFoundError:
-        raise HftoolError(f"{path}: no such file; check data.files") from None
+        raise HftoolError(f"{path}: no such file; check {names.files}") from None
     with handle:
         try:
             for number, line in enumerate(bounded_lines(handle, str(path)), start=1):
@@ -122,7 +136,7 @@ def read_jsonl_texts(path: Path, column: str) -> Iterator[str]:
                                       f"{type(record).__name__}")
                 if column not in record:
                     raise HftoolError(f"{path}:{number}: no column '{column}' (fields: {', '.join(record)}); "
-                                      "set data.text_column")
+                                      f"set {names.text_column}")
                 text = record[column]
                 if text is None or (isinstance(text, str) and not text.strip()):
                     skipped += 1
@@ -137,25 +151,25 @@ def read_jsonl_texts(path: Path, column: str) -> Iterator[str]:
         print(f"{path}: skipped {skipped:,} record(s) with empty '{column}'", file=sys.stderr)
 
 
-def _read_file(path: Path, cfg: DataConfig, streaming: bool) -> Iterable[str]:
+def _read_file(path: Path, cfg: DataConfig, streaming: bool, names: SettingNames) -> Iterable[str]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        texts = read_jsonl_texts(path, cfg.text_column)
+        texts = read_jsonl_texts(path, cfg.text_column, names)
         return texts if streaming else list(texts)
     if suffix in JSON_SUFFIXES or suffix == ".parquet":
         from datasets import load_dataset
 
         if not path.is_file():
-            raise HftoolError(f"{path}: no such file; check data.files")
+            raise HftoolError(f"{path}: no such file; check {names.files}")
         builder = "parquet" if suffix == ".parquet" else "json"
         try:
             dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
         except Exception as exc:  # datasets raises many types for malformed files
             raise HftoolError(f"{path}: could not read as {builder} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from None
-        return _texts(_dataset_column(dataset, cfg.text_column, str(path)), str(path), cfg.text_column)
+        return _texts(_dataset_column(dataset, cfg.text_column, str(path), names), str(path), cfg.text_column)
     if suffix in TEXT_SUFFIXES:
-        return read_text_documents(path, cfg.encoding_errors)
+        return read_text_documents(path, cfg.encoding_errors, names)
     raise HftoolError(f"{path}: unknown file type '{suffix}'; use .txt, .jsonl or .parquet")
 
 
@@ -168,14 +182,14 @@ def _texts(values: Iterable, where: str, column: str) -> Iterator[str]:
             yield text.strip()
 
 
-def _read_files(paths: list[str], cfg: DataConfig, streaming: bool) -> Iterable[str]:
-    sources = [_read_file(Path(p).expanduser(), cfg, streaming) for p in paths]
+def _read_files(paths: list[str], cfg: DataConfig, streaming: bool, names: SettingNames) -> Iterable[str]:
+    sources = [_read_file(Path(p).expanduser(), cfg, streaming, names) for p in paths]
     if streaming:
         return (doc for source in sources for doc in source)
     return [doc for source in sources for doc in source]
 
 
-def _hub_split(cfg: DataConfig, split: str, streaming: bool) -> Iterable[str]:
+def _hub_split(cfg: DataConfig, split: str, streaming: bool, names: SettingNames) -> Iterable[str]:
     from datasets import load_dataset
 
     from hftool.hub import datasets_offline_unless_reachable, hub_reachable, offline_mode
@@ -186,31 +200,32 @@ def _hub_split(cfg: DataConfig, split: str, streaming: bool) -> Iterable[str]:
             dataset = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, streaming=streaming)
     except Exception as exc:
         if offline_mode() or not hub_reachable():
-            raise HftoolError(f"data.hub_dataset={name}: not cached and the Hub cannot be reached; "
-                              "pass local files with data.files instead") from None
-        raise HftoolError(f"data.hub_dataset={name} split '{split}': {str(exc).splitlines()[0][:200]}") from None
-    return (t.strip() for t in _dataset_column(dataset, cfg.text_column, name) if t and t.strip())
+            raise HftoolError(f"{names.hub_dataset}={name}: not cached and the Hub cannot be reached; "
+                              f"pass local files with {names.files} instead") from None
+        raise HftoolError(f"{names.hub_dataset}={name} split '{split}': {str(exc).splitlines()[0][:200]}") from None
+    return (t.strip() for t in _dataset_column(dataset, cfg.text_column, name, names) if t and t.strip())
 
 
-def load_documents(cfg: DataConfig, seed: int) -> Documents:
-    """Read the configured source and split off validation documents."""
+def load_documents(cfg: DataConfig, seed: int, names: SettingNames = RECIPE_NAMES) -> Documents:
+    """Read the configured source and split off validation documents (``names``: how errors name the
+    settings)."""
     from hftool.data.builtin_corpus import python_docs_file
 
     streaming = cfg.streaming
     if cfg.files:
-        train: Iterable[str] = _read_files(cfg.files, cfg, streaming)
+        train: Iterable[str] = _read_files(cfg.files, cfg, streaming, names)
         source = cfg.describe()
     elif cfg.hub_dataset:
-        train = _hub_split(cfg, cfg.hub_split, streaming)
+        train = _hub_split(cfg, cfg.hub_split, streaming, names)
         source = cfg.describe()
     else:
         train = read_text_documents(python_docs_file())
         source = cfg.describe()
 
     if cfg.validation_files:
-        validation = list(_read_files(cfg.validation_files, cfg, streaming=False))
+        validation = list(_read_files(cfg.validation_files, cfg, False, names))
     elif cfg.hub_dataset and cfg.hub_validation_split:
-        validation = list(_hub_split(cfg, cfg.hub_validation_split, streaming=False))
+        validation = list(_hub_split(cfg, cfg.hub_validation_split, False, names))
     elif streaming:
         iterator = iter(train)
         validation = [doc for _, doc in zip(range(cfg.streaming_validation_documents), iterator, strict=False)]
@@ -224,7 +239,7 @@ def load_documents(cfg: DataConfig, seed: int) -> Documents:
             train = train[:cfg.max_documents]
         if not train:
             raise HftoolError(f"{source}: no text (the corpus is empty or only blank lines); "
-                              "check data.files")
+                              f"check {names.files}")
     return Documents(train=train, validation=validation, source=source)
 
 
