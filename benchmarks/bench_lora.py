@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SHARED["seed"])
     parser.add_argument("--train-examples", type=int, help="Cap on the training examples of each task.")
     parser.add_argument("--eval-examples", type=int, help="Cap on the validation examples of each task.")
+    parser.add_argument("--epochs", type=int, help="Epochs of both runs (default 1).")
     args = parser.parse_args()
     for name in args.tasks:
         benchmark = TASKS[name][0]
@@ -122,7 +123,7 @@ def main() -> None:
 
     precision = resolve_mixed_precision("auto")
     settings = {**SHARED, **(QUICK if args.quick else FULL), "seed": args.seed}
-    for key in ("train_examples", "eval_examples"):
+    for key in ("train_examples", "eval_examples", "epochs"):
         settings[key] = getattr(args, key) or settings[key]
     RESULTS.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()

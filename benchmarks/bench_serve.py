@@ -104,14 +104,14 @@ def workload(name: str, requests: int, max_tokens: int) -> list[tuple[str, int]]
     return [(draw.choice(prompts), draw.choice(MIXED_SPREAD)) for _ in range(requests)]
 
 
-def continuations(folder: Path, prompts: set[str], longest: int) -> dict[str, list[int]]:
+def continuations(folder: Path, prompts: set[str], longest: int, dtype: str = "float32") -> dict[str, list[int]]:
     """Each prompt's greedy continuation from ``model.generate`` alone, ``longest`` tokens (or to end of text):
     a request for m tokens must answer its first m."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
     out = {}
     for prompt in sorted(prompts):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
@@ -124,12 +124,14 @@ def continuations(folder: Path, prompts: set[str], longest: int) -> dict[str, li
     return out
 
 
-def expected_texts(folder: Path, requests: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
-    """The text every (prompt, max_tokens) must get."""
+def expected_texts(folder: Path, requests: list[tuple[str, int]], dtype: str = "float32"
+                   ) -> dict[tuple[str, int], str]:
+    """The text every (prompt, max_tokens) must get (in bfloat16, rounding that depends on the batch can
+    change a greedy token: such answers count as wrong, and are reported)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    rows = continuations(folder, {p for p, _ in requests}, max(m for _, m in requests))
+    rows = continuations(folder, {p for p, _ in requests}, max(m for _, m in requests), dtype)
     return {(p, m): tokenizer.decode(rows[p][:m], skip_special_tokens=True) for p, m in set(requests)}
 
 
@@ -269,20 +271,22 @@ def serve_cmd(folder: Path, port: int, max_queue: int, batch: int, flags: tuple[
             "--max-batch-size", str(batch), "--max-queue", str(max_queue), *flags]
 
 
-def transformers_serve_cmd(folder: Path, port: int, continuous: bool) -> list[str]:
+def transformers_serve_cmd(folder: Path, port: int, continuous: bool, dtype: str = "float32") -> list[str]:
     """``transformers serve`` pinned to the folder, on the CPU (its own defaults otherwise)."""
     cli = Path(sys.executable).with_name("transformers")
     return [str(cli), "serve", str(folder), "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
-            "--log-level", "warning", *(["--continuous-batching"] if continuous else [])]
+            "--log-level", "warning", "--dtype", dtype, *(["--continuous-batching"] if continuous else [])]
 
 
-def server_commands(folder: Path, port: int, flags: tuple[str, ...] = ()
+def server_commands(folder: Path, port: int, flags: tuple[str, ...] = (), dtype: str = "float32"
                     ) -> dict[str, tuple[list[str], bool, str | None]]:
     """Every server of the comparison: its command, whether half its requests stream, the model field."""
     return {
-        "hftool serve": (serve_cmd(folder, port, max_queue=256, batch=64, flags=flags), True, None),
-        "transformers serve --continuous-batching": (transformers_serve_cmd(folder, port, True), True, str(folder)),
-        "transformers serve": (transformers_serve_cmd(folder, port, False), True, str(folder)),
+        "hftool serve": (serve_cmd(folder, port, max_queue=256, batch=64, flags=("--dtype", dtype, *flags)),
+                         True, None),
+        "transformers serve --continuous-batching": (transformers_serve_cmd(folder, port, True, dtype), True,
+                                                     str(folder)),
+        "transformers serve": (transformers_serve_cmd(folder, port, False, dtype), True, str(folder)),
         "FastAPI + pipeline": ([sys.executable, __file__, "--model", str(folder), "--baseline-server", str(port)],
                                False, None),
     }
@@ -360,6 +364,8 @@ def main() -> None:
     parser.add_argument("--servers", help="comma-separated names to run (default: all four)")
     parser.add_argument("--workloads", default="uniform,mixed")
     parser.add_argument("--hftool-flags", default="", help="more flags for hftool serve, e.g. '--threads 2'")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights of both servers and of the reference answers (not the pipeline server)")
     parser.add_argument("--clients", help="comma-separated levels (default 16,64; 16 with --quick)")
     parser.add_argument("--requests", type=int, help="requests per level (default 128; 16 with --quick)")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of the uniform workload")
@@ -377,18 +383,18 @@ def main() -> None:
         shapes = [args.model]
     from transformers import AutoTokenizer
 
-    results: dict = {"machine": machine(), "max_tokens": args.max_tokens, "load": []}
+    results: dict = {"machine": machine(), "max_tokens": args.max_tokens, "dtype": args.dtype, "load": []}
     with tempfile.TemporaryDirectory() as tmp:
         for number, shape in enumerate(shapes):
             folder = Path(shape) if args.model else build_model(Path(tmp) / shape, shape, args.quick)
             tokenizer = AutoTokenizer.from_pretrained(folder)
             workloads = {name: workload(name, count, args.max_tokens) for name in args.workloads.split(",")}
             expected = expected_texts(folder, [r for requests in workloads.values() for r in requests]
-                                      + [(p, args.max_tokens) for p in PROMPTS])
+                                      + [(p, args.max_tokens) for p in PROMPTS], args.dtype)
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             flags = tuple(shlex.split(args.hftool_flags))
-            for name, (cmd, streaming, model) in server_commands(folder, port, flags).items():
+            for name, (cmd, streaming, model) in server_commands(folder, port, flags, args.dtype).items():
                 if args.servers and name not in args.servers.split(","):
                     continue
                 proc = start(cmd, port, deadline, required=name == "hftool serve")

@@ -16,16 +16,21 @@ training tokens/s (all conversation tokens / training time), peak memory, the me
 tenth of the steps, and the held-out completion loss of each final model on the same dev conversations, scored by
 one function. The ratio that counts is hftool against the faster of the two tuned TRL runs.
 
+``--adapter lora`` runs every arm with the same ``peft`` LoRA (rank 8, alpha 16, dropout 0.05, every GPT-2 block
+linear layer: hftool's default targets), TRL through its ``peft_config``, at a LoRA learning rate.
+
     python benchmarks/bench_sft.py            # 4,000 training chats, 300 held-out (long on a small CPU)
     python benchmarks/bench_sft.py --quick    # a minute or two: checks the plumbing, speeds are indicative
+    python benchmarks/bench_sft.py --adapter lora
 
-Writes benchmarks/results/sft.json (git-ignored) and prints a markdown table.
+Writes benchmarks/results/sft.json (sft-lora.json; git-ignored) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -39,6 +44,7 @@ from common import REPO, RESULTS, SHARED_DATA, WIKITEXT_VALID, child_env, descri
 SQUAD_TRAIN = SHARED_DATA / "squad" / "train-v1.1-subset-44-articles.json"
 SQUAD_DEV = SHARED_DATA / "squad" / "dev-v1.1-even-articles.json"
 GOAL_SPEEDUP = 1.5
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "targets": ["c_attn", "c_proj", "c_fc"]}
 
 
 def prepare(folder: Path, args) -> tuple[Path, Path, Path]:
@@ -98,6 +104,9 @@ def run_hftool(base: Path, train: Path, dev: Path, out: Path, args, precision: s
               "train.scheduler": "cosine", "train.warmup_steps": 0, "train.weight_decay": 0.0,
               "train.max_grad_norm": 1.0, "train.seed": args.seed, "train.mixed_precision": precision,
               "train.log_every": 1, "train.save_every": 0, "train.report_to": "none"}
+    if args.adapter == "lora":
+        fields.update({"adapter.kind": "lora", "adapter.r": LORA["r"], "adapter.alpha": LORA["alpha"],
+                       "adapter.dropout": LORA["dropout"], "adapter.target_modules": f"[{','.join(LORA['targets'])}]"})
     measured = run_measured([sys.executable, "-m", "hftool", "finetune", "sft", "-r", "sft-gpt2-mini-squad",
                              "--overwrite", "--train-file", str(train), "--validation-file", str(dev),
                              *(f"{k}={v}" for k, v in fields.items())], RESULTS / "sft-hftool.log")
@@ -106,6 +115,7 @@ def run_hftool(base: Path, train: Path, dev: Path, out: Path, args, precision: s
     losses = [r["loss"] for r in records if "loss" in r]
     return {**measured, "steps": summary["steps"], "tokens": summary["train_tokens"],
             "target_tokens": summary["train_target_tokens"], "train_s": summary["wall_s"],
+            "trainable_parameters": trainable_parameters(out),
             "tokens_per_s": summary["train_tokens"] / summary["wall_s"], "losses": losses}
 
 
@@ -116,12 +126,25 @@ def run_trl(base: Path, train: Path, out: Path, args, mode: str, bf16: bool, pac
                "--seed", str(args.seed)]
     if mode == "tuned":
         command += (["--packing"] if packing else []) + (["--bf16"] if bf16 else [])
-    measured = run_measured(command, RESULTS / f"sft-{out.name}.log")
+    if args.adapter == "lora":
+        command += ["--lora-r", str(LORA["r"]), "--lora-alpha", str(LORA["alpha"]),
+                    "--lora-dropout", str(LORA["dropout"]), "--lora-targets", ",".join(LORA["targets"])]
+    measured = run_measured(command, RESULTS / f"{out.parent.name}-{out.name}.log")
     raw = json.loads((out / "trl_result.json").read_text())
     losses = [raw["losses"][k] for k in sorted(raw["losses"], key=int)]
     return {**measured, "steps": raw["steps"], "tokens": raw["tokens"], "target_tokens": raw["target_tokens"],
             "train_s": raw["train_runtime_s"], "tokens_per_s": raw["tokens"] / raw["train_runtime_s"],
-            "losses": losses, "settings": {k: raw[k] for k in ("gradient_checkpointing", "bf16", "packing")}}
+            "losses": losses, "trainable_parameters": raw["trainable_parameters"],
+            "settings": {k: raw[k] for k in ("gradient_checkpointing", "bf16", "packing", "lora")}}
+
+
+def trainable_parameters(out: Path) -> int:
+    """What hftool trained: every weight of a full run, the adapter file's tensors of a LoRA run."""
+    from safetensors import safe_open
+
+    name = "adapter_model.safetensors" if (out / "adapter_model.safetensors").is_file() else "model.safetensors"
+    with safe_open(out / name, "pt") as weights:
+        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
 
 
 def held_out_loss(model_dir: Path, dev: Path, max_length: int) -> float:
@@ -133,7 +156,12 @@ def held_out_loss(model_dir: Path, dev: Path, max_length: int) -> float:
     from hftool.tasks import sft
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).merge_and_unload().eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     items, _ = sft.encode(tokenizer, read_conversations(dev, "--file"), max_length, False)
     task = sft.SftTask(tokenizer, max_length)
     total, count = 0.0, 0
@@ -145,8 +173,11 @@ def held_out_loss(model_dir: Path, dev: Path, max_length: int) -> float:
     return total / count
 
 
-def tail_mean(losses: list[float]) -> float:
-    return statistics.fmean(losses[-max(1, len(losses) // 10):])
+def tail_mean(losses: list[float]) -> tuple[float, float]:
+    """Mean training loss over the last tenth of the steps and its standard error (the two runs' batches differ,
+    so their tails are compared within these errors; the held-out loss is on the same conversations)."""
+    tail = losses[-max(2, len(losses) // 10):]
+    return statistics.fmean(tail), statistics.stdev(tail) / len(tail) ** 0.5
 
 
 def main() -> None:
@@ -156,13 +187,16 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=384)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--adapter", choices=("none", "lora"), default="none")
+    parser.add_argument("--lr", type=float, default=None, help="3e-4 full, 1e-3 LoRA")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--skip-trl-default", action="store_true", help="leave out TRL's (slow) default run")
     args = parser.parse_args()
     if args.quick:
         args.train_examples, args.eval_examples = 64, 32
+    if args.lr is None:
+        args.lr = 1e-3 if args.adapter == "lora" else 3e-4
     for path in (SQUAD_TRAIN, SQUAD_DEV, WIKITEXT_VALID):
         require(path)
     sys.path.insert(0, str(REPO))
@@ -171,7 +205,7 @@ def main() -> None:
     bf16 = cpu_has_native_bf16()
     precision = "bf16" if bf16 else "no"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    folder = RESULTS / "sft"
+    folder = RESULTS / ("sft" if args.adapter == "none" else "sft-lora")
     base, train, dev = prepare(folder, args)
     runs = {"hftool": run_hftool(base, train, dev, folder / "hftool", args, precision),
             "trl_tuned": run_trl(base, train, folder / "trl-tuned", args, "tuned", bf16),
@@ -180,30 +214,34 @@ def main() -> None:
         runs["trl_default"] = run_trl(base, train, folder / "trl-default", args, "default", bf16)
     for name, run in runs.items():
         run["held_out_loss"] = held_out_loss(folder / name.replace("_", "-"), dev, args.max_length)
-        run["train_loss_tail"] = tail_mean(run.pop("losses"))
+        run["train_loss_tail"], run["train_loss_tail_se"] = tail_mean(run.pop("losses"))
     same_targets = len({run["target_tokens"] for run in runs.values()}) == 1
     ratios = {f"speedup_vs_{name}": runs["hftool"]["tokens_per_s"] / run["tokens_per_s"]
               for name, run in runs.items() if name != "hftool"}
     best = max(("trl_tuned", "trl_tuned_packed"), key=lambda name: runs[name]["tokens_per_s"])
     ratios["speedup_vs_best_tuned_trl"] = ratios[f"speedup_vs_{best}"]
     ratios["memory_vs_best_tuned_trl"] = runs["hftool"]["peak_rss_mib"] / runs[best]["peak_rss_mib"]
-    report = {"mode": "quick" if args.quick else "full", "settings": vars(args), "precision": precision,
+    report = {"mode": "quick" if args.quick else "full", "settings": vars(args),
+              "lora": LORA if args.adapter == "lora" else None, "precision": precision,
               "machine": machine(precision), "runs": runs, "best_tuned_trl": best, "ratios": ratios,
               "same_target_tokens": same_targets,
               "goals_met": {"speedup_1.5x_vs_tuned_trl": ratios["speedup_vs_best_tuned_trl"] >= GOAL_SPEEDUP,
                             "memory_at_most_tuned_trl": ratios["memory_vs_best_tuned_trl"] <= 1.0}}
-    (RESULTS / "sft.json").write_text(json.dumps(report, indent=2) + "\n")
+    result = RESULTS / f"{folder.name}.json"
+    result.write_text(json.dumps(report, indent=2) + "\n")
     print(describe(report["machine"]))
     names = list(runs)
     print("| | " + " | ".join(names) + " |\n| --- |" + " ---: |" * len(names))
     for label, key, fmt in (("steps", "steps", "{}"), ("training tokens/s", "tokens_per_s", "{:,.0f}"),
                             ("peak memory (MiB)", "peak_rss_mib", "{:,.0f}"),
                             ("training loss, last tenth of steps", "train_loss_tail", "{:.3f}"),
+                            ("its standard error", "train_loss_tail_se", "{:.3f}"),
                             ("held-out completion loss", "held_out_loss", "{:.3f}"),
-                            ("answer tokens trained on", "target_tokens", "{:,}")):
+                            ("answer tokens trained on", "target_tokens", "{:,}"),
+                            ("trainable parameters", "trainable_parameters", "{:,}")):
         print(f"| {label} | " + " | ".join(fmt.format(runs[n][key]) for n in names) + " |")
     print("\n" + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + f"; same answer tokens: {same_targets}")
-    print(f"wrote {RESULTS / 'sft.json'}")
+    print(f"wrote {result}")
 
 
 if __name__ == "__main__":

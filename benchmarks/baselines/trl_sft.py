@@ -4,7 +4,9 @@ Reads the conversational prompt-completion JSONL the benchmark writes (``{"promp
 [messages]}``), so TRL masks the prompt itself (``completion_only_loss``, its default for that layout) and applies
 the model folder's chat template. ``--mode default`` keeps SFTConfig's defaults (gradient checkpointing on, bf16
 on); ``--mode tuned`` sets them for the machine: no gradient checkpointing, bf16 only with ``--bf16`` (native
-bf16), and packing (best-fit decreasing, padding-free) with ``--packing``. Nothing from hftool is used.
+bf16), and packing (best-fit decreasing, padding-free) with ``--packing``. ``--lora-r`` trains ``peft`` LoRA
+adapters (``--lora-targets``, alpha, dropout) instead of every weight, as TRL's ``peft_config`` does. Nothing from
+hftool is used.
 
     python benchmarks/baselines/trl_sft.py --model M --train-file train.jsonl --output-dir out --mode tuned
 """
@@ -50,6 +52,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--packing", action="store_true")
+    parser.add_argument("--lora-r", type=int, default=0, help="0: full fine-tuning")
+    parser.add_argument("--lora-alpha", type=int, default=16)
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--lora-targets", default="c_attn,c_proj,c_fc")
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -60,10 +66,16 @@ def main() -> None:
                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0)
     if args.mode == "tuned":
         settings.update(gradient_checkpointing=False, bf16=args.bf16, packing=args.packing)
+    lora = None
+    if args.lora_r:
+        from peft import LoraConfig
+
+        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                          target_modules=args.lora_targets.split(","), task_type="CAUSAL_LM")
     clock = StepLog()
     trainer = SFTTrainer(model=model, args=SFTConfig(**settings), processing_class=tokenizer,
                          train_dataset=load_dataset("json", data_files=args.train_file, split="train"),
-                         callbacks=[clock])
+                         callbacks=[clock], peft_config=lora)
     dataset = trainer.train_dataset
     tokens = sum(len(ids) for ids in dataset["input_ids"])
     targets = sum(sum(label != -100 for label in labels) for labels in dataset["labels"])
@@ -74,7 +86,8 @@ def main() -> None:
               "tokens": tokens, "target_tokens": targets, "step_end_times": clock.times,
               "losses": clock.losses, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "gradient_checkpointing": trainer.args.gradient_checkpointing, "bf16": trainer.args.bf16,
-              "packing": trainer.args.packing}
+              "packing": trainer.args.packing, "lora": bool(lora),
+              "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
     with open(f"{args.output_dir}/trl_result.json", "w", encoding="utf-8") as fh:
         json.dump(result, fh)
 
