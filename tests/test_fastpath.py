@@ -157,6 +157,7 @@ def test_two_threads_decoding_at_once_change_no_global_state_and_get_their_own_t
         while not done.is_set():
             seen.add(torch._C._get_mkldnn_enabled())
             hooks_seen.extend(hooks())
+            done.wait(0.001)  # a look each millisecond; spinning would hold the GIL the decoders need
 
     def decode(i):
         start.wait()
