@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 
-from common import RESULTS, SHARED_DATA, describe, machine
+from common import RESULTS, SHARED_DATA, describe, machine, saved_parameters
 from labelling import FULL, QUICK, SHARED, LabellingBenchmark, hftool_command, run_measured
 
 TASKS = {
@@ -37,22 +37,6 @@ TASKS = {
 }
 LORA = {"adapter.kind": "lora", "adapter.r": 8, "adapter.alpha": 16, "adapter.dropout": 0.05}
 LORA_LR_FACTOR = 10  # LoRA's B matrices start at zero: LoRA learning rates are usually ~10x a full fine-tune's
-
-
-def saved_parameters(folder) -> int:
-    """The weights a run saved: the whole model (full fine-tune) or the adapter and head (LoRA)."""
-    from safetensors import safe_open
-
-    name = "adapter_model.safetensors" if (folder / "adapter_config.json").is_file() else "model.safetensors"
-    with safe_open(str(folder / name), "pt") as weights:
-        return sum(_numel(weights.get_slice(key).get_shape()) for key in weights.keys())
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def optimizer_state_bytes(auto_class: str, num_labels: int, head: str, lora: bool) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -39,12 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, SHARED_DATA, WIKITEXT_VALID, child_env, describe, machine, require
+from common import REPO, RESULTS, SHARED_DATA, WIKITEXT_VALID, child_env, describe, machine, require, saved_parameters
 
 SQUAD_TRAIN = SHARED_DATA / "squad" / "train-v1.1-subset-44-articles.json"
 SQUAD_DEV = SHARED_DATA / "squad" / "dev-v1.1-even-articles.json"
 GOAL_SPEEDUP = 1.5
-LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "targets": ["c_attn", "c_proj", "c_fc"]}
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05}  # the layers: hftool's GPT-2 default (hftool.adapters), given to TRL
 
 
 def prepare(folder: Path, args) -> tuple[Path, Path, Path]:
@@ -106,7 +105,7 @@ def run_hftool(base: Path, train: Path, dev: Path, out: Path, args, precision: s
               "train.log_every": 1, "train.save_every": 0, "train.report_to": "none"}
     if args.adapter == "lora":
         fields.update({"adapter.kind": "lora", "adapter.r": LORA["r"], "adapter.alpha": LORA["alpha"],
-                       "adapter.dropout": LORA["dropout"], "adapter.target_modules": f"[{','.join(LORA['targets'])}]"})
+                       "adapter.dropout": LORA["dropout"]})
     measured = run_measured([sys.executable, "-m", "hftool", "finetune", "sft", "-r", "sft-gpt2-mini-squad",
                              "--overwrite", "--train-file", str(train), "--validation-file", str(dev),
                              *(f"{k}={v}" for k, v in fields.items())], RESULTS / "sft-hftool.log")
@@ -115,7 +114,7 @@ def run_hftool(base: Path, train: Path, dev: Path, out: Path, args, precision: s
     losses = [r["loss"] for r in records if "loss" in r]
     return {**measured, "steps": summary["steps"], "tokens": summary["train_tokens"],
             "target_tokens": summary["train_target_tokens"], "train_s": summary["wall_s"],
-            "trainable_parameters": trainable_parameters(out),
+            "trainable_parameters": saved_parameters(out),
             "tokens_per_s": summary["train_tokens"] / summary["wall_s"], "losses": losses}
 
 
@@ -127,8 +126,10 @@ def run_trl(base: Path, train: Path, out: Path, args, mode: str, bf16: bool, pac
     if mode == "tuned":
         command += (["--packing"] if packing else []) + (["--bf16"] if bf16 else [])
     if args.adapter == "lora":
+        from hftool.adapters import DEFAULT_TARGETS
+
         command += ["--lora-r", str(LORA["r"]), "--lora-alpha", str(LORA["alpha"]),
-                    "--lora-dropout", str(LORA["dropout"]), "--lora-targets", ",".join(LORA["targets"])]
+                    "--lora-dropout", str(LORA["dropout"]), "--lora-targets", ",".join(DEFAULT_TARGETS["gpt2"])]
     measured = run_measured(command, RESULTS / f"{out.parent.name}-{out.name}.log")
     raw = json.loads((out / "trl_result.json").read_text())
     losses = [raw["losses"][k] for k in sorted(raw["losses"], key=int)]
@@ -136,15 +137,6 @@ def run_trl(base: Path, train: Path, out: Path, args, mode: str, bf16: bool, pac
             "train_s": raw["train_runtime_s"], "tokens_per_s": raw["tokens"] / raw["train_runtime_s"],
             "losses": losses, "trainable_parameters": raw["trainable_parameters"],
             "settings": {k: raw[k] for k in ("gradient_checkpointing", "bf16", "packing", "lora")}}
-
-
-def trainable_parameters(out: Path) -> int:
-    """What hftool trained: every weight of a full run, the adapter file's tensors of a LoRA run."""
-    from safetensors import safe_open
-
-    name = "adapter_model.safetensors" if (out / "adapter_model.safetensors").is_file() else "model.safetensors"
-    with safe_open(out / name, "pt") as weights:
-        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
 
 
 def held_out_loss(model_dir: Path, dev: Path, max_length: int) -> float:
@@ -200,6 +192,7 @@ def main() -> None:
     for path in (SQUAD_TRAIN, SQUAD_DEV, WIKITEXT_VALID):
         require(path)
     sys.path.insert(0, str(REPO))
+    from hftool.adapters import DEFAULT_TARGETS
     from hftool.environment import cpu_has_native_bf16
 
     bf16 = cpu_has_native_bf16()
@@ -222,7 +215,8 @@ def main() -> None:
     ratios["speedup_vs_best_tuned_trl"] = ratios[f"speedup_vs_{best}"]
     ratios["memory_vs_best_tuned_trl"] = runs["hftool"]["peak_rss_mib"] / runs[best]["peak_rss_mib"]
     report = {"mode": "quick" if args.quick else "full", "settings": vars(args),
-              "lora": LORA if args.adapter == "lora" else None, "precision": precision,
+              "lora": {**LORA, "targets": DEFAULT_TARGETS["gpt2"]} if args.adapter == "lora" else None,
+              "precision": precision,
               "machine": machine(precision), "runs": runs, "best_tuned_trl": best, "ratios": ratios,
               "same_target_tokens": same_targets,
               "goals_met": {"speedup_1.5x_vs_tuned_trl": ratios["speedup_vs_best_tuned_trl"] >= GOAL_SPEEDUP,

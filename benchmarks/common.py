@@ -7,6 +7,7 @@ this module as ``common``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -62,6 +63,15 @@ def window_median(values: list[float], first: int, last: int) -> float:
 
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def saved_parameters(folder: Path) -> int:
+    """The weights a run saved: the whole model (full fine-tune) or the adapter and head (LoRA)."""
+    from safetensors import safe_open
+
+    name = "adapter_model.safetensors" if (folder / "adapter_config.json").is_file() else "model.safetensors"
+    with safe_open(str(folder / name), "pt") as weights:
+        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
 
 
 def machine(precision: str) -> dict:

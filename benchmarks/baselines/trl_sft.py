@@ -55,8 +55,10 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=0, help="0: full fine-tuning")
     parser.add_argument("--lora-alpha", type=int, default=16)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
-    parser.add_argument("--lora-targets", default="c_attn,c_proj,c_fc")
+    parser.add_argument("--lora-targets", help="comma-separated layer names (with --lora-r)")
     args = parser.parse_args()
+    if args.lora_r and not args.lora_targets:
+        parser.error("--lora-r needs --lora-targets")
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)

@@ -206,6 +206,7 @@ class FineTuneFolder:
     claimed by the main process once the engine exists, and given the final artifacts when training ends."""
 
     out: Path
+    command: str
     recipe_yaml: str
     inputs: Inputs
     shape_fields: tuple[str, ...]
@@ -220,8 +221,8 @@ class FineTuneFolder:
         data = recipe.data
         inputs = {MODEL_FLAG: recipe.model.name_or_path, "--train-file": data.train_file,
                   "--validation-file": data.validation_file}
-        folder = cls(Path(recipe.train.output_dir).expanduser(), cfgmod.dump_yaml(recipe, command), inputs,
-                     shape_fields, resume, overwrite)
+        folder = cls(Path(recipe.train.output_dir).expanduser(), command, cfgmod.dump_yaml(recipe, command),
+                     inputs, shape_fields, resume, overwrite)
         check_run_dir(folder.out, folder.recipe_yaml, resume, overwrite, shape_fields, inputs)
         return folder
 
@@ -232,8 +233,7 @@ class FineTuneFolder:
         engine.wait()
 
     def finish(self, engine, model, tokenizer, summary: dict, interrupted: bool,
-               predictions: Callable[[], object] | None, card: Callable[[], str], command: str,
-               curve_title: str) -> dict:
+               predictions: Callable[[], object] | None, card: Callable[[], str], curve_title: str) -> dict:
         """Write ``predictions()`` as ``predictions.json`` (unless it returns None), the model (or adapter) folder
         with ``card()``, the loss curve and the summary table; an interrupted run keeps its checkpoint and says
         how to resume."""
@@ -246,6 +246,6 @@ class FineTuneFolder:
             if written is not None:
                 write_json(self.out / "predictions.json", written)
             write_final_artifacts(engine.unwrap(model), tokenizer, self.out, summary, card(), state_dict)
-            finish_report(self.out, summary, title=f"hftool {command}", curve_title=curve_title)
+            finish_report(self.out, summary, title=f"hftool {self.command}", curve_title=curve_title)
         engine.wait()
         return summary

@@ -120,7 +120,7 @@ def run_finetune_classify(recipe: ClassifyRecipe, resume: bool = False, overwrit
     return folder.finish(engine, model, tokenizer, summary, result.interrupted,
                          lambda: [labels[p] for p in task.last_predictions.values()],
                          lambda: classify_card(recipe, summary, labels, engine.batch_size),
-                         COMMAND, "sequence classification")
+                         "sequence classification")
 
 
 def classify_card(recipe: ClassifyRecipe, summary: dict, labels: list[str], batch_size: int) -> str:

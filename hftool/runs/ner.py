@@ -110,7 +110,7 @@ def run_finetune_ner(recipe: NerRecipe, resume: bool = False, overwrite: bool = 
     return folder.finish(engine, model, tokenizer, summary, result.interrupted,
                          lambda: list(task.last_predictions.values()),
                          lambda: ner_card(recipe, summary, labels, engine.batch_size),
-                         COMMAND, "named-entity recognition")
+                         "named-entity recognition")
 
 
 def ner_card(recipe: NerRecipe, summary: dict, labels: list[str], batch_size: int) -> str:

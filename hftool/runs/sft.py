@@ -134,7 +134,7 @@ def run_finetune_sft(recipe: SftRecipe, resume: bool = False, overwrite: bool = 
                                                                       strict=True)] if task.last_answers else None
 
     return folder.finish(engine, model, tokenizer, summary, result.interrupted, answers,
-                         lambda: sft_card(recipe, summary, engine.batch_size), COMMAND, "instruction fine-tuning")
+                         lambda: sft_card(recipe, summary, engine.batch_size), "instruction fine-tuning")
 
 
 def sft_card(recipe: SftRecipe, summary: dict, batch_size: int) -> str:

@@ -117,7 +117,7 @@ def run_finetune_squad(recipe: SquadRecipe, resume: bool = False, overwrite: boo
                                 {"train_questions": len(train_examples), "train_windows": len(train_windows)},
                                 unit="windows")
     return folder.finish(engine, model, tokenizer, summary, result.interrupted, lambda: task.last_predictions,
-                         lambda: squad_card(recipe, summary, engine.batch_size), COMMAND, "SQuAD fine-tuning")
+                         lambda: squad_card(recipe, summary, engine.batch_size), "SQuAD fine-tuning")
 
 
 def squad_card(recipe: SquadRecipe, summary: dict, batch_size: int) -> str:
