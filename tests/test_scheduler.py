@@ -178,6 +178,38 @@ def test_slots_reallocated_as_rows_join_leave_and_outgrow_their_columns_keep_the
     assert max(log.rows) >= 3 and not runner.batches
 
 
+def test_the_window_slides_back_in_its_buffers_when_the_oldest_row_has_left(loaded, log, monkeypatch):
+    """A long row runs; a second joins late and outlives it. When the columns run out the second row's window
+    fits before itself in the same buffers and is moved there (no reallocation); its text is still
+    model.generate's alone, and so is the first row's."""
+    from hftool.serve import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "SPARE_COLUMNS", 1)
+    slides = []
+    slide = scheduler_module._Slots._slide
+    monkeypatch.setattr(scheduler_module._Slots, "_slide", lambda self: slides.append(slide(self)) or slides[-1])
+    _, tokenizer = loaded
+    ids = tokenizer(PROMPTS[0])["input_ids"][:2]
+    runner = scheduler(loaded)
+    limits = {"old": 80, "young": 50}  # the columns double as the old row grows: 97 once it is 48 tokens long
+    sinks = {name: log.sink(name) for name in limits}
+    texts = [0]
+
+    def old_sink(event):
+        sinks["old"](event)
+        texts[0] += event[0] == "text"
+        if texts[0] == 55 and event[0] == "text":  # from the decoding thread: the young row's window will fit
+            runner.submit(Job([ids], DecodingSettings(max_new_tokens=limits["young"]), sinks["young"]))
+
+    runner.submit(Job([ids], DecodingSettings(max_new_tokens=limits["old"]), old_sink))
+    runner.start()
+    wait_for(lambda: ended(log, *limits))
+    runner.close()
+    for name, limit in limits.items():
+        assert finished_text(log, name) == generate_alone(loaded, ids, DecodingSettings(max_new_tokens=limit))
+    assert True in slides and False in slides  # slid once the old row had left; reallocated while it was there
+
+
 def test_a_cache_the_scheduler_cannot_merge_decodes_in_batches_of_its_own(loaded, log, monkeypatch):
     """Models whose cache is not a plain DynamicCache (sliding windows, hybrids): each prefill group stays its
     own batch, rows leave through the cache's own ``batch_select_indices``; tokens still those of generate."""

@@ -168,8 +168,11 @@ class _Slots:
     token's keys at the same column, ``end``; a joining row's prefilled cache is copied, left-padded, to end just
     before it. A step attends over ``[lo, end]``, ``lo`` being the first column of the oldest running row, and
     the attention mask hides each row's columns before its own first. A finished row frees its slot: the last row
-    moves into it, copying that row's window only, and the window shrinks when the oldest row leaves. Buffers are
-    reallocated, the live window copied once, only when slots or columns run out, with ``SPARE_COLUMNS`` to spare.
+    moves into it, copying that row's window only, and the window shrinks when the oldest row leaves. When the
+    columns run out, the window moves back to the buffers' start if it fits there without overlapping itself;
+    otherwise (or when slots run out) buffers are reallocated, the live window copied once, with as many free
+    columns after it as it is wide (at least ``SPARE_COLUMNS``), so the next move fits: a window of W columns is
+    copied about once every W steps.
     """
 
     def __init__(self, cache, max_slots: int):
@@ -199,7 +202,7 @@ class _Slots:
         self._views()
 
     def inputs(self):
-        if self.end == self.mask.shape[1]:
+        if self.end == self.mask.shape[1] and not self._slide():
             self._reallocate(len(self.rows), 0)
         self.mask[:len(self.rows), self.end] = 1
         return self.cache, self.mask[:len(self.rows), self.lo:self.end + 1]
@@ -244,12 +247,28 @@ class _Slots:
         self.mask = template.layers[0].keys.new_zeros((slots, columns), dtype=torch.long)
         self.lo = self.end = SPARE_COLUMNS + width
 
+    def _slide(self) -> bool:
+        """Move the window back to ``SPARE_COLUMNS`` in the same buffers, if it does not overlap itself there.
+        The columns it leaves keep finite stale values, hidden by the mask until a step writes them again."""
+        width, lo = self.end - self.lo, SPARE_COLUMNS
+        if lo + width > self.lo:
+            return False
+        count, window, target = len(self.rows), slice(self.lo, self.end), slice(lo, lo + width)
+        for layer in self.cache.layers:
+            layer.key_buffer[:count, :, target] = layer.key_buffer[:count, :, window]
+            layer.value_buffer[:count, :, target] = layer.value_buffer[:count, :, window]
+        self.mask[:count, target] = self.mask[:count, window]
+        self.starts = [s - self.lo + lo for s in self.starts]
+        self.lo, self.end = lo, lo + width
+        self._views()
+        return True
+
     def _reallocate(self, rows: int, left: int) -> None:
-        """New buffers with room for ``rows`` rows, ``left`` more columns before the window than now and
-        ``SPARE_COLUMNS`` more after it; the running rows' window is copied over."""
+        """New buffers with room for ``rows`` rows, ``left`` more columns before the window than now and as many
+        after it as it is wide (at least ``SPARE_COLUMNS``); the running rows' window is copied over."""
         slots, window = self._slots_for(rows), slice(self.lo, self.end)
         lo = SPARE_COLUMNS + left
-        columns = lo + (self.end - self.lo) + SPARE_COLUMNS
+        columns = lo + (self.end - self.lo) + max(SPARE_COLUMNS, self.end - self.lo)
         count = len(self.rows)
         for layer in self.cache.layers:
             keys, values = layer.key_buffer, layer.value_buffer
