@@ -250,36 +250,34 @@ class _Slots:
     def _slide(self) -> bool:
         """Move the window back to ``SPARE_COLUMNS`` in the same buffers, if it does not overlap itself there.
         The columns it leaves keep finite stale values, hidden by the mask until a step writes them again."""
-        width, lo = self.end - self.lo, SPARE_COLUMNS
-        if lo + width > self.lo:
+        if SPARE_COLUMNS + self.end - self.lo > self.lo:
             return False
-        count, window, target = len(self.rows), slice(self.lo, self.end), slice(lo, lo + width)
-        for layer in self.cache.layers:
-            layer.key_buffer[:count, :, target] = layer.key_buffer[:count, :, window]
-            layer.value_buffer[:count, :, target] = layer.value_buffer[:count, :, window]
-        self.mask[:count, target] = self.mask[:count, window]
-        self.starts = [s - self.lo + lo for s in self.starts]
-        self.lo, self.end = lo, lo + width
+        self._place_window(SPARE_COLUMNS, [(layer.key_buffer, layer.value_buffer) for layer in self.cache.layers],
+                           self.mask)
         self._views()
         return True
 
     def _reallocate(self, rows: int, left: int) -> None:
         """New buffers with room for ``rows`` rows, ``left`` more columns before the window than now and as many
         after it as it is wide (at least ``SPARE_COLUMNS``); the running rows' window is copied over."""
-        slots, window = self._slots_for(rows), slice(self.lo, self.end)
-        lo = SPARE_COLUMNS + left
-        columns = lo + (self.end - self.lo) + max(SPARE_COLUMNS, self.end - self.lo)
-        count = len(self.rows)
-        for layer in self.cache.layers:
-            keys, values = layer.key_buffer, layer.value_buffer
+        slots, lo, width = self._slots_for(rows), SPARE_COLUMNS + left, self.end - self.lo
+        columns = lo + width + max(SPARE_COLUMNS, width)
+        old = [(layer.key_buffer, layer.value_buffer) for layer in self.cache.layers]
+        for layer, (keys, values) in zip(self.cache.layers, old, strict=True):
             layer.allocate(keys, values, slots, columns)
-            layer.key_buffer[:count, :, lo:lo + self.end - self.lo] = keys[:count, :, window]
-            layer.value_buffer[:count, :, lo:lo + self.end - self.lo] = values[:count, :, window]
-        mask = self.mask.new_zeros((slots, columns))
-        mask[:count, lo:lo + self.end - self.lo] = self.mask[:count, window]
-        self.mask = mask
+        old_mask, self.mask = self.mask, self.mask.new_zeros((slots, columns))
+        self._place_window(lo, old, old_mask)
+
+    def _place_window(self, lo: int, sources: list, mask) -> None:
+        """Copy the running rows' window from ``sources`` (each layer's old key and value buffers) and ``mask``
+        to start at column ``lo`` of the current buffers, and move the rows' columns with it."""
+        count, window, target = len(self.rows), slice(self.lo, self.end), slice(lo, lo + self.end - self.lo)
+        for layer, (keys, values) in zip(self.cache.layers, sources, strict=True):
+            layer.key_buffer[:count, :, target] = keys[:count, :, window]
+            layer.value_buffer[:count, :, target] = values[:count, :, window]
+        self.mask[:count, target] = mask[:count, window]
         self.starts = [s - self.lo + lo for s in self.starts]
-        self.lo, self.end = lo, lo + self.end - self.lo
+        self.lo, self.end = lo, target.stop
 
     def _views(self) -> None:
         for layer in self.cache.layers:
