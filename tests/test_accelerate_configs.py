@@ -71,8 +71,9 @@ def test_unsupported_config_is_refused(tmp_path):
 
 
 @pytest.mark.integration
+# One sharded backend holds the check in make test (the same code path names either); FSDP's runs in test-slow.
 @pytest.mark.parametrize("variable, message", [
-    ("ACCELERATE_USE_FSDP", "asks for FSDP, which needs GPUs"),
+    pytest.param("ACCELERATE_USE_FSDP", "asks for FSDP, which needs GPUs", marks=pytest.mark.slow),
     ("ACCELERATE_USE_DEEPSPEED", "asks for DeepSpeed, which needs GPUs"),
 ])
 def test_sharded_launch_without_gpus_is_a_clear_error(small_corpus, tmp_path, variable, message):

@@ -102,11 +102,10 @@ def test_validation_split_is_seeded_and_disjoint():
 
 
 def test_embedded_corpus_is_real_deterministic_text():
+    text = python_docs_file().read_text()  # built by this session's first use of the corpus, in another call
     docs = python_docs_documents()
-    assert len(docs) > 2000
-    text = python_docs_file().read_text()
-    assert len(text) > 1_000_000
-    assert python_docs_documents()[:50] == docs[:50]
+    assert len(docs) > 2000 and len(text) > 1_000_000
+    assert text == "\n\n".join(doc.replace("\n\n", "\n") for doc in docs) + "\n"  # the same documents, in order
     assert " the " in text and "function" in text
 
 

