@@ -289,8 +289,10 @@ def test_a_resume_with_another_adapter_is_refused(classifier, tiny_bert, labelle
     assert code != 0 and "adapter.r: 4 -> 2" in err and "Traceback" not in err
 
 
-
+# make test holds the two halves faster: two processes equal one for full runs (test_distributed) and a LoRA
+# run's weights and resume in one process (above); the two together run in make test-slow.
 @pytest.mark.integration
+@pytest.mark.slow
 def test_two_process_lora_equals_one_process_with_the_whole_batch(tiny_bert, labelled_files, tmp_path):
     """Data parallelism holds for adapter runs: 2 processes of 2 examples train the adapter 1 process of 4 does."""
     from transformers import AutoTokenizer, BertForPreTraining

@@ -12,7 +12,10 @@ from helpers import REPO
 from hftool.environment import cpu_flags
 
 
+# Each of its rows repeats what a faster test holds (pretraining, SQuAD, decoding); the script itself, which
+# only a GPU runs for real, is checked end to end in make test-slow.
 @pytest.mark.integration
+@pytest.mark.slow
 def test_gpu_check_dry_run_fills_every_row(tmp_path):
     out = tmp_path / "gpu-check.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
