@@ -83,7 +83,6 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
     from hftool.serve.app import Served
     from hftool.serve.metrics import Metrics
     from hftool.serve.registry import split_model_arg
-    from hftool.serve.prepack import pack_weights
     from hftool.serve.scheduler import Scheduler
 
     value = model or options.recipe.model.name
@@ -100,8 +99,6 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
 
     model, tokenizer = load_for_generation(dataclasses.replace(options.recipe.model, name=name), command="serve")
     context = context_length(model, tokenizer)
-    if options.pack_weights:
-        pack_weights(model, options.max_batch_size)
     batcher = Scheduler(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
                         threads=options.threads, max_cache_tokens=options.max_cache_tokens,
                         prefill_chunk=options.prefill_chunk)
