@@ -102,7 +102,7 @@ def test_validation_split_is_seeded_and_disjoint():
 
 
 def test_embedded_corpus_is_real_deterministic_text():
-    text = python_docs_file().read_text()  # built by this session's first use of the corpus, in another call
+    text = python_docs_file().read_text()  # written once per cache folder; later processes train on the file
     docs = python_docs_documents()
     assert len(docs) > 2000 and len(text) > 1_000_000
     assert text == "\n\n".join(doc.replace("\n\n", "\n") for doc in docs) + "\n"  # the same documents, in order

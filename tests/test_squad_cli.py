@@ -26,8 +26,9 @@ def hftool(*args: str, launcher: list[str] | None = None, timeout: int = 600) ->
 
 
 def in_process(*args: str) -> subprocess.CompletedProcess:
-    """The same command through the real entry point in this process: checks that fail before any work need no
-    fresh interpreter, whose imports alone take seconds (a subprocess still holds the one-line error below)."""
+    """The same command through the real entry point in this process, for checks that fail before any work: a
+    fresh interpreter's imports alone take seconds (the other tests here still run a real process and hold its
+    one-line error)."""
     code, out, err = run_cli(list(args))
     return subprocess.CompletedProcess(args, code, out, err)
 
@@ -53,7 +54,7 @@ def fixture_files(tmp_path_factory) -> dict[str, Path]:
 
 def finetune(train: Path, validation: Path, out: Path, *overrides: str, run=hftool) -> subprocess.CompletedProcess:
     return run("finetune", "squad", "-r", "squad-minilm", "--train-file", str(train), "--validation-file",
-                  str(validation), f"train.output_dir={out}", *overrides)
+               str(validation), f"train.output_dir={out}", *overrides)
 
 
 def edited_official(fixture_files, name: str, edit) -> Path:
