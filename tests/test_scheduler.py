@@ -28,9 +28,34 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def sharp_llama(tmp_path_factory, byte_bpe_tokenizer):
+    """A 2-layer, 64-wide Llama (rotary positions, two query heads per key head) with weights drawn wide, as
+    ``sharp_gpt2``: a decoder hftool does not pretrain, which the scheduler serves all the same."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(byte_bpe_tokenizer)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("sharp-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module", params=["gpt2", "bloom"])
 def loaded(request, sharp_gpt2, sharp_bloom):
     folder = sharp_gpt2 if request.param == "gpt2" else sharp_bloom
+    return load_for_generation(ModelSettings(name=str(folder)))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "bloom", "llama"])
+def decoder(request, sharp_gpt2, sharp_bloom, sharp_llama):
+    """``loaded``, and a Llama: the decoders whose prompts join a decoding step's forward (GPT-2, Llama) or not."""
+    folder = {"gpt2": sharp_gpt2, "bloom": sharp_bloom, "llama": sharp_llama}[request.param]
     return load_for_generation(ModelSettings(name=str(folder)))
 
 
@@ -45,11 +70,14 @@ class Log:
     def __init__(self, model):
         self.events: list[tuple[str, tuple]] = []
         self.rows: list[int] = []
+        self.joined: list[int] = []  # prompts prefilled inside each forward's decoding step (serve/flat.py)
         self.model = model
         forward = model.forward
 
         def counting_forward(*args, **kwargs):
-            self.rows.append(kwargs["input_ids"].shape[0])
+            keep = kwargs.get("logits_to_keep")  # a flat step's rows are its kept positions (serve/flat.py)
+            self.rows.append(len(keep) if isinstance(keep, torch.Tensor) else kwargs["input_ids"].shape[0])
+            self.joined.append(len(kwargs["flat_step"].spans) if "flat_step" in kwargs else 0)
             return forward(*args, **kwargs)
 
         model.forward = counting_forward
@@ -141,6 +169,9 @@ def test_rows_joining_and_leaving_mid_flight_keep_the_tokens_of_generate_alone(l
     assert log.index("short", "finish") < log.index("long", "finish")  # and left before it
     assert max(log.rows) >= 3 and log.rows[-1] == 1  # decoded together; the long one alone at the end
     assert runner.running == 0 and runner.cache_reserved == 0
+    # GPT-2's joining prompts were prefilled inside the running row's decoding step; BLOOM (ALiBi from the mask)
+    # keeps a prefill forward of its own
+    assert (sum(log.joined) >= 1) == (loaded[0].config.model_type == "gpt2")
 
 
 def test_slots_reallocated_as_rows_join_leave_and_outgrow_their_columns_keep_the_tokens_alone(loaded, log,
@@ -176,6 +207,42 @@ def test_slots_reallocated_as_rows_join_leave_and_outgrow_their_columns_keep_the
     for name, limit in limits.items():
         assert finished_text(log, name) == generate_alone(loaded, prompts[name], DecodingSettings(max_new_tokens=limit))
     assert max(log.rows) >= 3 and not runner.batches
+
+
+def test_prompts_joining_a_decoding_step_take_new_slots_and_columns_and_keep_the_tokens_alone(decoder,
+                                                                                            monkeypatch):
+    """Two prompts with two continuations each join a one-token row's decoding step, one of them wider than the
+    window and the buffers without a spare slot or column, so that step reallocates them; for GPT-2 and Llama
+    they are prefilled inside the step (serve/flat.py). Every row's text is model.generate's alone."""
+    from hftool.serve import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "SPARE_COLUMNS", 1)
+    loaded, log = decoder, Log(decoder[0])
+    _, tokenizer = loaded
+    long_ids = tokenizer(" ".join(PROMPTS))["input_ids"]
+    runner = scheduler(loaded, prefill_chunk=64)
+    joining = Job([long_ids, long_ids[:3]], DecodingSettings(max_new_tokens=7, num_return_sequences=2),
+                  log.sink("joining"))
+    steps = [0]
+    first_sink = log.sink("first")
+
+    def sink(event):
+        first_sink(event)
+        steps[0] += 1
+        if steps[0] == 2:  # from the decoding thread: the next step is the first row's third
+            runner.submit(joining)
+
+    runner.submit(Job([long_ids[:1]], DecodingSettings(max_new_tokens=12), sink))
+    runner.start()
+    wait_for(lambda: ended(log, "first", "joining"))
+    runner.close()
+    assert finished_text(log, "first") == generate_alone(loaded, long_ids[:1], DecodingSettings(max_new_tokens=12))
+    finishes = {event[1]: event[5] for event in log.of("joining") if event[0] == "finish"}
+    alone = [generate_alone(loaded, ids, DecodingSettings(max_new_tokens=7)) for ids in (long_ids, long_ids[:3])]
+    assert [finishes[i] for i in range(4)] == [alone[0], alone[0], alone[1], alone[1]]
+    log.restore()
+    assert (max(log.joined) == 2) == (loaded[0].config.model_type != "bloom")
+    assert not runner.batches
 
 
 def test_the_window_slides_back_in_its_buffers_when_the_oldest_row_has_left(loaded, log, monkeypatch):

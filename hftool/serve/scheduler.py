@@ -4,7 +4,9 @@ HTTP handlers put a :class:`Job` on a bounded queue and read its events. Between
 admits queued jobs (oldest first, while the running rows stay within ``max_batch_size`` and the reserved cache
 within ``max_cache_tokens``: prompt plus ``max_new_tokens`` per row), prefills at most ``prefill_chunk`` prompt
 tokens (short prompts together, a long one a chunk per step, so it never stalls the others' next token), and
-runs one decoding step for every running row. A row that ends (end of text, a stop string, its own
+runs one decoding step for every running row. Where the model's attention goes through transformers'
+interface (GPT-2, Llama, ...), the short prompts are prefilled inside that step's forward instead of one of their
+own (:mod:`hftool.serve.flat`). A row that ends (end of text, a stop string, its own
 ``max_tokens``) or whose client went away leaves the batch at once, and its cache with it.
 
 The running rows share one cache laid out in slots (:class:`_Slots`): per layer a buffer of (slots, heads,
@@ -182,6 +184,7 @@ class _Slots:
         self.starts: list[int] = []  # each row's first column
         self.lo = self.end = 0
         self.mask = None  # (slots, columns) long tensor; None: no buffers (no rows)
+        self.flat = None  # the FlatStep of the forward running now, if it is one
 
     def add(self, rows: list[_Row], cache, mask) -> None:
         """Rows prefilled in ``cache``, left-padded to ``mask``'s width, take the next free slots."""
@@ -200,6 +203,37 @@ class _Slots:
         self.starts += (start + width - mask.sum(dim=1)).tolist()
         self.lo = min(self.starts)
         self._views()
+
+    def join_in_step(self, prompts: list[_Prompt]):
+        """The next flat step (hftool/serve/flat.py): the running rows write column ``end``, and the joining
+        prompts' rows take the next free slots, each prompt's tokens ending at column ``end`` too."""
+        from hftool.serve.flat import FlatStep
+
+        rows, count = len(self.rows), sum(len(p.rows) for p in prompts)
+        before = max((len(p.ids) for p in prompts), default=1) - 1  # columns a prompt needs before ``end``
+        if self.end == self.mask.shape[1]:
+            self._slide()
+        if rows + count > self.mask.shape[0] or before > self.end or self.end == self.mask.shape[1]:
+            self._reallocate(rows + count, max(before - (self.end - self.lo), 0))
+        self.mask[:rows, self.end] = 1
+        step = FlatStep(rows, self.mask[:rows, None, None, self.lo:self.end + 1].bool(), self.lo,
+                        self.cache.layers)
+        position = rows
+        for prompt in prompts:
+            start, slots = self.end + 1 - len(prompt.ids), []
+            for row in prompt.rows:
+                slot = len(self.rows)
+                self.mask[slot] = 0
+                self.mask[slot, start:self.end + 1] = 1
+                self.rows.append(row)
+                self.starts.append(start)
+                slots.append(slot)
+            step.spans.append((position, position + len(prompt.ids)))
+            step.slots.append(slots)
+            position += len(prompt.ids)
+        self.lo = min(self.starts)
+        self.flat = step
+        return step
 
     def inputs(self):
         if self.end == self.mask.shape[1] and not self._slide():
@@ -289,8 +323,9 @@ class Scheduler:
 
     def __init__(self, model, tokenizer, context: int, max_batch_size: int, max_queue: int, metrics=None,
                  threads: int | None = None, max_cache_tokens: int | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_chunk: int = PREFILL_CHUNK, flat_steps: bool = True):
         from hftool.generation.loading import input_device
+        from hftool.serve.flat import supports_flat_steps, use_flat_attention
 
         self.model = model
         self.tokenizer = tokenizer
@@ -308,8 +343,12 @@ class Scheduler:
         accepted = inspect.signature(type(model).forward).parameters
         self.takes_positions = "position_ids" in accepted
         self.takes_logits_to_keep = "logits_to_keep" in accepted
+        self.flat = flat_steps and supports_flat_steps(model)  # short prompts join a decoding step's forward
+        if self.flat:
+            use_flat_attention(model)
         self.pending: deque[Job] = deque()
         self.prefilling: deque[_Prompt] = deque()
+        self.joining: list[_Prompt] = []  # prompts the next flat step prefills
         self.batches: list = []  # a _Slots (at most one) and _Batch
         self.reserved: dict[int, int] = {}  # job number -> cache tokens it reserved while admitted
         self.rows_left: dict[int, int] = {}  # job number -> its rows not yet finished
@@ -445,7 +484,9 @@ class Scheduler:
         while self.prefilling and self.prefilling[0].cache is None and len(self.prefilling[0].ids) <= budget:
             budget -= len(self.prefilling[0].ids)
             group.append(self.prefilling.popleft())
-        if group:
+        if group and self.flat and any(isinstance(b, _Slots) for b in self.batches):
+            self.joining = group
+        elif group:
             self._prefill_group(group)
 
     def _prefill_chunk(self, prompt: _Prompt, budget: int) -> int:
@@ -510,6 +551,9 @@ class Scheduler:
         import torch
 
         for batch in self.batches:
+            if self.flat and isinstance(batch, _Slots):
+                self._flat_step(batch)
+                continue
             cache, mask = batch.inputs()
             tokens = torch.tensor([[row.ids[-1]] for row in batch.rows], device=self.device)
             positions = torch.tensor([[row.position] for row in batch.rows], device=self.device)
@@ -520,6 +564,33 @@ class Scheduler:
             for row, token in zip(batch.rows, self._choose(batch.rows, logits), strict=True):
                 self._accept(row, token)
         self._drop_done()
+
+    def _flat_step(self, slots: _Slots) -> None:
+        """One forward for the running rows' next tokens and the joining prompts (hftool/serve/flat.py): each
+        prompt's rows get their first token and stay in the slots."""
+        import torch
+
+        prompts, self.joining = self.joining, []
+        running = list(slots.rows)
+        step = slots.join_in_step(prompts)
+        tokens = [row.ids[-1] for row in running] + [token for p in prompts for token in p.ids]
+        positions = [row.position for row in running] + [i for p in prompts for i in range(len(p.ids))]
+        keep = list(range(len(running))) + [stop - 1 for _, stop in step.spans]
+        try:
+            out = self.model(input_ids=torch.tensor([tokens], device=self.device), attention_mask=step.mask,
+                             position_ids=torch.tensor([positions], device=self.device), cache=slots.cache,
+                             use_cache=True, logits_to_keep=torch.tensor(keep, device=self.device), flat_step=step)
+        finally:
+            slots.flat = None
+        slots.stepped()
+        logits = out.logits[0].to(dtype=torch.float32)
+        if self.metrics:
+            self.metrics.batch(len(running))
+        joined = [row for p in prompts for row in p.rows]
+        index = list(range(len(running))) + [len(running) + i for i, p in enumerate(prompts) for _ in p.rows]
+        rows = running + joined
+        for row, token in zip(rows, self._choose(rows, logits[index]), strict=True):
+            self._accept(row, token)
 
     def _drop_done(self) -> None:
         for batch in self.batches:
@@ -583,8 +654,8 @@ class Scheduler:
 
     def _fail_all(self, message: str) -> None:
         jobs = {row.job.number: row.job for b in self.batches for row in b.rows}
-        jobs.update({p.rows[0].job.number: p.rows[0].job for p in self.prefilling})
-        self.batches, self.prefilling = [], deque()
+        jobs.update({p.rows[0].job.number: p.rows[0].job for p in [*self.prefilling, *self.joining]})
+        self.batches, self.prefilling, self.joining = [], deque(), []
         for number, job in jobs.items():
             self.reserved.pop(number, None)
             self.rows_left.pop(number, None)
@@ -700,12 +771,29 @@ def _slot_layer_class():
             self.keys, self.values = self.key_buffer[:rows, :, lo:end], self.value_buffer[:rows, :, lo:end]
 
         def update(self, key_states, value_states, *args, **kwargs):
+            if self.slots.flat is not None:
+                return self._flat_update(key_states, value_states)
             rows, lo, end = len(self.slots.rows), self.slots.lo, self.slots.end
             new = key_states.shape[-2]
             self.key_buffer[:rows, :, end:end + new] = key_states
             self.value_buffer[:rows, :, end:end + new] = value_states
             self.show(rows, lo, end + new)
             return self.keys, self.values
+
+        def _flat_update(self, key_states, value_states):
+            """A flat step's keys and values, (1, heads, tokens, head_dim): the running rows' at column ``end``
+            of their slots, each joining prompt's in its rows' slots, ending at ``end``. The attention reads the
+            running rows' window from this layer's views and the prompts' keys from what this returns."""
+            step, end = self.slots.flat, self.slots.end
+            if step.rows:
+                self.key_buffer[:step.rows, :, end] = key_states[0, :, :step.rows].transpose(0, 1)
+                self.value_buffer[:step.rows, :, end] = value_states[0, :, :step.rows].transpose(0, 1)
+            for (start, stop), slots in zip(step.spans, step.slots, strict=True):
+                for slot in slots:
+                    self.key_buffer[slot, :, end + 1 - (stop - start):end + 1] = key_states[0, :, start:stop]
+                    self.value_buffer[slot, :, end + 1 - (stop - start):end + 1] = value_states[0, :, start:stop]
+            self.show(step.rows, step.lo, end + 1)
+            return key_states, value_states
 
     _SLOT_LAYER.append(SlotLayer)
     return SlotLayer
