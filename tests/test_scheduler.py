@@ -452,3 +452,23 @@ def test_a_failed_step_fails_the_requests_in_flight_and_the_next_one_is_served(l
     wait_for(lambda: ended(log, "after"))
     runner.close()
     assert finished_text(log, "after") == generate_alone(loaded, ids, settings)
+
+
+def test_served_gpt2_in_bfloat16_gets_output_major_linear_layers(tiny_gpt2):
+    """hftool serve turns GPT-2's Conv1D layers into nn.Linear in bfloat16 on the CPU (serve/layout.py): the
+    same products, so the same logits up to bf16 rounding; a float32 model is left as it is."""
+    from transformers.pytorch_utils import Conv1D
+
+    from hftool.serve.layout import output_major_linears
+
+    model, tokenizer = load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))
+    ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.float()
+        assert output_major_linears(model) == 4 * model.config.n_layer
+        after = model(input_ids=ids).logits.float()
+    assert not any(isinstance(module, Conv1D) for module in model.modules())
+    assert (after - before).abs().max() <= 0.02 * before.abs().max()
+    float32, _ = load_for_generation(ModelSettings(name=str(tiny_gpt2)))
+    assert output_major_linears(float32) == 0
+    assert any(isinstance(module, Conv1D) for module in float32.modules())
