@@ -33,13 +33,13 @@ class FlatStep:
 
 
 def supports_flat_steps(model) -> bool:
-    """Whether ``model`` may run flat steps: its attention goes through transformers' interface (sdpa now) and
-    its forward takes position ids and the positions to keep logits for."""
+    """Whether ``model`` may run flat steps: its attention goes through transformers' interface (sdpa, or already
+    the flat function) and its forward takes position ids and the positions to keep logits for."""
     import inspect
 
     accepted = inspect.signature(type(model).forward).parameters
     return (bool(getattr(model, "_supports_attention_backend", False))
-            and getattr(model.config, "_attn_implementation", None) == "sdpa"
+            and getattr(model.config, "_attn_implementation", None) in ("sdpa", FLAT)
             and "position_ids" in accepted and "logits_to_keep" in accepted)
 
 
