@@ -472,3 +472,48 @@ def test_served_gpt2_in_bfloat16_gets_output_major_linear_layers(tiny_gpt2):
     float32, _ = load_for_generation(ModelSettings(name=str(tiny_gpt2)))
     assert output_major_linears(float32) == 0
     assert any(isinstance(module, Conv1D) for module in float32.modules())
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_bfloat16_rows_attend_in_float32_slots_on_a_cpu_without_amx(sharp_gpt2, monkeypatch, amx):
+    """A bf16 model's slots keep float32 keys and values on a CPU without AMX, where PyTorch's bf16 attention
+    kernel is the slow one (serve/flat.py), and the model's own dtype with AMX; either way a row joining another
+    mid-flight gets model.generate's tokens alone (a sharp model: bf16 rounding flips none) in bf16 out."""
+    from hftool import environment
+    from hftool.serve.flat import attention_dtype
+
+    monkeypatch.setattr(environment, "cpu_has_amx_bf16", lambda: amx)
+    loaded = load_for_generation(ModelSettings(name=str(sharp_gpt2), dtype="bfloat16"))
+    assert attention_dtype(loaded[0]) == (torch.bfloat16 if amx else torch.float32)
+    assert attention_dtype(load_for_generation(ModelSettings(name=str(sharp_gpt2)))[0]) == torch.float32
+    log = Log(loaded[0])
+    buffers, forward = [], loaded[0].forward
+
+    def spying_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if "flat_step" in kwargs:
+            buffers.append(kwargs["flat_step"].layers[0].key_buffer.dtype)
+        assert out.logits.dtype == torch.bfloat16
+        return out
+
+    loaded[0].forward = spying_forward
+    _, tokenizer = loaded
+    prompts = {"long": tokenizer(PROMPTS[0])["input_ids"], "short": tokenizer(PROMPTS[2])["input_ids"]}
+    settings = {"long": DecodingSettings(max_new_tokens=24), "short": DecodingSettings(max_new_tokens=6)}
+    runner = scheduler(loaded)
+    sink = log.sink("long")
+
+    def long_sink(event):
+        sink(event)
+        if event[0] == "text" and len(log.of("long")) == 3:  # from the decoding thread, mid-flight
+            runner.submit(Job([prompts["short"]], settings["short"], log.sink("short")))
+
+    runner.submit(Job([prompts["long"]], settings["long"], long_sink))
+    runner.start()
+    wait_for(lambda: ended(log, "long", "short"))
+    runner.close()
+    log.restore()
+    for name in settings:
+        assert finished_text(log, name) == generate_alone(loaded, prompts[name], settings[name]), name
+    assert sum(log.joined) >= 1 and max(log.rows) == 2
+    assert set(buffers) == {torch.bfloat16 if amx else torch.float32}

@@ -43,6 +43,21 @@ def supports_flat_steps(model) -> bool:
             and "position_ids" in accepted and "logits_to_keep" in accepted)
 
 
+def attention_dtype(model):
+    """The dtype a flat step's decoding rows attend in, and so the slots' cache is kept in: float32 for a bf16 or
+    fp16 model on a CPU without AMX, whose reduced-precision attention kernel is several times slower than its
+    float32 one (benchmarks/README.md, "Serving"), else the model's own. The keys and values are the model's
+    (bf16 values are exact in float32); only the attention's arithmetic is wider."""
+    import torch
+
+    from hftool.environment import cpu_has_amx_bf16
+
+    reduced = model.dtype in (torch.bfloat16, torch.float16)
+    if reduced and model.device.type == "cpu" and not cpu_has_amx_bf16():
+        return torch.float32
+    return model.dtype
+
+
 def use_flat_attention(model) -> None:
     """Give ``model`` the flat attention function: sdpa for every forward without a :class:`FlatStep`."""
     from transformers import AttentionInterface
@@ -67,8 +82,9 @@ def flat_attention(module, query, key, value, attention_mask, **kwargs):
     if step.rows:
         layer = step.layers[module.layer_idx]
         rows = query[0, :, :step.rows].transpose(0, 1).unsqueeze(2)  # (rows, heads, 1, head_dim)
-        out, _ = sdpa_attention_forward(module, rows, layer.keys, layer.values, step.mask, **kwargs)
-        parts.append(out.view(1, step.rows, *out.shape[2:]))
+        out, _ = sdpa_attention_forward(module, rows.to(layer.keys.dtype), layer.keys, layer.values, step.mask,
+                                        **kwargs)
+        parts.append(out.view(1, step.rows, *out.shape[2:]).to(query.dtype))
     for start, end in step.spans:
         out, _ = sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
                                         None, is_causal=True, **kwargs)

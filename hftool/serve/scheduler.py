@@ -177,9 +177,10 @@ class _Slots:
     copied about once every W steps.
     """
 
-    def __init__(self, cache, max_slots: int):
+    def __init__(self, cache, max_slots: int, dtype=None):
         self.cache = cache  # a DynamicCache whose layers become slot layers (below)
         self.max_slots = max_slots
+        self.dtype = dtype  # the buffers' (None: the prefilled caches'); flat steps may attend wider (serve/flat.py)
         self.rows: list[_Row] = []
         self.starts: list[int] = []  # each row's first column
         self.lo = self.end = 0
@@ -277,7 +278,8 @@ class _Slots:
 
         layer_class = _slot_layer_class()
         slots, columns = self._slots_for(rows), SPARE_COLUMNS + width + SPARE_COLUMNS
-        self.cache.layers = [layer_class(self, new.keys, new.values, slots, columns) for new in template.layers]
+        self.cache.layers = [layer_class(self, new.keys, new.values, slots, columns, self.dtype)
+                             for new in template.layers]
         self.mask = template.layers[0].keys.new_zeros((slots, columns), dtype=torch.long)
         self.lo = self.end = SPARE_COLUMNS + width
 
@@ -325,7 +327,7 @@ class Scheduler:
                  threads: int | None = None, max_cache_tokens: int | None = None,
                  prefill_chunk: int = PREFILL_CHUNK, flat_steps: bool = True):
         from hftool.generation.loading import input_device
-        from hftool.serve.flat import supports_flat_steps, use_flat_attention
+        from hftool.serve.flat import attention_dtype, supports_flat_steps, use_flat_attention
 
         self.model = model
         self.tokenizer = tokenizer
@@ -346,6 +348,7 @@ class Scheduler:
         self.flat = flat_steps and supports_flat_steps(model)  # short prompts join a decoding step's forward
         if self.flat:
             use_flat_attention(model)
+        self.slot_dtype = attention_dtype(model) if self.flat else None  # only flat steps attend to wider slots
         self.pending: deque[Job] = deque()
         self.prefilling: deque[_Prompt] = deque()
         self.joining: list[_Prompt] = []  # prompts the next flat step prefills
@@ -543,7 +546,7 @@ class Scheduler:
             return
         slots = next((b for b in self.batches if isinstance(b, _Slots)), None)
         if slots is None:
-            slots = _Slots(DynamicCache(config=self.model.config), self.max_batch_size)
+            slots = _Slots(DynamicCache(config=self.model.config), self.max_batch_size, self.slot_dtype)
             self.batches.insert(0, slots)
         slots.add(rows, cache, mask)
 
@@ -757,15 +760,17 @@ def _slot_layer_class():
     from transformers.cache_utils import DynamicLayer
 
     class SlotLayer(DynamicLayer):
-        def __init__(self, slots: _Slots, keys, values, rows: int, columns: int):
+        def __init__(self, slots: _Slots, keys, values, rows: int, columns: int, dtype=None):
             super().__init__()
             self.slots, self.is_initialized, self.device = slots, True, keys.device
-            self.allocate(keys, values, rows, columns)
+            self.allocate(keys, values, rows, columns, dtype)
 
-        def allocate(self, keys, values, rows: int, columns: int) -> None:
+        def allocate(self, keys, values, rows: int, columns: int, dtype=None) -> None:
+            """Buffers shaped after ``keys`` and ``values``, in ``dtype`` (default theirs)."""
             # zeros, not empty: a masked column's weight is 0, and 0 * NaN from uninitialised memory is not
-            self.key_buffer = keys.new_zeros((rows, keys.shape[1], columns, keys.shape[-1]))
-            self.value_buffer = values.new_zeros((rows, values.shape[1], columns, values.shape[-1]))
+            self.key_buffer = keys.new_zeros((rows, keys.shape[1], columns, keys.shape[-1]), dtype=dtype or keys.dtype)
+            self.value_buffer = values.new_zeros((rows, values.shape[1], columns, values.shape[-1]),
+                                                 dtype=dtype or values.dtype)
 
         def show(self, rows: int, lo: int, end: int) -> None:
             self.keys, self.values = self.key_buffer[:rows, :, lo:end], self.value_buffer[:rows, :, lo:end]
