@@ -83,6 +83,7 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
     from hftool.serve.app import Served
     from hftool.serve.layout import output_major_linears
     from hftool.serve.metrics import Metrics
+    from hftool.serve.prepack import pack_weights
     from hftool.serve.registry import split_model_arg
     from hftool.serve.scheduler import Scheduler
 
@@ -100,7 +101,8 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
 
     model, tokenizer = load_for_generation(dataclasses.replace(options.recipe.model, name=name), command="serve")
     context = context_length(model, tokenizer)
-    output_major_linears(model)
+    if not (options.pack_weights and pack_weights(model, options.max_batch_size)):
+        output_major_linears(model)
     batcher = Scheduler(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
                         threads=options.threads, max_cache_tokens=options.max_cache_tokens,
                         prefill_chunk=options.prefill_chunk)
@@ -179,6 +181,7 @@ def uvicorn_config(app, options: ServeOptions):
 
 
 def run_serve(options: ServeOptions) -> None:
+    import torch
     import uvicorn
 
     from hftool.serve.app import create_app
@@ -188,6 +191,11 @@ def run_serve(options: ServeOptions) -> None:
     warning = exposure_warning(options.host, options.api_key)
     if warning:
         print(warning, file=sys.stderr)
+    # This thread loads the models and then runs the event loop; the models compute on threads of their own
+    # (each decoder's sets its own count). Kept to one torch thread it never starts an OpenMP team, and a second
+    # team makes GNU OpenMP's idle threads sleep between parallel regions instead of waiting awake: on 2 cores the
+    # decoding thread's products then ran 25-40 % slower (benchmarks/README.md, "Serving").
+    torch.set_num_threads(1)
     served = build_all_served(options)
     app = create_app(served, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
     shown = ", ".join(f"{item.name} ({KINDS[item.kind][1]})" for item in served)

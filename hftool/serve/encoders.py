@@ -22,16 +22,26 @@ from hftool.serve.errors import ApiError
 
 
 class Coalescer:
-    """Runs ``run(items, key)`` in a worker thread, one call at a time. Requests that wait meanwhile are run
+    """Runs ``run(items, key)`` in a worker thread of its own, one call at a time. Requests that wait meanwhile are run
     together in the next call: those with the first one's ``key`` (a setting the whole call shares), up to
     ``max_items`` items. Where a combined call fails, each of its requests runs alone, so only a request whose
     own inputs fail gets the error."""
 
     def __init__(self, run, max_items: int = s.MAX_INPUTS):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from hftool.serve.scheduler import claim_threads, default_threads
+
         self.run = run
         self.max_items = max_items
         self.pending: list[tuple[object, list, asyncio.Future]] = []
         self.worker: asyncio.Task | None = None
+        # one thread of its own, with every core: one OpenMP team per model (hftool/runs/serve.py, run_serve)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="hftool-encoder", initializer=claim_threads,
+                                         initargs=(default_threads(),))
+
+    async def _call(self, items: list, key):
+        return await asyncio.get_running_loop().run_in_executor(self.thread, self.run, items, key)
 
     async def submit(self, items: list, key=None) -> list:
         future = asyncio.get_running_loop().create_future()
@@ -57,15 +67,14 @@ class Coalescer:
             if not group:
                 continue
             try:
-                results = await asyncio.to_thread(self.run, [item for _, items, _ in group for item in items],
-                                                  group[0][0])
+                results = await self._call([item for _, items, _ in group for item in items], group[0][0])
             except Exception as exc:
                 if len(group) == 1:
                     _settle(group[0][2], error=exc)
                     continue
                 for key, items, future in group:
                     try:
-                        _settle(future, await asyncio.to_thread(self.run, items, key))
+                        _settle(future, await self._call(items, key))
                     except Exception as alone:
                         _settle(future, error=alone)
                 continue

@@ -200,9 +200,11 @@ class _Slots:
             layer.value_buffer[first:first + count, :, start:self.end] = new.values
         self.mask[first:first + count] = 0
         self.mask[first:first + count, start:self.end] = mask
+        old_lo = self.lo
         self.rows += rows
         self.starts += (start + width - mask.sum(dim=1)).tolist()
         self.lo = min(self.starts)
+        self._clear_unwritten(first, old_lo, [(slot, start) for slot in range(first, first + count)])
         self._views()
 
     def join_in_step(self, prompts: list[_Prompt]):
@@ -219,7 +221,7 @@ class _Slots:
         self.mask[:rows, self.end] = 1
         step = FlatStep(rows, self.mask[:rows, None, None, self.lo:self.end + 1].bool(), self.lo,
                         self.cache.layers)
-        position = rows
+        position, written = rows, []
         for prompt in prompts:
             start, slots = self.end + 1 - len(prompt.ids), []
             for row in prompt.rows:
@@ -229,10 +231,12 @@ class _Slots:
                 self.rows.append(row)
                 self.starts.append(start)
                 slots.append(slot)
+                written.append((slot, start))
             step.spans.append((position, position + len(prompt.ids)))
             step.slots.append(slots)
             position += len(prompt.ids)
-        self.lo = min(self.starts)
+        old_lo, self.lo = self.lo, min(self.starts)
+        self._clear_unwritten(rows, old_lo, written)
         self.flat = step
         return step
 
@@ -267,6 +271,18 @@ class _Slots:
             return
         self.lo = min(self.starts)
         self._views()
+
+    def _clear_unwritten(self, old: int, old_lo: int, written: list[tuple[int, int]]) -> None:
+        """Zero the columns of the window (from ``lo``) that no step wrote since the buffers were made: the
+        ``old`` running rows' before ``old_lo``, and each new row's ``(slot, first written column)`` before that
+        column. The buffers start uninitialised (``_empty``); the mask hides these columns, but a hidden
+        column's weight is 0 and 0 * NaN is not."""
+        spans = ([(slice(0, old), old_lo)] if old and self.lo < old_lo else []) + [
+            (slot, column) for slot, column in written if self.lo < column]
+        for layer in self.cache.layers:
+            for where, column in spans:
+                layer.key_buffer[where, :, self.lo:column] = 0
+                layer.value_buffer[where, :, self.lo:column] = 0
 
     def _slots_for(self, rows: int) -> int:
         return max(rows, min(2 * rows, self.max_slots))
@@ -407,7 +423,7 @@ class Scheduler:
     def _loop(self) -> None:
         import torch
 
-        torch.set_num_threads(self.threads)  # OpenMP keeps it per thread: the HTTP thread keeps its own
+        claim_threads(self.threads)  # OpenMP keeps it per thread: the HTTP thread keeps its own
         while self._admit():
             try:
                 with torch.inference_mode():
@@ -751,6 +767,13 @@ def _mergeable(cache) -> bool:
 _SLOT_LAYER: list = []
 
 
+def _empty(shape: tuple, dtype, device):
+    """A slot buffer (tests fill it with NaN to show that no unwritten column is ever read)."""
+    import torch
+
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _slot_layer_class():
     """A ``DynamicLayer`` whose keys and values live in the buffers of a :class:`_Slots`: a step writes its
     column in place for every running row and the attention reads views of the window. Built on first use, so
@@ -766,11 +789,11 @@ def _slot_layer_class():
             self.allocate(keys, values, rows, columns, dtype)
 
         def allocate(self, keys, values, rows: int, columns: int, dtype=None) -> None:
-            """Buffers shaped after ``keys`` and ``values``, in ``dtype`` (default theirs)."""
-            # zeros, not empty: a masked column's weight is 0, and 0 * NaN from uninitialised memory is not
-            self.key_buffer = keys.new_zeros((rows, keys.shape[1], columns, keys.shape[-1]), dtype=dtype or keys.dtype)
-            self.value_buffer = values.new_zeros((rows, values.shape[1], columns, values.shape[-1]),
-                                                 dtype=dtype or values.dtype)
+            """Uninitialised buffers shaped after ``keys`` and ``values``, in ``dtype`` (default theirs): the pages
+            of slots and columns no row reaches are never touched (``_Slots._clear_unwritten`` zeroes the rest)."""
+            self.key_buffer = _empty((rows, keys.shape[1], columns, keys.shape[-1]), dtype or keys.dtype, keys.device)
+            self.value_buffer = _empty((rows, values.shape[1], columns, values.shape[-1]), dtype or values.dtype,
+                                       values.device)
 
         def show(self, rows: int, lo: int, end: int) -> None:
             self.keys, self.values = self.key_buffer[:rows, :, lo:end], self.value_buffer[:rows, :, lo:end]
@@ -841,3 +864,12 @@ def count_cancelled(job: Job, metrics) -> None:
 def default_threads() -> int:
     """Torch threads for the decoding thread: every core this process may use (the HTTP side needs little)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def claim_threads(count: int) -> None:
+    """Give the calling thread ``count`` torch threads for good. ATen sets a thread's count from the last one
+    set anywhere in the process on its first parallel op; asking for the count first makes that happen now."""
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(count)
