@@ -528,36 +528,3 @@ def test_bfloat16_rows_attend_in_float32_slots_on_a_cpu_without_amx(sharp_gpt2, 
     assert sum(log.joined) >= 1 and max(log.rows) == 2
     assert set(buffers) == {torch.bfloat16 if amx else torch.float32}
 
-
-def test_served_bfloat16_weights_packed_for_onednn_keep_the_tokens_alone(sharp_gpt2, monkeypatch):
-    """hftool serve packs a bf16 model's linear weights for oneDNN once at load (serve/prepack.py): every block
-    layer and the output layer are swapped, the logits stay the plain model's up to bf16 rounding, and a served row
-    joining another gets model.generate's tokens alone; float32 models and CPUs that emulate bf16 are left as is."""
-    from hftool import environment
-    from hftool.serve.prepack import pack_weights
-
-    plain = load_for_generation(ModelSettings(name=str(sharp_gpt2), dtype="bfloat16"))
-    model, tokenizer = load_for_generation(ModelSettings(name=str(sharp_gpt2), dtype="bfloat16"))
-    ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
-    with torch.no_grad():
-        before = model(input_ids=ids).logits.float()
-        assert pack_weights(model, 8) == 4 * model.config.n_layer + 1
-        after = model(input_ids=ids).logits.float()
-    assert sum(type(m).__name__ == "PackedLinear" for m in model.modules()) == 4 * model.config.n_layer + 1
-    assert (after - before).abs().max() <= 0.02 * before.abs().max()
-    log = Log(model)
-    prompts = {"long": tokenizer(PROMPTS[0])["input_ids"], "short": tokenizer(PROMPTS[2])["input_ids"]}
-    settings = {"long": DecodingSettings(max_new_tokens=20), "short": DecodingSettings(max_new_tokens=5)}
-    runner = scheduler((model, tokenizer))
-    runner.submit(Job([prompts["long"]], settings["long"], log.sink("long")))
-    runner.submit(Job([prompts["short"]], settings["short"], log.sink("short")))
-    runner.start()
-    wait_for(lambda: ended(log, "long", "short"))
-    runner.close()
-    log.restore()
-    for name in settings:
-        assert finished_text(log, name) == generate_alone(plain, prompts[name], settings[name]), name
-    assert max(log.rows) == 2
-    assert pack_weights(load_for_generation(ModelSettings(name=str(sharp_gpt2)))[0], 8) == 0
-    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
-    assert pack_weights(load_for_generation(ModelSettings(name=str(sharp_gpt2), dtype="bfloat16"))[0], 8) == 0

@@ -83,7 +83,6 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
     from hftool.serve.app import Served
     from hftool.serve.layout import output_major_linears
     from hftool.serve.metrics import Metrics
-    from hftool.serve.prepack import pack_weights
     from hftool.serve.registry import split_model_arg
     from hftool.serve.scheduler import Scheduler
 
@@ -101,8 +100,7 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
 
     model, tokenizer = load_for_generation(dataclasses.replace(options.recipe.model, name=name), command="serve")
     context = context_length(model, tokenizer)
-    if not (options.pack_weights and pack_weights(model, options.max_batch_size)):
-        output_major_linears(model)
+    output_major_linears(model)
     batcher = Scheduler(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
                         threads=options.threads, max_cache_tokens=options.max_cache_tokens,
                         prefill_chunk=options.prefill_chunk)
