@@ -179,7 +179,6 @@ def uvicorn_config(app, options: ServeOptions):
 
 
 def run_serve(options: ServeOptions) -> None:
-    import torch
     import uvicorn
 
     from hftool.serve.app import create_app
@@ -189,11 +188,6 @@ def run_serve(options: ServeOptions) -> None:
     warning = exposure_warning(options.host, options.api_key)
     if warning:
         print(warning, file=sys.stderr)
-    # This thread loads the models and then runs the event loop; the models compute on threads of their own
-    # (each decoder's sets its own count). Kept to one torch thread it never starts an OpenMP team, and a second
-    # team makes GNU OpenMP's idle threads sleep between parallel regions instead of waiting awake: on 2 cores the
-    # decoding thread's products then ran 25-40 % slower (benchmarks/README.md, "Serving").
-    torch.set_num_threads(1)
     served = build_all_served(options)
     app = create_app(served, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
     shown = ", ".join(f"{item.name} ({KINDS[item.kind][1]})" for item in served)
