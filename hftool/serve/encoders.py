@@ -36,7 +36,7 @@ class Coalescer:
         self.max_items = max_items
         self.pending: list[tuple[object, list, asyncio.Future]] = []
         self.worker: asyncio.Task | None = None
-        # one thread of its own, with every core: one OpenMP team per model (hftool/runs/serve.py, run_serve)
+        # one thread of its own, with every core: one OpenMP team per model, not one per pool thread it lands on
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="hftool-encoder", initializer=claim_threads,
                                          initargs=(default_threads(),))
 
