@@ -15,6 +15,8 @@ cancelled once and stays healthy), a burst past ``--max-queue`` (503s with Retry
 under load (in-flight requests finish or get a clean error; exit code 0 within the grace period).
 
 Everything is bounded: a fixed request count, per-request timeouts and ``--time-limit`` for the whole run.
+On a shared host whose speed drifts, ``--rounds N`` runs the servers N times in turn (each round in the reverse
+order of the last) and reports each row's median and the median of the per-round ratios to the baseline.
 
     python benchmarks/bench_serve.py --quick    # a smoke run: a 2-layer model, few requests (a few minutes)
     python benchmarks/bench_serve.py            # the full run (the README table; hours on 2 cores)
@@ -369,6 +371,8 @@ def main() -> None:
     parser.add_argument("--clients", help="comma-separated levels (default 16,64; 16 with --quick)")
     parser.add_argument("--requests", type=int, help="requests per level (default 128; 16 with --quick)")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of the uniform workload")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the servers this many times in turn; medians and per-round ratios")
     parser.add_argument("--time-limit", type=float, default=6 * 3600, help="seconds for the whole run, at most")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
@@ -394,40 +398,49 @@ def main() -> None:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             flags = tuple(shlex.split(args.hftool_flags))
-            for name, (cmd, streaming, model) in server_commands(folder, port, flags, args.dtype).items():
-                if args.servers and name not in args.servers.split(","):
-                    continue
-                proc = start(cmd, port, deadline, required=name == "hftool serve")
-                if proc is None:
-                    results["load"].append({"shape": shape, "server": name, "errors": "did not start"})
-                    continue
-                try:
-                    measure(results, shape, name, base, levels, workloads, expected, streaming, tokenizer, model,
-                            args.max_tokens)
-                except BaseException:
-                    stop(proc)
-                    raise
-                if name == "hftool serve" and number == 0:
-                    results["hang_ups"] = asyncio.run(hang_ups(base, 8, 200))
-                    print(json.dumps(results["hang_ups"]), flush=True)
-                    uniform = {p: expected[(p, args.max_tokens)] for p in PROMPTS}
-                    results["sigterm"] = asyncio.run(sigterm_under_load(
-                        proc, base, 16, args.max_tokens, {(p, args.max_tokens): t for p, t in uniform.items()}))
-                    print(json.dumps(results["sigterm"]), flush=True)
-                    burst_port = free_port()
-                    burst_proc = start(serve_cmd(folder, burst_port, max_queue=4, batch=4), burst_port, deadline)
-                    results["burst"] = asyncio.run(burst(f"http://127.0.0.1:{burst_port}", 40, args.max_tokens))
-                    print(json.dumps(results["burst"]), flush=True)
-                    stop(burst_proc)
-                else:
-                    stop(proc)
+            servers = [(name, spec) for name, spec in server_commands(folder, port, flags, args.dtype).items()
+                       if not args.servers or name in args.servers.split(",")]
+            for round_index in range(args.rounds):
+                for name, (cmd, streaming, model) in servers if round_index % 2 == 0 else servers[::-1]:
+                    proc = start(cmd, port, deadline, required=name == "hftool serve")
+                    if proc is None:
+                        results["load"].append({"shape": shape, "server": name, "errors": "did not start"})
+                        continue
+                    try:
+                        measure(results, shape, name, base, levels, workloads, expected, streaming, tokenizer,
+                                model, args.max_tokens, round_index)
+                    except BaseException:
+                        stop(proc)
+                        raise
+                    if name == "hftool serve" and number == 0 and round_index == 0:
+                        faults(results, proc, base, folder, expected, args.max_tokens, deadline)
+                    else:
+                        stop(proc)
     print_table(results)
+    if args.rounds > 1:
+        results["medians"] = medians(results["load"])
+        print_medians(results["medians"])
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 
 
+def faults(results: dict, proc, base: str, folder: Path, expected: dict, max_tokens: int, deadline: float) -> None:
+    """Hang-ups and SIGTERM under load on the running hftool server (which this stops), then a burst past the
+    queue of a second one."""
+    results["hang_ups"] = asyncio.run(hang_ups(base, 8, 200))
+    print(json.dumps(results["hang_ups"]), flush=True)
+    uniform = {(p, max_tokens): expected[(p, max_tokens)] for p in PROMPTS}
+    results["sigterm"] = asyncio.run(sigterm_under_load(proc, base, 16, max_tokens, uniform))
+    print(json.dumps(results["sigterm"]), flush=True)
+    burst_port = free_port()
+    burst_proc = start(serve_cmd(folder, burst_port, max_queue=4, batch=4), burst_port, deadline)
+    results["burst"] = asyncio.run(burst(f"http://127.0.0.1:{burst_port}", 40, max_tokens))
+    print(json.dumps(results["burst"]), flush=True)
+    stop(burst_proc)
+
+
 def measure(results: dict, shape: str, name: str, base: str, levels: list[int], workloads: dict, expected: dict,
-            streaming: bool, tokenizer, model: str | None, max_tokens: int) -> None:
+            streaming: bool, tokenizer, model: str | None, max_tokens: int, round_index: int = 0) -> None:
     """One server, every workload at every client level, after a warm-up (allocations, lazy imports)."""
     asyncio.run(load(base, 4, workload("uniform", 8, max_tokens), expected, streaming, tokenizer, model))
     for workload_name, requests in workloads.items():
@@ -435,8 +448,54 @@ def measure(results: dict, shape: str, name: str, base: str, levels: list[int], 
             load_avg = round(os.getloadavg()[0], 2)
             row = asyncio.run(load(base, clients, requests, expected, streaming, tokenizer, model))
             results["load"].append({"shape": shape, "workload": workload_name, "server": name, **row,
-                                    "load_avg_1m": load_avg})
+                                    "load_avg_1m": load_avg, "round": round_index})
             print(json.dumps(results["load"][-1]), flush=True)
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """Per shape, workload, clients and server: the median tokens/s, p50, p95 and TTFT over the rounds, and the
+    median of hftool's per-round ratios to the baseline (the continuous-batching server where it ran, else plain
+    ``transformers serve``), so that a host whose speed drifts between rounds moves both sides of a ratio."""
+    import statistics
+
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        if r["errors"] != "did not start":
+            groups.setdefault((r["shape"], r["workload"], r["clients"]), {}).setdefault(r["server"], []).append(r)
+    out = []
+    for (shape, workload_name, clients), servers in groups.items():
+        baseline = next((n for n in ("transformers serve --continuous-batching", "transformers serve")
+                         if n in servers), None)
+        for name, runs in servers.items():
+            row = {"shape": shape, "workload": workload_name, "clients": clients, "server": name,
+                   "rounds": len(runs), "errors": sum(r["errors"] for r in runs),
+                   "wrong": sum(r["wrong"] for r in runs),
+                   "tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs]}
+            for key in ("tokens_per_s", "p50_s", "p95_s", "ttft_p50_s"):
+                values = [r[key] for r in runs if r[key] is not None]
+                row[f"median_{key}"] = statistics.median(values) if values else None
+            if name == "hftool serve" and baseline and baseline != name:
+                theirs = {r["round"]: r["tokens_per_s"] for r in servers[baseline]}
+                ratios = [r["tokens_per_s"] / theirs[r["round"]] for r in runs if theirs.get(r["round"])]
+                row["baseline"], row["ratios"] = baseline, [round(x, 2) for x in ratios]
+                row["median_ratio"] = statistics.median(ratios) if ratios else None
+            out.append(row)
+    return out
+
+
+def print_medians(rows: list[dict]) -> None:
+    print("\nmedians over the rounds (ratio: median of hftool's per-round ratios to the baseline)\n")
+    print("| model | traffic | clients | server | rounds | errors | wrong | tokens/s (each round) | median tokens/s "
+          "| p50 s | p95 s | TTFT p50 s | ratio (each round) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = (f"**{r['median_ratio']:.2f}×** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
+                 if r.get("median_ratio") else "-")
+        numbers = " | ".join("-" if r[k] is None else f"{r[k]:.2f}"
+                             for k in ("median_p50_s", "median_p95_s", "median_ttft_p50_s"))
+        print(f"| {r['shape']} | {r['workload']} | {r['clients']} | {r['server']} | {r['rounds']} | {r['errors']} "
+              f"| {r['wrong']} | {', '.join(f'{x:.0f}' for x in r['tokens_per_s'])} | "
+              f"{r['median_tokens_per_s']:.0f} | {numbers} | {ratio} |")
 
 
 def machine() -> str:

@@ -63,6 +63,17 @@ def cpu_has_amx_bf16() -> bool:
     return not simulated_cpu() and "amx_bf16" in cpu_flags()
 
 
+def cpu_vendor() -> str:
+    """The CPU's maker as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD", ...; "" where unknown): MKL,
+    which runs PyTorch's float32 products on x86, has its fast kernels for Intel's own."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            line = next((line for line in fh if line.startswith("vendor_id")), "")
+    except OSError:
+        line = ""
+    return line.partition(":")[2].strip()
+
+
 def missing_bf16_feature() -> str:
     """The CPU feature whose absence makes bf16 slow, for messages and skip reasons."""
     return "native bf16 (avx512_bf16 or amx_bf16)"

@@ -469,9 +469,11 @@ def test_served_gpt2_in_bfloat16_gets_output_major_linear_layers(tiny_gpt2):
     same products, so the same logits up to bf16 rounding; a float32 model is left as it is."""
     from transformers.pytorch_utils import Conv1D
 
-    from hftool.serve.layout import output_major_linears
+    from hftool.serve.layout import output_major_linears, serving_layout
 
     model, tokenizer = load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))
+    assert serving_layout(load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))[0]) == (
+        f"{4 * model.config.n_layer} Conv1D layers as nn.Linear")
     ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
     with torch.no_grad():
         before = model(input_ids=ids).logits.float()
@@ -482,6 +484,62 @@ def test_served_gpt2_in_bfloat16_gets_output_major_linear_layers(tiny_gpt2):
     float32, _ = load_for_generation(ModelSettings(name=str(tiny_gpt2)))
     assert output_major_linears(float32) == 0
     assert any(isinstance(module, Conv1D) for module in float32.modules())
+
+
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+@pytest.mark.parametrize("name", ["gpt2", "bloom", "llama"])
+def test_float32_linears_are_packed_for_onednn_on_a_cpu_not_made_by_intel(name, vendor, sharp_gpt2, sharp_bloom,
+                                                                          sharp_llama, monkeypatch, capsys):
+    """On an AMD CPU a float32 model's linear layers (GPT-2's Conv1D, BLOOM's and Llama's nn.Linear) are packed
+    for oneDNN once (serve/layout.py): logits within float32 rounding of the plain ones, and a row joining another
+    mid-flight gets the plain model's model.generate tokens alone. On an Intel CPU, with --no-pack-weights, or
+    where a packed layer disagrees with its original, the model stays as loaded."""
+    from transformers.pytorch_utils import Conv1D
+
+    from hftool import environment
+    from hftool.serve import layout
+
+    folder = str({"gpt2": sharp_gpt2, "bloom": sharp_bloom, "llama": sharp_llama}[name])
+    monkeypatch.setattr(environment, "cpu_vendor", lambda: vendor)
+    plain = load_for_generation(ModelSettings(name=folder))
+    linears = sum(type(m) in (torch.nn.Linear, Conv1D) for m in plain[0].modules())
+    loaded = load_for_generation(ModelSettings(name=folder))
+    model, tokenizer = loaded
+    assert layout.serving_layout(load_for_generation(ModelSettings(name=folder))[0], pack_weights=False) is None
+    note = layout.serving_layout(model, rows=8)
+    if vendor == "GenuineIntel":
+        assert note is None and layout.why_not_packed(model) == "an Intel CPU, where MKL's products are at home"
+        return
+    assert note == f"{linears} linear layers packed for oneDNN"
+    assert not any(type(m) in (torch.nn.Linear, Conv1D) for m in model.modules())
+    ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
+    with torch.no_grad():
+        want, got = plain[0](input_ids=ids).logits, model(input_ids=ids).logits
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    log = Log(model)
+    prompts = {"long": tokenizer(PROMPTS[0])["input_ids"], "short": tokenizer(PROMPTS[2])["input_ids"]}
+    settings = {"long": DecodingSettings(max_new_tokens=24), "short": DecodingSettings(max_new_tokens=6)}
+    runner = scheduler(loaded)
+    sink = log.sink("long")
+
+    def long_sink(event):
+        sink(event)
+        if event[0] == "text" and len(log.of("long")) == 3:  # from the decoding thread, mid-flight
+            runner.submit(Job([prompts["short"]], settings["short"], log.sink("short")))
+
+    runner.submit(Job([prompts["long"]], settings["long"], long_sink))
+    runner.start()
+    wait_for(lambda: ended(log, "long", "short"))
+    runner.close()
+    log.restore()
+    for job in settings:
+        assert finished_text(log, job) == generate_alone(plain, prompts[job], settings[job]), job
+    assert max(log.rows) == 2
+    monkeypatch.setattr(layout, "TOLERANCE", -1.0)  # every probe disagrees: the model stays as it was
+    fresh = load_for_generation(ModelSettings(name=folder))[0]
+    assert layout.serving_layout(fresh) is None
+    assert sum(type(m) in (torch.nn.Linear, Conv1D) for m in fresh.modules()) == linears
+    assert "serving the linear layers as loaded (oneDNN packing failed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("amx", [False, True])

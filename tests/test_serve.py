@@ -421,3 +421,31 @@ def test_qa_answers_equal_hftool_answer(tiny_bert, tmp_path):
         assert code == 0, err
         assert result["answers"] == json.loads(out)["answers"]
     assert one.json()["results"][0]["answers"] == batch["results"][0]["answers"]
+
+
+def test_the_serving_thread_loads_and_listens_on_one_torch_thread_and_gives_its_count_back(tiny_gpt2, monkeypatch):
+    """run_serve's own thread holds one torch thread from loading to shutdown, so that it starts no OpenMP team
+    beside the decoding thread's (runs/serve.py, ``no_openmp_team``), and gives the caller's count back, here on a
+    port already taken (the model is loaded, then uvicorn fails to bind and exits)."""
+    from hftool.runs import serve as serve_run
+
+    seen, build = [], serve_run.build_all_served
+
+    def recording_build(options):
+        seen.append(torch.get_num_threads())
+        return build(options)
+
+    monkeypatch.setattr(serve_run, "build_all_served", recording_build)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            options = ServeOptions(recipe=GenerateRecipe(model=ModelSettings(name=str(tiny_gpt2))),
+                                   port=taken.getsockname()[1], log_level="critical")
+            with pytest.raises(SystemExit):
+                serve_run.run_serve(options)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

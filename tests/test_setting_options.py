@@ -120,3 +120,29 @@ def test_squad_window_defaults_are_one_set():
         if field != "n_best":
             assert answer[flag].default == getattr(windows, field)
             assert answer[flag].help == evaluate[flag].help
+
+
+def test_every_serve_setting_is_a_flag_of_serve_that_reaches_its_options(monkeypatch):
+    """Each ServeOptions field that declares a flag is an option of ``hftool serve`` and its value arrives in the
+    options run_serve gets (a field left out of the command's signature would silently keep its default)."""
+    from typer.testing import CliRunner
+
+    from hftool.runs import serve as serve_run
+    from hftool.schemas.serve import ServeOptions
+
+    received = []
+    monkeypatch.setattr(serve_run, "run_serve", received.append)
+    options, args, want = _options(COMMANDS["serve"]), ["serve", "--model", "m"], {}
+    for item in (f for f in dataclasses.fields(ServeOptions) if "flag" in f.metadata):
+        long_flag, _, negative = item.metadata["flag"].partition("/")
+        assert long_flag in options, long_flag
+        if negative:
+            args.append(negative)
+            want[item.name] = not item.default
+        else:
+            value = "0.0.0.0" if item.type == "str" else 7
+            args += [long_flag, str(value)]
+            want[item.name] = value
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {name: getattr(received[0], name) for name in want} == want

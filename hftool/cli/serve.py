@@ -26,6 +26,7 @@ def serve(
     max_cache_tokens: int = option(ServeOptions, "max_cache_tokens"),
     prefill_chunk: int = option(ServeOptions, "prefill_chunk"),
     threads: int = option(ServeOptions, "threads"),
+    pack_weights: bool = option(ServeOptions, "pack_weights"),
     max_tokens_cap: int = option(ServeOptions, "max_tokens_cap"),
     max_length: int = option(QAWindowOptions, "max_length"),
     doc_stride: int = option(QAWindowOptions, "doc_stride"),
@@ -63,4 +64,4 @@ def serve(
                            api_key=api_key or None,
                            max_batch_size=max_batch_size, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
                            threads=threads, max_cache_tokens=max_cache_tokens, prefill_chunk=prefill_chunk,
-                           qa_window=(max_length, doc_stride, max_answer_length)))
+                           pack_weights=pack_weights, qa_window=(max_length, doc_stride, max_answer_length)))

@@ -6,6 +6,7 @@ shutdown refuses what is still queued with a clean error, and the process exits 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import logging
@@ -81,7 +82,7 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
     import dataclasses
 
     from hftool.serve.app import Served
-    from hftool.serve.layout import output_major_linears
+    from hftool.serve.layout import serving_layout
     from hftool.serve.metrics import Metrics
     from hftool.serve.registry import split_model_arg
     from hftool.serve.scheduler import Scheduler
@@ -100,7 +101,9 @@ def build_served(options: ServeOptions, model: str | None = None, metrics=None, 
 
     model, tokenizer = load_for_generation(dataclasses.replace(options.recipe.model, name=name), command="serve")
     context = context_length(model, tokenizer)
-    output_major_linears(model)
+    layout = serving_layout(model, options.pack_weights, options.max_batch_size)
+    if layout:
+        print(f"{served_name}: {layout}", file=sys.stderr)
     batcher = Scheduler(model, tokenizer, context, options.max_batch_size, options.max_queue, metrics,
                         threads=options.threads, max_cache_tokens=options.max_cache_tokens,
                         prefill_chunk=options.prefill_chunk)
@@ -178,6 +181,23 @@ def uvicorn_config(app, options: ServeOptions):
     return config
 
 
+@contextlib.contextmanager
+def no_openmp_team():
+    """Hold the calling thread (it loads the models, then runs the event loop) to one torch thread while it serves,
+    so that it never starts an OpenMP team: the models compute on threads of their own, each with its own team
+    (``claim_threads``), and a team more than the cores makes GNU OpenMP's idle threads sleep between parallel
+    regions instead of waiting awake. On 2 cores the decoding thread's products ran up to twice as slow with
+    it (benchmarks/README.md, "Serving"). The thread's count is given back on return (in-process callers)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_serve(options: ServeOptions) -> None:
     import uvicorn
 
@@ -188,15 +208,16 @@ def run_serve(options: ServeOptions) -> None:
     warning = exposure_warning(options.host, options.api_key)
     if warning:
         print(warning, file=sys.stderr)
-    served = build_all_served(options)
-    app = create_app(served, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
-    shown = ", ".join(f"{item.name} ({KINDS[item.kind][1]})" for item in served)
-    print(f"serving {shown} on http://{options.host}:{options.port}; Ctrl-C to stop", file=sys.stderr)
-    server = uvicorn.Server(uvicorn_config(app, options))
-    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start;
-    # ignoring it there makes a requested shutdown a clean exit 0 (what service managers expect).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    server.run()
+    with no_openmp_team():
+        served = build_all_served(options)
+        app = create_app(served, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
+        shown = ", ".join(f"{item.name} ({KINDS[item.kind][1]})" for item in served)
+        print(f"serving {shown} on http://{options.host}:{options.port}; Ctrl-C to stop", file=sys.stderr)
+        server = uvicorn.Server(uvicorn_config(app, options))
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start;
+        # ignoring it there makes a requested shutdown a clean exit 0 (what service managers expect).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.run()
     if not server.started:
         raise HftoolError(f"could not listen on {options.host}:{options.port} (in use, or not an address of "
                           "this machine); pick another --host/--port")

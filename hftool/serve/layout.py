@@ -1,14 +1,58 @@
-"""GPT-2's Conv1D layers become ``nn.Linear`` layers when a model is served in bfloat16 on the CPU.
+"""How the served causal LM's linear layers meet the CPU's matrix products (``hftool serve`` only).
 
-Conv1D keeps its weight input-major, (in, out), and multiplies with ``torch.addmm``; ``nn.Linear`` keeps it
-output-major, (out, in). The product is the same, but oneDNN, which runs PyTorch's bfloat16 products on the
-CPU, brings the weight into its own layout inside every call, and it does that faster from the output-major one
-(benchmarks/README.md, "Serving"). A decoding step is mostly those products. In float32 the layers stay as they
-are: there the served greedy tokens must be ``hftool generate``'s bit for bit, and another kernel may round
-differently.
+- **bfloat16**: GPT-2's Conv1D layers become ``nn.Linear`` layers. Conv1D keeps its weight input-major, (in,
+  out), and multiplies with ``torch.addmm``; ``nn.Linear`` keeps it output-major, (out, in). The product is the
+  same, but oneDNN, which runs PyTorch's bfloat16 products on the CPU, brings the weight into its own layout
+  inside every call, and it does that faster from the output-major one.
+- **float32 on a CPU not made by Intel** (AMD's): every ``nn.Linear`` and Conv1D becomes a :class:`PackedLinear`,
+  its weight packed for oneDNN once at load. PyTorch runs float32 products on MKL, whose kernels on these CPUs are
+  two to three times slower at a decoding step's few rows than oneDNN's on a packed weight. The last bits of a
+  product then round differently, as MKL's own already do between a row alone and the same row in a batch; the
+  greedy tokens stay ``hftool generate``'s (tested, and checked on every benchmarked answer). On Intel CPUs, where
+  MKL is at home, and with ``--no-pack-weights``, the layers stay as loaded.
+
+A decoding step is mostly these products (benchmarks/README.md, "Serving").
 """
 
 from __future__ import annotations
+
+import sys
+
+PROBE_ROWS = 3
+TOLERANCE = 1e-4  # of the output's scale: float32 products that differ only in their summation order
+
+
+def serving_layout(model, pack_weights: bool = True, rows: int = 16) -> str | None:
+    """Lay ``model``'s linear layers out for this CPU (above); ``rows``: the batch oneDNN packs for. Returns what
+    was done, for the start-up line, or None where the model is left as loaded."""
+    import torch
+
+    if model.device.type != "cpu" or getattr(model, "hf_device_map", None):
+        return None
+    if model.dtype == torch.bfloat16:
+        count = output_major_linears(model)
+        return f"{count} Conv1D layers as nn.Linear" if count else None
+    reason = why_not_packed(model)
+    if not pack_weights or reason:
+        return None
+    count = pack_linears(model, rows)
+    return f"{count} linear layers packed for oneDNN" if count else None
+
+
+def why_not_packed(model) -> str | None:
+    """Why a float32 ``model``'s weights are not packed here (None: they are)."""
+    import torch
+
+    from hftool.environment import cpu_vendor
+
+    vendor = cpu_vendor()
+    if model.dtype != torch.float32:
+        return "the model is not in float32"
+    if vendor in ("GenuineIntel", ""):
+        return "an Intel CPU, where MKL's products are at home" if vendor else "an unknown CPU maker"
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return "this PyTorch has no oneDNN linear"
+    return None
 
 
 def output_major_linears(model) -> int:
@@ -28,4 +72,59 @@ def output_major_linears(model) -> int:
         if conv.bias is not None:
             linear.bias = torch.nn.Parameter(conv.bias.detach(), requires_grad=False)
         setattr(parent, name, linear)
+    return len(swaps)
+
+
+def _packed_linear_class():
+    import torch
+
+    class PackedLinear(torch.nn.Module):
+        """A linear layer whose weight oneDNN packed once: ``x @ W.T + b`` with ``W`` given as (out, in). The ops
+        are those inductor's freezing pass uses (``_reorder_linear_weight``, ``_linear_pointwise``)."""
+
+        def __init__(self, weight, bias, rows: int):
+            super().__init__()
+            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+            self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(),
+                                                                                     rows))
+            self.register_buffer("bias", None if bias is None else bias.detach())
+
+        def forward(self, x):
+            flat = x.reshape(-1, self.in_features)
+            out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+            return out.view(*x.shape[:-1], self.out_features)
+
+    return PackedLinear
+
+
+def pack_linears(model, rows: int) -> int:
+    """Swap ``model``'s ``nn.Linear`` and Conv1D layers for packed ones; returns how many. Each is checked against
+    the layer it replaces on a probe input first; an op this PyTorch lacks or a layer that disagrees leaves the model
+    as it was (0, and one warning line). A weight shared with the input embeddings stays for them: its packed copy is
+    extra memory."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    packed_class, swaps = _packed_linear_class(), []
+    try:
+        with torch.no_grad():
+            for parent in model.modules():
+                for name, child in parent.named_children():
+                    if type(child) is torch.nn.Linear:
+                        weight = child.weight
+                    elif type(child) is Conv1D:
+                        weight = child.weight.t()  # Conv1D keeps (in, out)
+                    else:
+                        continue
+                    packed = packed_class(weight, child.bias, rows)
+                    probe = torch.randn(PROBE_ROWS, weight.shape[1], dtype=weight.dtype)
+                    want, got = child(probe), packed(probe)
+                    if not (got - want).abs().max() <= TOLERANCE * (want.abs().max() + 1):
+                        raise ValueError(f"{name}: the packed product disagrees with the layer's")
+                    swaps.append((parent, name, packed))
+    except (RuntimeError, ValueError, AttributeError) as exc:
+        print(f"warning: serving the linear layers as loaded (oneDNN packing failed: {exc})", file=sys.stderr)
+        return 0
+    for parent, name, packed in swaps:
+        setattr(parent, name, packed)
     return len(swaps)
