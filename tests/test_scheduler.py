@@ -492,8 +492,8 @@ def test_float32_linears_are_packed_for_onednn_on_a_cpu_not_made_by_intel(name, 
                                                                           sharp_llama, monkeypatch, capsys):
     """On an AMD CPU a float32 model's linear layers (GPT-2's Conv1D, BLOOM's and Llama's nn.Linear) are packed
     for oneDNN once (serve/layout.py): logits within float32 rounding of the plain ones, and a row joining another
-    mid-flight gets the plain model's model.generate tokens alone. On an Intel CPU, with --no-pack-weights, or
-    where a packed layer disagrees with its original, the model stays as loaded."""
+    mid-flight gets the plain model's model.generate tokens alone. On an Intel CPU, with --no-pack-weights, where
+    a packed layer disagrees with its original or where the model's forward fails with them, it stays as loaded."""
     from transformers.pytorch_utils import Conv1D
 
     from hftool import environment
@@ -535,6 +535,12 @@ def test_float32_linears_are_packed_for_onednn_on_a_cpu_not_made_by_intel(name, 
     for job in settings:
         assert finished_text(log, job) == generate_alone(plain, prompts[job], settings[job]), job
     assert max(log.rows) == 2
+    capsys.readouterr()
+    fresh = load_for_generation(ModelSettings(name=folder))[0]
+    fresh.forward = lambda **inputs: fresh.get_output_embeddings().weight  # model code reading a layer's weight
+    assert layout.serving_layout(fresh) is None
+    assert sum(type(m) in (torch.nn.Linear, Conv1D) for m in fresh.modules()) == linears
+    assert "serving the linear layers as loaded (oneDNN packing failed" in capsys.readouterr().err
     monkeypatch.setattr(layout, "TOLERANCE", -1.0)  # every probe disagrees: the model stays as it was
     fresh = load_for_generation(ModelSettings(name=folder))[0]
     assert layout.serving_layout(fresh) is None

@@ -99,9 +99,9 @@ def _packed_linear_class():
 
 def pack_linears(model, rows: int) -> int:
     """Swap ``model``'s ``nn.Linear`` and Conv1D layers for packed ones; returns how many. Each is checked against
-    the layer it replaces on a probe input first; an op this PyTorch lacks or a layer that disagrees leaves the model
-    as it was (0, and one warning line). A weight shared with the input embeddings stays for them: its packed copy is
-    extra memory."""
+    the layer it replaces on a probe input first, and the whole model runs a probe forward after; an op this
+    PyTorch lacks, a layer that disagrees or a forward that fails leaves the model as it was (0, one warning line).
+    A weight shared with the input embeddings stays for them: its packed copy is extra memory."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
@@ -121,10 +121,13 @@ def pack_linears(model, rows: int) -> int:
                     want, got = child(probe), packed(probe)
                     if not (got - want).abs().max() <= TOLERANCE * (want.abs().max() + 1):
                         raise ValueError(f"{name}: the packed product disagrees with the layer's")
-                    swaps.append((parent, name, packed))
-    except (RuntimeError, ValueError, AttributeError) as exc:
+                    swaps.append((parent, name, child, packed))
+            for parent, name, _, packed in swaps:
+                setattr(parent, name, packed)
+            model(input_ids=torch.zeros((1, PROBE_ROWS), dtype=torch.long))  # code that reads a layer's .weight
+    except (RuntimeError, ValueError, AttributeError, TypeError) as exc:
+        for parent, name, original, _ in swaps:
+            setattr(parent, name, original)
         print(f"warning: serving the linear layers as loaded (oneDNN packing failed: {exc})", file=sys.stderr)
         return 0
-    for parent, name, packed in swaps:
-        setattr(parent, name, packed)
     return len(swaps)
