@@ -186,8 +186,8 @@ def no_openmp_team():
     """Hold the calling thread (it loads the models, then runs the event loop) to one torch thread while it serves,
     so that it never starts an OpenMP team: the models compute on threads of their own, each with its own team
     (``claim_threads``), and a team more than the cores makes GNU OpenMP's idle threads sleep between parallel
-    regions instead of waiting awake. On 2 cores the decoding thread's products ran up to twice as slow with
-    it (benchmarks/README.md, "Serving"). The thread's count is given back on return (in-process callers)."""
+    regions instead of waiting awake, which slows every product of the decoding thread (benchmarks/README.md,
+    "Serving"). The thread's count is given back on return (in-process callers)."""
     import torch
 
     threads = torch.get_num_threads()

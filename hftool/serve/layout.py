@@ -6,7 +6,7 @@
   inside every call, and it does that faster from the output-major one.
 - **float32 on a CPU not made by Intel** (AMD's): every ``nn.Linear`` and Conv1D becomes a :class:`PackedLinear`,
   its weight packed for oneDNN once at load. PyTorch runs float32 products on MKL, whose kernels on these CPUs are
-  two to three times slower at a decoding step's few rows than oneDNN's on a packed weight. The last bits of a
+  much slower at a decoding step's few rows than oneDNN's on a packed weight. The last bits of a
   product then round differently, as MKL's own already do between a row alone and the same row in a batch; the
   greedy tokens stay ``hftool generate``'s (tested, and checked on every benchmarked answer). On Intel CPUs, where
   MKL is at home, and with ``--no-pack-weights``, the layers stay as loaded.
