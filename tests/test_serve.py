@@ -426,7 +426,8 @@ def test_qa_answers_equal_hftool_answer(tiny_bert, tmp_path):
 def test_the_serving_thread_loads_and_listens_on_one_torch_thread_and_gives_its_count_back(tiny_gpt2, monkeypatch):
     """run_serve's own thread holds one torch thread from loading to shutdown, so that it starts no OpenMP team
     beside the decoding thread's (runs/serve.py, ``no_openmp_team``), and gives the caller's count back, here on a
-    port already taken (the model is loaded, then uvicorn fails to bind and exits)."""
+    port already taken (the model is loaded, then listening fails: one line naming the address and the fix)."""
+    from hftool.errors import HftoolError
     from hftool.runs import serve as serve_run
 
     seen, build = [], serve_run.build_all_served
@@ -444,7 +445,7 @@ def test_the_serving_thread_loads_and_listens_on_one_torch_thread_and_gives_its_
             taken.listen()
             options = ServeOptions(recipe=GenerateRecipe(model=ModelSettings(name=str(tiny_gpt2))),
                                    port=taken.getsockname()[1], log_level="critical")
-            with pytest.raises(SystemExit):
+            with pytest.raises(HftoolError, match="could not listen on 127.0.0.1:.*pick another --host/--port"):
                 serve_run.run_serve(options)
         assert seen == [1] and torch.get_num_threads() == 2
     finally:

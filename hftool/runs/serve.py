@@ -217,7 +217,11 @@ def run_serve(options: ServeOptions) -> None:
         # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start;
         # ignoring it there makes a requested shutdown a clean exit 0 (what service managers expect).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.run()
+        try:
+            server.run()
+        except SystemExit:  # uvicorn's own exit when it cannot bind: the one-line error below says it instead
+            if server.started:
+                raise
     if not server.started:
         raise HftoolError(f"could not listen on {options.host}:{options.port} (in use, or not an address of "
                           "this machine); pick another --host/--port")
