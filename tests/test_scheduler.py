@@ -145,6 +145,29 @@ def finished_text(log: Log, name: str) -> str:
     return next(event for event in log.of(name) if event[0] == "finish")[5]
 
 
+def short_joins_long_mid_flight(loaded, log: Log, reference) -> None:
+    """A 24-token job runs; a 6-token one joins at its third token, from the decoding thread. Each job's text is
+    ``reference``'s model.generate on its prompt alone."""
+    _, tokenizer = loaded
+    prompts = {"long": tokenizer(PROMPTS[0])["input_ids"], "short": tokenizer(PROMPTS[2])["input_ids"]}
+    settings = {"long": DecodingSettings(max_new_tokens=24), "short": DecodingSettings(max_new_tokens=6)}
+    runner = scheduler(loaded)
+    sink = log.sink("long")
+
+    def long_sink(event):
+        sink(event)
+        if event[0] == "text" and len(log.of("long")) == 3:  # from the decoding thread, mid-flight
+            runner.submit(Job([prompts["short"]], settings["short"], log.sink("short")))
+
+    runner.submit(Job([prompts["long"]], settings["long"], long_sink))
+    runner.start()
+    wait_for(lambda: ended(log, "long", "short"))
+    runner.close()
+    log.restore()
+    for name in settings:
+        assert finished_text(log, name) == generate_alone(reference, prompts[name], settings[name]), name
+
+
 def test_rows_joining_and_leaving_mid_flight_keep_the_tokens_of_generate_alone(loaded, log):
     """A long job runs; a short one joins at its third token (a long prompt prefilled in chunks of 4 tokens,
     and a job with a repetition penalty and one with n-gram blocking) and leaves before it; each row's text is
@@ -517,23 +540,7 @@ def test_float32_linears_are_packed_for_onednn_on_a_cpu_not_made_by_intel(name, 
         want, got = plain[0](input_ids=ids).logits, model(input_ids=ids).logits
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
     log = Log(model)
-    prompts = {"long": tokenizer(PROMPTS[0])["input_ids"], "short": tokenizer(PROMPTS[2])["input_ids"]}
-    settings = {"long": DecodingSettings(max_new_tokens=24), "short": DecodingSettings(max_new_tokens=6)}
-    runner = scheduler(loaded)
-    sink = log.sink("long")
-
-    def long_sink(event):
-        sink(event)
-        if event[0] == "text" and len(log.of("long")) == 3:  # from the decoding thread, mid-flight
-            runner.submit(Job([prompts["short"]], settings["short"], log.sink("short")))
-
-    runner.submit(Job([prompts["long"]], settings["long"], long_sink))
-    runner.start()
-    wait_for(lambda: ended(log, "long", "short"))
-    runner.close()
-    log.restore()
-    for job in settings:
-        assert finished_text(log, job) == generate_alone(plain, prompts[job], settings[job]), job
+    short_joins_long_mid_flight(loaded, log, reference=plain)
     assert max(log.rows) == 2
     capsys.readouterr()
     fresh = load_for_generation(ModelSettings(name=folder))[0]
@@ -571,24 +578,7 @@ def test_bfloat16_rows_attend_in_float32_slots_on_a_cpu_without_amx(sharp_gpt2, 
         return out
 
     loaded[0].forward = spying_forward
-    _, tokenizer = loaded
-    prompts = {"long": tokenizer(PROMPTS[0])["input_ids"], "short": tokenizer(PROMPTS[2])["input_ids"]}
-    settings = {"long": DecodingSettings(max_new_tokens=24), "short": DecodingSettings(max_new_tokens=6)}
-    runner = scheduler(loaded)
-    sink = log.sink("long")
-
-    def long_sink(event):
-        sink(event)
-        if event[0] == "text" and len(log.of("long")) == 3:  # from the decoding thread, mid-flight
-            runner.submit(Job([prompts["short"]], settings["short"], log.sink("short")))
-
-    runner.submit(Job([prompts["long"]], settings["long"], long_sink))
-    runner.start()
-    wait_for(lambda: ended(log, "long", "short"))
-    runner.close()
-    log.restore()
-    for name in settings:
-        assert finished_text(log, name) == generate_alone(loaded, prompts[name], settings[name]), name
+    short_joins_long_mid_flight(loaded, log, reference=loaded)
     assert sum(log.joined) >= 1 and max(log.rows) == 2
     assert set(buffers) == {torch.bfloat16 if amx else torch.float32}
 
