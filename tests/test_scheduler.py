@@ -492,11 +492,18 @@ def test_served_gpt2_in_bfloat16_gets_output_major_linear_layers(tiny_gpt2):
     same products, so the same logits up to bf16 rounding; a float32 model is left as it is."""
     from transformers.pytorch_utils import Conv1D
 
-    from hftool.serve.layout import output_major_linears, serving_layout
+    from hftool.serve.layout import output_major_linears, serving_layout, why_not_packed
 
     model, tokenizer = load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))
-    assert serving_layout(load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))[0]) == (
-        f"{4 * model.config.n_layer} Conv1D layers as nn.Linear")
+    unpacked = load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))[0]
+    assert serving_layout(unpacked, pack_weights=False) == f"{4 * model.config.n_layer} Conv1D layers as nn.Linear"
+    packed = load_for_generation(ModelSettings(name=str(tiny_gpt2), dtype="bfloat16"))[0]
+    ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
+    if why_not_packed(packed) is None:  # a CPU with native bf16: packed for oneDNN (serve/layout.py)
+        assert serving_layout(packed) == f"{4 * model.config.n_layer + 1} linear layers packed for oneDNN"
+        with torch.no_grad():
+            want, got = unpacked(input_ids=ids).logits.float(), packed(input_ids=ids).logits.float()
+        assert (got - want).abs().max() <= 0.02 * want.abs().max()
     ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
     with torch.no_grad():
         before = model(input_ids=ids).logits.float()
@@ -548,7 +555,7 @@ def test_float32_linears_are_packed_for_onednn_on_a_cpu_not_made_by_intel(name, 
     assert layout.serving_layout(fresh) is None
     assert sum(type(m) in (torch.nn.Linear, Conv1D) for m in fresh.modules()) == linears
     assert "serving the linear layers as loaded (oneDNN packing failed" in capsys.readouterr().err
-    monkeypatch.setattr(layout, "TOLERANCE", -1.0)  # every probe disagrees: the model stays as it was
+    monkeypatch.setattr(layout, "TOLERANCE", {"float32": -1.0})  # every probe disagrees: the model stays as it was
     fresh = load_for_generation(ModelSettings(name=folder))[0]
     assert layout.serving_layout(fresh) is None
     assert sum(type(m) in (torch.nn.Linear, Conv1D) for m in fresh.modules()) == linears

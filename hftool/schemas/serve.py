@@ -34,8 +34,8 @@ class ServeOptions:
     threads: int | None = setting(None, flag="--threads", bound=at_least(1),
                                   help="Torch threads for decoding (default: every core this process may use).")
     pack_weights: bool = setting(True, flag="--pack-weights/--no-pack-weights",
-                                 help="On a CPU not made by Intel, pack a float32 causal LM's linear weights for "
-                                      "oneDNN once at load (PyTorch's MKL products are slow there); off: as loaded.")
+                                 help="Pack the causal LM's linear weights for oneDNN once at load: in bf16 on a CPU "
+                                      "with native bf16, in float32 on one not made by Intel (MKL is slow there).")
     max_tokens_cap: int = setting(1024, flag="--max-tokens-cap", bound=at_least(1),
                                   help="Largest max_tokens a request may ask.")
     max_body_bytes: int = 1 << 20

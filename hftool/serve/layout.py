@@ -1,15 +1,15 @@
 """How the served causal LM's linear layers meet the CPU's matrix products (``hftool serve`` only).
 
-- **bfloat16**: GPT-2's Conv1D layers become ``nn.Linear`` layers. Conv1D keeps its weight input-major, (in,
-  out), and multiplies with ``torch.addmm``; ``nn.Linear`` keeps it output-major, (out, in). The product is the
-  same, but oneDNN, which runs PyTorch's bfloat16 products on the CPU, brings the weight into its own layout
-  inside every call, and it does that faster from the output-major one.
+- **bfloat16**, on a CPU with native bf16: every ``nn.Linear`` and Conv1D becomes a :class:`PackedLinear`.
+  oneDNN, which runs PyTorch's bfloat16 products on the CPU, otherwise brings each weight into its own layout
+  inside every call. Where packing is off or fails, GPT-2's Conv1D layers at least become ``nn.Linear`` layers:
+  Conv1D keeps its weight input-major, (in, out), and oneDNN reorders the output-major one faster.
 - **float32 on a CPU not made by Intel** (AMD's): every ``nn.Linear`` and Conv1D becomes a :class:`PackedLinear`,
   its weight packed for oneDNN once at load. PyTorch runs float32 products on MKL, whose kernels on these CPUs are
   much slower at a decoding step's few rows than oneDNN's on a packed weight. The last bits of a
   product then round differently, as MKL's own already do between a row alone and the same row in a batch; the
   greedy tokens stay ``hftool generate``'s (tested, and checked on every benchmarked answer). On Intel CPUs, where
-  MKL is at home, and with ``--no-pack-weights``, the layers stay as loaded.
+  MKL is at home, float32 layers stay as loaded; ``--no-pack-weights`` turns packing off in both dtypes.
 
 A decoding step is mostly these products (benchmarks/README.md, "Serving").
 """
@@ -19,39 +19,48 @@ from __future__ import annotations
 import sys
 
 PROBE_ROWS = 3
-TOLERANCE = 1e-4  # of the output's scale: float32 products that differ only in their summation order
+# Of the output's scale: products that differ only in their summation order (bf16 keeps 8 bits of mantissa).
+TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
+# oneDNN packs a weight for a batch size. A step's 1 to 64 rows run about as fast on a weight packed for 16 rows as
+# on one packed for 1 or 64, and through the server 16 served more tokens/s than 64 (benchmarks/README.md).
+PACK_ROWS = 16
 
 
-def serving_layout(model, pack_weights: bool = True, rows: int = 16) -> str | None:
-    """Lay ``model``'s linear layers out for this CPU (above); ``rows``: the batch oneDNN packs for. Returns what
+def serving_layout(model, pack_weights: bool = True, rows: int = PACK_ROWS) -> str | None:
+    """Lay ``model``'s linear layers out for this CPU (above); ``rows``: the most rows a step runs. Returns what
     was done, for the start-up line, or None where the model is left as loaded."""
     import torch
 
     if model.device.type != "cpu" or getattr(model, "hf_device_map", None):
         return None
+    count = pack_linears(model, min(rows, PACK_ROWS)) if pack_weights and not why_not_packed(model) else 0
+    if count:
+        return f"{count} linear layers packed for oneDNN"
     if model.dtype == torch.bfloat16:
         count = output_major_linears(model)
         return f"{count} Conv1D layers as nn.Linear" if count else None
-    reason = why_not_packed(model)
-    if not pack_weights or reason:
-        return None
-    count = pack_linears(model, rows)
-    return f"{count} linear layers packed for oneDNN" if count else None
+    return None
 
 
 def why_not_packed(model) -> str | None:
-    """Why a float32 ``model``'s weights are not packed here (None: they are)."""
+    """Why ``model``'s weights are not packed here (None: they are)."""
     import torch
 
     from hftool.environment import cpu_vendor
 
-    vendor = cpu_vendor()
-    if model.dtype != torch.float32:
-        return "the model is not in float32"
-    if vendor in ("GenuineIntel", ""):
-        return "an Intel CPU, where MKL's products are at home" if vendor else "an unknown CPU maker"
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return "this PyTorch has no oneDNN linear"
+    if model.dtype == torch.bfloat16:
+        from hftool.environment import cpu_has_native_bf16
+
+        if not (cpu_has_native_bf16() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return "this CPU emulates bf16"
+        return None
+    vendor = cpu_vendor()
+    if model.dtype != torch.float32:
+        return "the model is neither float32 nor bfloat16"
+    if vendor in ("GenuineIntel", ""):
+        return "an Intel CPU, where MKL's products are at home" if vendor else "an unknown CPU maker"
     return None
 
 
@@ -119,7 +128,8 @@ def pack_linears(model, rows: int) -> int:
                     packed = packed_class(weight, child.bias, rows)
                     probe = torch.randn(PROBE_ROWS, weight.shape[1], dtype=weight.dtype)
                     want, got = child(probe), packed(probe)
-                    if not (got - want).abs().max() <= TOLERANCE * (want.abs().max() + 1):
+                    tolerance = TOLERANCE[str(weight.dtype).removeprefix("torch.")]
+                    if not (got - want).float().abs().max() <= tolerance * (want.float().abs().max() + 1):
                         raise ValueError(f"{name}: the packed product disagrees with the layer's")
                     swaps.append((parent, name, child, packed))
             for parent, name, _, packed in swaps:
