@@ -22,7 +22,7 @@ PROBE_ROWS = 3
 # Of the output's scale: products that differ only in their summation order (bf16 keeps 8 bits of mantissa).
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 # oneDNN packs a weight for a batch size. A step's 1 to 64 rows run about as fast on a weight packed for 16 rows as
-# on one packed for 1 or 64, and through the server 16 served more tokens/s than 64 (benchmarks/README.md).
+# on one packed for 1 or 64; through the server 16 served more bf16 tokens/s than 64 (benchmarks/README.md).
 PACK_ROWS = 16
 
 
