@@ -38,12 +38,7 @@ def simulated_cpu() -> str | None:
 
 def cpu_flags() -> set[str]:
     """The CPU's instruction-set flags (/proc/cpuinfo), less those HFTOOL_SIMULATE_CPU takes away."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            line = next((line for line in fh if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        line = ""
-    flags = set(line.partition(":")[2].split())
+    flags = set(cpuinfo_field(("flags", "Features")).split())
     simulated = simulated_cpu()
     return flags & set(SIMULATED_CPUS[simulated]) if simulated else flags
 
@@ -66,12 +61,17 @@ def cpu_has_amx_bf16() -> bool:
 def cpu_vendor() -> str:
     """The CPU's maker as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD", ...; "" where unknown): MKL,
     which runs PyTorch's float32 products on x86, has its fast kernels for Intel's own."""
+    return cpuinfo_field(("vendor_id",)).strip()
+
+
+def cpuinfo_field(names: tuple[str, ...]) -> str:
+    """The value of the first /proc/cpuinfo line named one of ``names`` ("" where there is none, or no file)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            line = next((line for line in fh if line.startswith("vendor_id")), "")
+            line = next((line for line in fh if line.startswith(names)), "")
     except OSError:
         line = ""
-    return line.partition(":")[2].strip()
+    return line.partition(":")[2]
 
 
 def missing_bf16_feature() -> str:

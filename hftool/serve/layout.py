@@ -56,9 +56,9 @@ def why_not_packed(model) -> str | None:
         if not (cpu_has_native_bf16() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             return "this CPU emulates bf16"
         return None
-    vendor = cpu_vendor()
     if model.dtype != torch.float32:
         return "the model is neither float32 nor bfloat16"
+    vendor = cpu_vendor()
     if vendor in ("GenuineIntel", ""):
         return "an Intel CPU, where MKL's products are at home" if vendor else "an unknown CPU maker"
     return None
